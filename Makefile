@@ -1,0 +1,84 @@
+# ResNet across frameworks: every user-facing command. Each target that needs Python depends on the
+# virtual environment, which is created (or updated when requirements.txt changes) on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTHON3 ?= python3
+
+# Model / data / training knobs shared by several targets (empty = the command's own default).
+MODEL       ?= resnet20
+FRAMEWORK   ?= torch
+NUM_CLASSES ?=
+SHORTCUT    ?=
+DATASET     ?= cifar10
+DATA_DIR    ?= data
+EPOCHS      ?=
+ITERS       ?=
+BATCH_SIZE  ?=
+LR          ?=
+SEED        ?=
+OUT         ?=
+RESUME      ?=
+DEVICE      ?=
+AMP         ?=
+COMPILE     ?=
+CHANNELS_LAST ?=
+JIT         ?=
+WORKERS     ?=
+RUN         ?=
+ONNX        ?=
+IMAGES      ?=
+TOPK        ?=
+ABLATION    ?= cifar10
+FRAMEWORKS  ?= torch,keras
+PYTEST_ARGS ?=
+
+opt = $(if $(2),$(1) $(2))
+MODEL_ARGS = --model $(MODEL) $(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT))
+FW_PKG = $(if $(filter keras,$(FRAMEWORK)),keras_impl,$(if $(filter torch,$(FRAMEWORK)),pytorch_impl,$(error FRAMEWORK must be torch or keras; got '$(FRAMEWORK)')))
+TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) --data-dir $(DATA_DIR) \
+	$(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT)) \
+	$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
+	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) $(call opt,--resume,$(RESUME)) \
+	$(call opt,--device,$(DEVICE)) $(call opt,--amp,$(AMP)) $(call opt,--compile,$(COMPILE)) \
+	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
+
+.PHONY: help setup test test-all test-slow lint format summary compare compare-all convert data \
+	bench-data train-torch train-keras export infer parity ablation bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+setup: $(STAMP) ## create/update the virtual environment (.venv) from requirements.txt
+	@$(PY) -c "import torch, torchvision, tensorflow, keras, onnxruntime; print('torch', torch.__version__, '| tensorflow', tensorflow.__version__, '| keras', keras.__version__, '| onnxruntime', onnxruntime.__version__)" 2>/dev/null
+
+test: $(STAMP) ## fast test suite (each framework in its own pytest process)
+	$(PY) -m tests.run -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP) ## every test, slow cases included
+	$(PY) -m tests.run $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## only the slow cases
+	$(PY) -m tests.run -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check .
+
+format: $(STAMP) ## ruff --fix
+	$(PY) -m ruff check --fix .
+
+summary: $(STAMP) ## the framework's own summary: make summary MODEL=resnet34 FRAMEWORK=torch|keras
+	$(PY) -m $(FW_PKG).summary $(MODEL_ARGS)
+
+clean: ## remove caches (keeps .venv, data, runs and results)
+	rm -rf .pytest_cache .ruff_cache artifacts
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,6 @@
+"""Keras 3 ResNets. The TensorFlow backend is the one this project tests."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

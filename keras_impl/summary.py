@@ -1,0 +1,74 @@
+"""Summaries of a Keras ResNet: ``model.summary()``, or the project's JSON contract (--json).
+
+    python -m keras_impl.summary --model resnet34 [--num-classes 2] [--shortcut B] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_impl.blocks import BLOCK_TYPES
+from keras_impl.resnet import build_model
+from shared.io import atomic_write_text
+from shared.names import canonical_layers
+from shared.spec import ModelSpec
+from shared.summary import dump, make_summary, spec_from_args, summary_arg_parser
+
+
+def _count(variables) -> int:
+    return int(sum(np.prod(v.shape) for v in variables))
+
+
+def summarize(model: keras.Model, spec: ModelSpec) -> dict[str, Any]:
+    """Read every canonical layer's output shape from the functional graph at the spec's input size."""
+    size = spec.input_size
+    input_shape = [1, size, size, spec.in_channels]
+    # Rebuild at a fixed input size so the graph carries concrete spatial shapes.
+    fixed = build_model(spec, input_shape=tuple(input_shape[1:]))
+    rows = []
+    for layer in canonical_layers(spec):
+        try:
+            k = fixed.get_layer(layer.name)
+        except ValueError as e:
+            raise KeyError(f"{spec.name}: the Keras model has no layer named {layer.name!r}") from e
+        kind = type(k).__name__
+        trainable, stats = k.trainable_weights, k.non_trainable_weights
+        if layer.kind == "block":
+            # The block is a builder, not a layer: its row is its output ReLU, and its parameters
+            # are those of every layer named under the block's name.
+            kind = BLOCK_TYPES[spec.block].__name__
+            inside = [layer_ for layer_ in fixed.layers if layer_.name.startswith(layer.name + ".")]
+            trainable = [w for layer_ in inside for w in layer_.trainable_weights]
+            stats = [w for layer_ in inside for w in layer_.non_trainable_weights]
+        rows.append({
+            "name": layer.name,
+            "type": kind,
+            "output_shape": list(k.output.shape[1:]),
+            "params": _count(trainable),
+            "non_trainable": _count(stats),
+        })
+    return make_summary("keras", spec, rows, _count(model.trainable_weights),
+                        _count(model.non_trainable_weights), input_shape)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = summary_arg_parser("python -m keras_impl.summary")
+    args = parser.parse_args(argv)
+    spec = spec_from_args(args, parser)
+    model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
+    summary = summarize(model, spec)
+    if args.out:
+        atomic_write_text(args.out, dump(summary))
+    if args.json:
+        print(dump(summary))
+    else:
+        model.summary(line_length=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

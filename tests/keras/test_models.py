@@ -1,0 +1,104 @@
+"""Keras models: the seed notebook's shape checks (NHWC), parameter oracles, gradients."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_impl.blocks import BasicBlock, Bottleneck, ShortcutProjection, ShortcutZeroPad
+from keras_impl.resnet import build_model
+from shared.spec import MODEL_NAMES, cifar_spec, get_spec
+from tests.oracles import CIFAR, IMAGENET
+
+
+def counts(model):
+    size = lambda ws: int(sum(np.prod(w.shape) for w in ws))
+    return size(model.trainable_weights), size(model.non_trainable_weights)
+
+
+def apply_block(block, shape):
+    inp = keras.Input(shape[1:])
+    model = keras.Model(inp, block(inp))
+    return model(np.random.randn(*shape).astype("float32"))
+
+
+def test_seed_shape_checks_nhwc():
+    assert apply_block(ShortcutZeroPad(16, 32, 2), (4, 32, 32, 16)).shape == (4, 16, 16, 32)
+    assert apply_block(ShortcutProjection(16, 32, 2), (4, 32, 32, 16)).shape == (4, 16, 16, 32)
+    assert apply_block(BasicBlock(16, 32, 2, shortcut="zeropad"), (2, 32, 32, 16)).shape == (2, 16, 16, 32)
+    assert apply_block(Bottleneck(64, 16, 2, shortcut="projection"), (2, 32, 32, 64)).shape == (2, 16, 16, 64)
+    assert build_model(cifar_spec(20)) is not None
+    with pytest.raises(ValueError, match="6n"):
+        build_model(cifar_spec(21))
+    assert build_model("resnet56")(np.zeros((4, 32, 32, 3), "float32")).shape == (4, 10)
+
+
+def test_zero_pad_keeps_input_and_appends_zeros():
+    x = np.random.randn(2, 6, 6, 4).astype("float32")
+    y = np.asarray(ShortcutZeroPad(4, 8, 2)(x))
+    assert np.array_equal(y[..., :4], x[:, ::2, ::2, :]) and not y[..., 4:].any()
+    with pytest.raises(ValueError, match="cannot shrink channels"):
+        ShortcutZeroPad(8, 4, 1)
+
+
+@pytest.mark.parametrize("name", [n for n in CIFAR if n != "resnet1202"])
+def test_cifar_counts_match_paper(name):
+    trainable, _ = counts(build_model(name))
+    assert trainable == CIFAR[name] == counts(build_model(name.replace("resnet", "plain")))[0]
+
+
+@pytest.mark.slow
+def test_resnet1202_count():
+    assert counts(build_model("resnet1202"))[0] == CIFAR["resnet1202"]
+
+
+@pytest.mark.parametrize("name", list(IMAGENET))
+def test_imagenet_counts_match_torchvision(name):
+    assert counts(build_model(name)) == IMAGENET[name]
+
+
+def test_option_a_adds_no_parameter():
+    a, b, c = (counts(build_model("resnet20", shortcut=o))[0] for o in "ABC")
+    assert a == CIFAR["resnet20"] < b < c
+
+
+def test_strided_convs_pad_symmetrically_like_pytorch():
+    # A 3x3/stride-2 conv of all ones over an all-ones 4x4 image: with symmetric padding (PyTorch)
+    # the top-left output sees 4 ones; TF's "same" would pad bottom/right only and see 9.
+    model = build_model("resnet20")
+    layer = model.get_layer("layer2.0.conv1")
+    pad = model.get_layer("layer2.0.conv1.pad")
+    x = np.ones((1, 4, 4, 16), "float32")
+    kernel = np.ones(layer.kernel.shape, "float32")
+    y = tf.nn.conv2d(np.asarray(pad(x)), kernel, strides=2, padding="VALID").numpy()
+    assert y[0, 0, 0, 0] == 4 * 16 and y[0, -1, -1, 0] == 9 * 16
+
+
+@pytest.mark.parametrize("name", ["resnet20", "plain20", "resnet18", "plain50"])
+@pytest.mark.parametrize("shortcut", [None, "C"])
+def test_every_parameter_gets_a_gradient_and_no_nan(name, shortcut):
+    keras.utils.set_random_seed(0)
+    model = build_model(name, shortcut=shortcut)
+    size = 32 if get_spec(name).stem == "cifar" else 64
+    x = np.random.randn(2, size, size, 3).astype("float32")
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = tf.reduce_mean(tf.square(out))
+    assert np.isfinite(out.numpy()).all()
+    grads = tape.gradient(loss, model.trainable_weights)
+    missing = [w.path for w, g in zip(model.trainable_weights, grads) if g is None or not np.abs(g).sum() > 0]
+    assert not missing
+
+
+def test_bn_matches_pytorch_defaults():
+    bn = build_model("resnet20").get_layer("bn1")
+    assert bn.epsilon == 1e-5 and bn.momentum == 0.9
+
+
+def test_registry_builds_every_model():
+    for name in MODEL_NAMES:
+        if name.endswith("1202") or name.endswith("152") or name.endswith("101"):
+            continue
+        m = build_model(name)
+        convs = [la for la in m.layers if isinstance(la, keras.layers.Conv2D) and "downsample" not in la.name]
+        assert len(convs) + 1 == get_spec(name).depth, name
