@@ -38,3 +38,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_weights(path: str | os.PathLike, arrays: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write canonical weights (numpy arrays keyed by canonical names) as safetensors, atomically.
+
+    ``metadata`` values must be strings (safetensors' header); put the spec there as JSON.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata or {}))
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Read a safetensors weight file: (arrays, metadata); a clear error when missing or corrupt."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+    return arrays, metadata
