@@ -56,10 +56,11 @@ $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@$(PY) -c "import torch, tensorflow, keras, onnxruntime; print('installed: torch', torch.__version__, '| tensorflow', tensorflow.__version__, '| keras', keras.__version__, '| onnxruntime', onnxruntime.__version__)" 2>/dev/null
 	@touch $@
 
 setup: $(STAMP) ## create/update the virtual environment (.venv) from requirements.txt
-	@$(PY) -c "import torch, torchvision, tensorflow, keras, onnxruntime; print('torch', torch.__version__, '| tensorflow', tensorflow.__version__, '| keras', keras.__version__, '| onnxruntime', onnxruntime.__version__)" 2>/dev/null
+	@echo "environment ready: $(VENV) (requirements.txt unchanged since the last install)"
 
 test: $(STAMP) ## fast test suite (each framework in its own pytest process)
 	$(PY) -m tests.run -m "not slow" $(PYTEST_ARGS)
