@@ -1,0 +1,87 @@
+"""What machine and which library versions a measurement ran on, without importing any framework.
+
+Library versions come from the installed distributions' metadata (``importlib.metadata``), so this
+module can be used from framework-neutral code; the GPU name comes from ``nvidia-smi`` when present
+(the framework processes report their own view, e.g. ``torch.cuda.get_device_name``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("torch", "torchvision", "tensorflow", "keras", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``model name`` in /proc/cpuinfo), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_cores() -> int:
+    """Logical cores this process may run on (the affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpu_names() -> list[str]:
+    """NVIDIA GPU names from ``nvidia-smi``; empty when there is none (or no driver)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
+    """Installed versions of ``names`` (missing distributions are left out)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The checkout's HEAD commit (with ``+dirty`` when files differ), or None outside git."""
+    root = Path(root) if root else Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=20, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, GPUs, OS, Python and library versions: the context of any measurement."""
+    return {
+        "cpu": cpu_model(),
+        "cores": cpu_cores(),
+        "gpus": gpu_names(),
+        "os": platform.platform(),
+        "python_executable": sys.executable,
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+    }
