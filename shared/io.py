@@ -66,3 +66,14 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
     return arrays, metadata
+
+
+def atomic_save_npy(path: str | os.PathLike, array: Any) -> Path:
+    """Write one numpy array as ``.npy`` (exactly at ``path``, no suffix added), atomically."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
+
+    return atomic_write(path, write)

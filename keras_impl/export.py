@@ -1,0 +1,142 @@
+"""ONNX export of a Keras ResNet (``model.export(format="onnx")``, tf2onnx), native predictions and timings.
+
+``python -m keras_impl.export onnx|predict|bench ...`` is what the framework-neutral drivers in
+``export/`` run in a subprocess (this process must never import torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_impl.resnet import build_model
+from keras_impl.weights import set_weights
+from shared.io import atomic_save_npy, atomic_write_json, load_weights
+from shared.onnx_meta import (
+    Source,
+    build_metadata,
+    default_onnx_path,
+    finalize_onnx,
+    resolve_source,
+)
+from shared.spec import ModelSpec
+
+FRAMEWORK = "keras"
+LAYOUT = "NHWC"
+
+
+def exporter_version() -> str:
+    """The exporter that writes this framework's files, with its version."""
+    import tf2onnx
+
+    return f"keras {keras.__version__} tf2onnx {tf2onnx.__version__}"
+
+
+def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata: dict[str, str]) -> Path:
+    """Export ``model`` (inference mode) to ``path``: input ``input`` NHWC, output ``logits``, symbolic batch.
+
+    The model must have a batch-free input shape, e.g. ``build_model(spec, input_shape=(s, s, 3))``.
+    ``onnx.checker`` runs before the file is written (atomically); ``metadata`` goes to metadata_props.
+    """
+    if model.inputs and model.inputs[0].shape[0] is not None:
+        raise ValueError(f"the model's batch dimension must be None; got input shape {model.inputs[0].shape}")
+    # Keras exports only models that have been called once.
+    model(np.zeros((1, spec.input_size, spec.input_size, spec.in_channels), np.float32), training=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        model.export(str(raw), format="onnx", verbose=False)
+        return finalize_onnx(raw, path, metadata)
+
+
+def load_model(source: Source) -> keras.Model:
+    """The source's model (input (None, s, s, C)): its canonical weights, or seeded random weights."""
+    keras.utils.set_random_seed(source.seed)
+    spec = source.spec
+    model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
+    if source.weights is not None:
+        arrays, _ = load_weights(source.weights)
+        set_weights(model, spec, arrays)
+    return model
+
+
+def predict(model: keras.Model, x_nhwc: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits for normalized NHWC float32 images (inference mode)."""
+    out = [keras.ops.convert_to_numpy(model(x_nhwc[i:i + batch_size], training=False)).astype(np.float32)
+           for i in range(0, len(x_nhwc), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def benchmark(model: keras.Model, spec: ModelSpec, repeats: int = 20, batch: int = 64) -> dict[str, float]:
+    """CPU latency (batch 1, median ms) and throughput (batch ``batch``, images/s) in inference mode.
+
+    Times the eager call ``model(x, training=False)`` (what ``predict`` above uses).
+    """
+    import tensorflow as tf
+
+    x1 = np.random.randn(1, spec.input_size, spec.input_size, spec.in_channels).astype(np.float32)
+    xb = np.random.randn(batch, spec.input_size, spec.input_size, spec.in_channels).astype(np.float32)
+    model(x1, training=False), model(xb, training=False)  # warm-up
+    lat = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        keras.ops.convert_to_numpy(model(x1, training=False))
+        lat.append(time.perf_counter() - t)
+    runs = max(2, repeats // 5)
+    t = time.perf_counter()
+    for _ in range(runs):
+        keras.ops.convert_to_numpy(model(xb, training=False))
+    dt = time.perf_counter() - t
+    return {"latency_ms_b1": float(np.median(lat) * 1e3), "throughput_ips_b64": batch * runs / dt,
+            "threads": tf.config.threading.get_intra_op_parallelism_threads()}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'keras_impl.export'}",
+                                description=__doc__)
+    p.add_argument("command", choices=("onnx", "predict", "bench"))
+    p.add_argument("--run", help="run folder or .safetensors checkpoint (default: random weights)")
+    p.add_argument("--model", help="registry model name (random weights; needs no --run)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--shortcut")
+    p.add_argument("--input-size", type=int, help="override the input side (pixels)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    p.add_argument("--out", help="onnx: output .onnx file or folder")
+    p.add_argument("--inputs", help="predict: .npy of normalized NHWC float32 images")
+    p.add_argument("--logits", help="predict: output .npy of logits")
+    p.add_argument("--json", help="bench: output .json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        source = resolve_source(args.run, model=args.model, num_classes=args.num_classes,
+                                shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
+        model = load_model(source)
+        if args.command == "onnx":
+            path = default_onnx_path(source, FRAMEWORK, args.out)
+            export_onnx(model, source.spec, path, build_metadata(source, FRAMEWORK, exporter_version()))
+            print(path)
+        elif args.command == "predict":
+            if not args.inputs or not args.logits:
+                raise ValueError("predict needs --inputs X.npy and --logits OUT.npy")
+            atomic_save_npy(args.logits, predict(model, np.load(args.inputs)))
+        else:
+            result = {"framework": FRAMEWORK, **benchmark(model, source.spec)}
+            if args.json:
+                atomic_write_json(args.json, result)
+            print(json.dumps(result))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The ONNX metadata schema and the framework-neutral half of every export.
+
+Every ``.onnx`` file this project writes carries string ``metadata_props`` that make it
+self-describing: ``export/infer.py`` preprocesses images from them alone. Keys:
+
+``framework``      ``torch`` or ``keras`` (the exporter)
+``model``          registry name (``resnet20``)
+``spec``           ``ModelSpec.to_json()``
+``layout``         ``NCHW`` (torch) or ``NHWC`` (keras): the input tensor's layout
+``input_size``     side of the square input, pixels
+``input_name`` / ``output_name``  the graph's input (``input``) and output (``logits``) names
+``class_names``    JSON list, ``num_classes`` long
+``normalization``  JSON ``{"mean": [..], "std": [..]}`` in 0-1 units: ``x = (pixels/255 - mean)/std``
+``resize``         ``crop`` (shorter side to ``input_size``, then center crop) or ``stretch``
+``dataset``, ``synthetic`` (``true``/``false``), ``source`` (run folder or ``random:seed=N``),
+``exporter``       exporter and versions (``torch 2.14.1 dynamo`` / ``keras 3.15.1 tf2onnx 1.17.0``)
+
+This module imports neither torch nor tensorflow; ``onnx`` is imported only where a file is
+rewritten. It also resolves a ``RUN`` argument (a run folder or a ``.safetensors`` checkpoint)
+into what an exporter needs, so that both frameworks read runs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.spec import ModelSpec, get_spec
+
+FRAMEWORKS = ("torch", "keras")
+LAYOUTS = {"torch": "NCHW", "keras": "NHWC"}
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"
+RESIZE_MODES = ("crop", "stretch")
+REQUIRED_KEYS = ("framework", "model", "spec", "layout", "input_size", "class_names", "normalization")
+# Random-weight exports have no dataset: pixels are only scaled to [0, 1].
+IDENTITY_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+@dataclass
+class Source:
+    """What to export: a spec, optional canonical weights and the run's config (if any)."""
+
+    spec: ModelSpec
+    framework: str | None = None  # the framework that trained the weights (None: random weights)
+    weights: Path | None = None
+    run_dir: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.config.get("class_names")
+        return list(names) if names else [f"class_{i}" for i in range(self.spec.num_classes)]
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        norm = self.config.get("normalization") or IDENTITY_NORMALIZATION
+        return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+
+
+def check_framework(framework: str) -> str:
+    """``framework`` itself, or a clear error naming the valid choices."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; valid choices: {', '.join(FRAMEWORKS)}")
+    return framework
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        from shared.runs import read_run  # the training side's reader, when present
+    except ImportError:
+        read_run = None
+    if read_run is not None:
+        return dict(read_run(run_dir))
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def resolve_source(run: str | os.PathLike | None = None, *, model: str | None = None,
+                   num_classes: int | None = None, shortcut: str | None = None,
+                   input_size: int | None = None, seed: int = 0) -> Source:
+    """A run folder, a ``.safetensors`` checkpoint, or (``run=None``) a registry model with random weights."""
+    if run is None:
+        if model is None:
+            raise ValueError("give a run folder / checkpoint or a model name")
+        spec = get_spec(model, num_classes=num_classes, shortcut=shortcut, input_size=input_size)
+        return Source(spec=spec, seed=seed)
+    path = Path(run)
+    if not path.exists():
+        raise FileNotFoundError(f"run folder or checkpoint not found: {path}")
+    if path.is_dir():
+        config = _read_config(path)
+        weights = Path(config.get("best") or config.get("best_weights") or path / "best.safetensors")
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has no best.safetensors weights")
+        run_dir = path
+    else:
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: expected a run folder or a .safetensors checkpoint")
+        weights, run_dir = path, path.parent
+        config = _read_config(run_dir) if (run_dir / "config.json").is_file() else {}
+    if "spec" in config:
+        spec = ModelSpec.from_dict(config["spec"])
+    else:
+        from shared.io import load_weights
+
+        _, meta = load_weights(weights)
+        if "spec" not in meta:
+            raise ValueError(f"{weights} has no 'spec' in its metadata and no config.json beside it")
+        spec = ModelSpec.from_dict(json.loads(meta["spec"]))
+    if config.get("input_size") and not input_size:
+        input_size = int(config["input_size"])
+    if input_size:
+        spec = spec.with_overrides(input_size=input_size)
+    return Source(spec=spec, framework=config.get("framework"), weights=weights, run_dir=run_dir,
+                  config=config, seed=seed)
+
+
+def default_onnx_path(source: Source, framework: str, out: str | os.PathLike | None = None) -> Path:
+    """Where an export goes.
+
+    A run's own framework writes ``<run>/model.onnx``; the other framework ``<run>/model-<fw>.onnx``.
+    Random weights go to ``artifacts/export/<model>-<fw>.onnx``. ``out`` ending in ``.onnx`` is the
+    file itself; any other ``out`` is the folder.
+    """
+    if source.run_dir is not None:
+        name = "model.onnx" if framework == (source.framework or framework) else f"model-{framework}.onnx"
+        folder = source.run_dir
+    else:
+        name, folder = f"{source.spec.name}-{framework}.onnx", Path("artifacts/export")
+    if out:
+        out = Path(out)
+        if out.suffix == ".onnx":
+            return out
+        folder = out
+    return folder / name
+
+
+def build_metadata(source: Source, framework: str, exporter: str) -> dict[str, str]:
+    """The metadata_props of an export of ``source`` by ``framework`` (all values strings)."""
+    check_framework(framework)
+    cfg = source.config
+    synthetic = bool(cfg.get("synthetic", False))
+    resize = "stretch" if source.spec.stem == "cifar" else "crop"
+    return {
+        "framework": framework,
+        "model": source.spec.name,
+        "spec": source.spec.to_json(),
+        "layout": LAYOUTS[framework],
+        "input_size": str(source.spec.input_size),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "class_names": json.dumps(source.class_names),
+        "normalization": json.dumps(source.normalization),
+        "resize": resize,
+        "dataset": str(cfg.get("dataset", "none")),
+        "synthetic": "true" if synthetic else "false",
+        "source": str(source.run_dir) if source.run_dir else f"random:seed={source.seed}",
+        "trained_framework": str(source.framework or "none"),
+        "exporter": exporter,
+    }
+
+
+def parse_metadata(props: dict[str, str], where: str = "model") -> dict[str, Any]:
+    """Decoded metadata (JSON fields parsed, numbers converted); a clear error when keys are missing."""
+    missing = [k for k in REQUIRED_KEYS if k not in props]
+    if missing:
+        raise ValueError(
+            f"{where} lacks the metadata keys {', '.join(missing)} (was it exported by this project's "
+            "`make export`?)"
+        )
+    meta: dict[str, Any] = dict(props)
+    meta["spec"] = json.loads(props["spec"])
+    meta["class_names"] = json.loads(props["class_names"])
+    meta["normalization"] = json.loads(props["normalization"])
+    meta["input_size"] = int(props["input_size"])
+    meta["synthetic"] = props.get("synthetic") == "true"
+    meta.setdefault("resize", "crop")
+    meta.setdefault("input_name", INPUT_NAME)
+    meta.setdefault("output_name", OUTPUT_NAME)
+    if meta["layout"] not in ("NCHW", "NHWC"):
+        raise ValueError(f"{where}: layout must be NCHW or NHWC; got {meta['layout']!r}")
+    return meta
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Normalise an exporter's raw file and write it atomically to ``path``.
+
+    Renames the single input/output to ``input``/``logits``, names the batch dimension ``batch``
+    (symbolic: any batch size runs), writes ``metadata`` as metadata_props, and runs
+    ``onnx.checker`` (full check, with shape inference) before the file appears.
+    """
+    import onnx
+
+    from shared.io import atomic_write
+
+    bad = {k: v for k, v in metadata.items() if not isinstance(v, str)}
+    if bad:
+        raise TypeError(f"ONNX metadata values must be strings; got {bad}")
+    model = onnx.load(str(raw_path))
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ValueError(f"expected one graph input and output; got {len(graph.input)} and {len(graph.output)}")
+    _rename(graph, graph.input[0].name, INPUT_NAME)
+    _rename(graph, graph.output[0].name, OUTPUT_NAME)
+    for value in (graph.input[0], graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        if dim.HasField("dim_value"):
+            raise ValueError(f"{value.name}: batch dimension is fixed at {dim.dim_value}; expected symbolic")
+        dim.dim_param = BATCH_DIM
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    return atomic_write(path, lambda tmp: onnx.save(model, tmp))
