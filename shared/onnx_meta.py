@@ -70,17 +70,12 @@ def check_framework(framework: str) -> str:
     return framework
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        from shared.runs import read_run  # the training side's reader, when present
-    except ImportError:
-        read_run = None
-    if read_run is not None:
-        return dict(read_run(run_dir))
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path | None]:
+    """(config, best weights path or None) of a run folder (contract: ``shared.runs.read_run``)."""
+    from shared.runs import read_run
+
+    run = read_run(run_dir)
+    return dict(run["config"]), Path(run["best"]) if run.get("best") else None
 
 
 def resolve_source(run: str | os.PathLike | None = None, *, model: str | None = None,
@@ -96,16 +91,15 @@ def resolve_source(run: str | os.PathLike | None = None, *, model: str | None = 
     if not path.exists():
         raise FileNotFoundError(f"run folder or checkpoint not found: {path}")
     if path.is_dir():
-        config = _read_config(path)
-        weights = Path(config.get("best") or config.get("best_weights") or path / "best.safetensors")
-        if not weights.is_file():
+        config, weights = _read_run(path)
+        if weights is None:
             raise FileNotFoundError(f"{path} has no best.safetensors weights")
         run_dir = path
     else:
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: expected a run folder or a .safetensors checkpoint")
         weights, run_dir = path, path.parent
-        config = _read_config(run_dir) if (run_dir / "config.json").is_file() else {}
+        config = _read_run(run_dir)[0] if (run_dir / "config.json").is_file() else {}
     if "spec" in config:
         spec = ModelSpec.from_dict(config["spec"])
     else:

@@ -1,0 +1,109 @@
+"""``make export``: write an ``.onnx`` file from a run (or random weights) in either framework.
+
+    python -m export.onnx_export --run runs/synthetic/resnet20/torch-... [--framework keras] [--out DIR|FILE]
+    python -m export.onnx_export --model resnet50 --framework keras [--seed 0] [--out DIR|FILE]
+
+The export itself runs in a subprocess of the chosen framework (``python -m pytorch_impl.export onnx``
+or ``python -m keras_impl.export onnx``): torch's exporter crashes in a process that has imported
+tensorflow, so this driver imports neither. Weights are canonical, so a torch-trained run exports
+through Keras too. Where the file goes: ``<run>/model.onnx`` in the run's own framework,
+``<run>/model-<framework>.onnx`` in the other one, ``artifacts/export/<model>-<framework>.onnx`` for
+random weights; ``--out`` names the file (``*.onnx``) or the folder. Afterwards the file is opened
+with ONNX Runtime and run at batch sizes 1 and 5 (the batch dimension is symbolic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from shared.onnx_meta import FRAMEWORKS, check_framework, resolve_source
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
+
+
+class ExportError(RuntimeError):
+    """A framework subprocess failed; the message carries its last error line."""
+
+
+def framework_cli(framework: str, *args: str, timeout: float | None = None) -> str:
+    """Run ``python -m <framework package>.export args...`` in its own process; its stdout."""
+    check_framework(framework)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.export", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+        raise ExportError(f"{framework} export subprocess failed (exit {proc.returncode}): {last}")
+    return proc.stdout
+
+
+def source_args(run: str | None, model: str | None, num_classes: int | None = None,
+                shortcut: str | None = None, input_size: int | None = None, seed: int = 0) -> list[str]:
+    """The flags that select the same model in either framework's CLI."""
+    args = ["--run", str(run)] if run else ["--model", str(model)]
+    for flag, value in (("--num-classes", num_classes), ("--shortcut", shortcut), ("--input-size", input_size)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args + ["--seed", str(seed)]
+
+
+def export(framework: str, run: str | None = None, model: str | None = None, out: str | None = None,
+           **overrides) -> Path:
+    """Export in ``framework``'s subprocess; the written file's path."""
+    stdout = framework_cli(framework, "onnx", *source_args(run, model, **overrides), *(["--out", out] if out else []))
+    return Path(stdout.strip().splitlines()[-1])
+
+
+def smoke_test(path: Path) -> list[tuple[int, tuple[int, ...]]]:
+    """Run the file in ONNX Runtime at batch sizes 1 and 5; the output shapes."""
+    from export.infer import load
+
+    model = load(path)
+    shapes = []
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, *model.input_shape)).astype(np.float32)
+        shapes.append((batch, model.logits(x).shape))
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.onnx_export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", help="run folder or .safetensors checkpoint")
+    p.add_argument("--model", help="registry model name (random weights) when no --run is given")
+    p.add_argument("--framework", help=f"exporter: {' or '.join(FRAMEWORKS)} (default: the run's, else torch)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--shortcut")
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output .onnx file, or folder")
+    args = p.parse_args(argv)
+    if not args.run and not args.model:
+        p.error("give --run RUN_FOLDER_OR_CHECKPOINT or --model NAME")
+    try:
+        source = resolve_source(args.run, model=args.model, num_classes=args.num_classes,
+                                shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
+        framework = check_framework(args.framework or source.framework or "torch")
+        path = export(framework, args.run, args.model, args.out, num_classes=args.num_classes,
+                      shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
+        shapes = smoke_test(path)
+    except (FileNotFoundError, ValueError, ExportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    size_mb = path.stat().st_size / 2**20
+    runs = ", ".join(f"batch {b} -> {list(s)}" for b, s in shapes)
+    print(f"wrote {path} ({source.spec.name}, {framework} exporter, {size_mb:.1f} MiB); onnx.checker ok; "
+          f"onnxruntime: {runs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
