@@ -1,0 +1,299 @@
+"""Plain vs residual at equal epochs, in both frameworks: train every cell, then table and plots.
+
+``python -m shared.ablation --ablation cifar10`` trains plain20, resnet20, plain56 and resnet56 (option A)
+with ``python -m pytorch_impl.train`` and ``python -m keras_impl.train``, one subprocess per cell, all
+with the same recipe, epochs and seed; ``--ablation cats_vs_dogs`` does plain34, resnet34, plain50 and
+resnet50 (ImageNet stems, option B). Each cell trains into a fixed folder
+``<runs-dir>/<model>-<framework>/``, so a re-run skips finished cells (``results.json`` with
+``finished: true``), resumes an interrupted one from its checkpoint (``--resume``) and restarts a
+cell that never saved one. At the end ``<out>/ablation-<name>.md``, ``.json`` and two PNG plots are
+written (``shared.report``). This module imports neither torch nor tensorflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shared.io import atomic_write_json
+from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
+from shared.report import build_report, format_seconds, write_report
+from shared.runs import CHECKPOINTS, FRAMEWORKS, NotARunError, read_run
+from shared.spec import SHORTCUTS, get_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_MODULES = {"torch": "pytorch_impl.train", "keras": "keras_impl.train"}
+STATE_FILE = "ablation-state.json"
+# Settings that change what a cell computes: a re-run with other values must not reuse the cells.
+RESULT_SETTINGS = ("ablation", "dataset", "epochs", "iters", "batch_size", "lr", "seed", "shortcut", "num_classes")
+
+PAPER_CIFAR = (
+    "He et al. 2015, Sec. 4.2, Fig. 6 and Table 6 (CIFAR-10, 64k iterations ≈ 182 epochs): the deeper plain "
+    "net is worse — plain-56 has higher training and test error than plain-20 — while the deeper residual "
+    "net is better: ResNet-20 8.75% and ResNet-56 6.97% test error. At a few epochs or on another dataset "
+    "the numbers above are not comparable to these; the direction is what the ablation checks."
+)
+PAPER_IMAGENET = (
+    "He et al. 2015, Table 2 and 3 (ImageNet, top-1 10-crop validation error): plain-18 27.94%, plain-34 "
+    "28.54% (deeper plain net worse), ResNet-18 27.88%, ResNet-34 25.03% (option A; 24.52% with B), "
+    "ResNet-50 22.85%. The paper trains no plain-50 and no cats_vs_dogs model; this ablation transfers its "
+    "question (does depth hurt the plain net and help the residual one?) to a 2-class task."
+)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A named set of cells: the models (plain/residual twins at two depths) and their shortcut option."""
+
+    name: str
+    dataset: str
+    models: tuple[str, ...]
+    shortcut: str
+    paper: str
+
+
+ABLATIONS = {
+    "cifar10": Ablation("cifar10", "cifar10", ("plain20", "resnet20", "plain56", "resnet56"), "A", PAPER_CIFAR),
+    "cats_vs_dogs": Ablation(
+        "cats_vs_dogs", "cats_vs_dogs", ("plain34", "resnet34", "plain50", "resnet50"), "B", PAPER_IMAGENET
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the ablation: a model in a framework, in its fixed folder."""
+
+    model: str
+    framework: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.framework}"
+
+
+def report_stem(ablation: str, dataset: str) -> str:
+    """``ablation-cifar10``; ``ablation-cifar10-synthetic`` when the cells ran on another dataset."""
+    return f"ablation-{ablation}" if dataset == ablation else f"ablation-{ablation}-{dataset}"
+
+
+def plan_cells(models: list[str], frameworks: list[str], runs_dir: Path) -> list[Cell]:
+    """Every (model, framework) cell, model-major, each in ``runs_dir/<model>-<framework>``."""
+    return [Cell(m, fw, runs_dir / f"{m}-{fw}") for m in models for fw in frameworks]
+
+
+def cell_status(cell: Cell) -> str:
+    """``finished`` (skip), ``resume`` (a checkpoint exists), ``restart`` (a folder without one) or ``new``."""
+    if not cell.path.exists():
+        return "new"
+    try:
+        run = read_run(cell.path)
+    except NotARunError:
+        return "restart"
+    if run["finished"]:
+        return "finished"
+    if (cell.path / CHECKPOINTS[cell.framework]).is_file():
+        return "resume"
+    return "restart"
+
+
+def train_command(cell: Cell, settings: dict[str, Any], *, resume: bool) -> list[str]:
+    """The train CLI invocation of a cell (absolute paths: it runs from the repository root)."""
+    cmd = [sys.executable, "-m", TRAIN_MODULES[cell.framework], "--model", cell.model,
+           "--dataset", settings["dataset"], "--data-dir", str(Path(settings["data_dir"]).resolve()),
+           "--shortcut", settings["shortcut"], "--out", str(cell.path.resolve())]
+    for key in ("epochs", "iters", "batch_size", "lr", "seed", "num_classes"):
+        if settings.get(key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if resume:
+        cmd += ["--resume", str(cell.path.resolve())]
+    return cmd + shlex.split(settings.get("train_args") or "")
+
+
+def hardware_line() -> str:
+    """This machine in one line: GPU names when there are any, then the CPU model and core count."""
+    gpus = gpu_names()
+    cpu = f"CPU: {cpu_model()} ({cpu_cores()} cores)"
+    if not gpus:
+        return f"{cpu}, no GPU"
+    counts = {g: gpus.count(g) for g in dict.fromkeys(gpus)}
+    return "GPU: " + ", ".join(f"{n}x {g}" for g, n in counts.items()) + f"; {cpu}"
+
+
+def load_state(runs_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The runs folder's bookkeeping; a clear error when it was made with other result settings."""
+    path = runs_dir / STATE_FILE
+    if not path.is_file():
+        return {"settings": {k: settings.get(k) for k in RESULT_SETTINGS}, "cells": {}}
+    state = json.loads(path.read_text(encoding="utf-8"))
+    old = state.get("settings", {})
+    diff = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
+    if diff:
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
+        raise SystemExit(
+            f"error: {runs_dir} holds cells trained with other settings ({changes}); "
+            "pass another --runs-dir or delete that folder to start over"
+        )
+    return state
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_cells(cells: list[Cell], settings: dict[str, Any], state: dict[str, Any], runs_dir: Path) -> list[str]:
+    """Train the cells that are not finished, one after the other; return the names of failed cells."""
+    hardware = hardware_line()
+    failed: list[str] = []
+    t_all = time.monotonic()
+    for i, cell in enumerate(cells, start=1):
+        tag = f"[{i}/{len(cells)}] {cell.name}"
+        status = cell_status(cell)
+        if status == "finished":
+            _say(f"{tag}: skipped (finished earlier: {cell.path})")
+            continue
+        if status == "restart":  # no checkpoint: nothing to resume, start the cell from scratch
+            shutil.rmtree(cell.path)
+        action = "resuming from its checkpoint" if status == "resume" else "training"
+        _say(f"{tag}: {action} -> {cell.path}")
+        cmd = train_command(cell, settings, resume=status == "resume")
+        t0 = time.monotonic()
+        rc = subprocess.call(cmd, cwd=ROOT)
+        elapsed = time.monotonic() - t0
+        entry = {"status": "finished" if rc == 0 else f"failed (exit {rc})", "seconds": round(elapsed, 1),
+                 "hardware": hardware, "command": shlex.join(cmd), "ended": datetime.now(UTC).isoformat()}
+        state["cells"][cell.name] = entry
+        atomic_write_json(runs_dir / STATE_FILE, state)
+        if rc != 0:
+            _say(f"{tag}: FAILED (exit {rc}) after {format_seconds(elapsed)}")
+            failed.append(cell.name)
+            break
+        _say(f"{tag}: finished in {format_seconds(elapsed)} (total {format_seconds(time.monotonic() - t_all)})")
+    return failed
+
+
+def write_ablation_report(cells: list[Cell], settings: dict[str, Any], state: dict[str, Any],
+                          out_dir: Path, stem: str, paper: str) -> dict[str, Path]:
+    """Build and write the Markdown/JSON table and the PNG plots from the cells' run folders."""
+    recorded = [c.get("hardware") for c in state["cells"].values() if c.get("hardware")]
+    report, curves = build_report(
+        [(c.model, c.framework, c.path if c.path.exists() else None) for c in cells],
+        dataset=settings["dataset"], epochs=settings["epochs"], seed=settings["seed"],
+        batch_size=settings["batch_size"], hardware=recorded or [hardware_line()], git_commit=git_commit(),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), paper=paper,
+    )
+    report["ablation"] = settings["ablation"]
+    report["frameworks"] = settings["frameworks"]
+    report["runs_dir"] = str(settings["runs_dir"])
+    return write_report(report, curves, out_dir, stem)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m shared.ablation",
+        description="Train plain and residual twins for the same epochs in both frameworks; write the table "
+                    "and plots. Re-running skips finished cells and resumes an interrupted one.",
+    )
+    p.add_argument("--ablation", default="cifar10", help=f"cell set: {', '.join(ABLATIONS)} (default cifar10)")
+    p.add_argument("--dataset", help="train on this dataset instead of the ablation's own (e.g. synthetic)")
+    p.add_argument("--frameworks", default="torch,keras", help="comma-separated: torch,keras (default both)")
+    p.add_argument("--models", help="comma-separated models instead of the ablation's set (e.g. plain8,resnet8)")
+    p.add_argument("--shortcut", help=f"shortcut option {'/'.join(SHORTCUTS)} (default: the ablation's)")
+    p.add_argument("--epochs", type=int, help="epochs of every cell (default: the dataset recipe's length)")
+    p.add_argument("--iters", type=int, help="iterations of every cell instead of --epochs")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0, help="the same seed for every cell (default 0)")
+    p.add_argument("--num-classes", type=int, help="default: the dataset's number of classes")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--runs-dir", help="cell folders go here (default runs/ablation/<name>)")
+    p.add_argument("--out", default="results", help="folder of the table and plots (default results)")
+    p.add_argument("--train-args", default="", help='extra train CLI flags for every cell, e.g. "--amp on"')
+    p.add_argument("--report-only", action="store_true", help="train nothing; write the table from the cells")
+    p.add_argument("--dry-run", action="store_true", help="print each cell's status and command; run nothing")
+    return p
+
+
+def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespace]:
+    """Validated settings from the command line (``parser.error`` names a bad value and the choices)."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.ablation not in ABLATIONS:
+        parser.error(f"unknown ablation {args.ablation!r}; valid choices: {', '.join(ABLATIONS)}")
+    ab = ABLATIONS[args.ablation]
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    bad = [f for f in frameworks if f not in FRAMEWORKS]
+    if bad or not frameworks:
+        parser.error(f"unknown framework(s) {bad or args.frameworks!r}; valid choices: {', '.join(FRAMEWORKS)}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(ab.models)
+    for m in models:
+        try:
+            get_spec(m)
+        except ValueError as e:
+            parser.error(str(e))
+    if args.shortcut is not None and args.shortcut not in SHORTCUTS:
+        parser.error(f"unknown shortcut {args.shortcut!r}; valid choices: {', '.join(SHORTCUTS)}")
+    for name in ("epochs", "iters", "batch_size", "num_classes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1; got {value}")
+    if args.epochs is not None and args.iters is not None:
+        parser.error("give --epochs or --iters, not both")
+    dataset = args.dataset or ab.dataset
+    stem = report_stem(ab.name, dataset)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path("runs") / "ablation" / stem.removeprefix("ablation-")
+    settings = {
+        "ablation": ab.name, "dataset": dataset, "frameworks": frameworks, "models": models,
+        "shortcut": args.shortcut or ab.shortcut, "epochs": args.epochs, "iters": args.iters,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "num_classes": args.num_classes,
+        "data_dir": args.data_dir, "runs_dir": runs_dir, "train_args": args.train_args, "stem": stem,
+    }
+    return settings, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, args = parse_settings(argv)
+    ab = ABLATIONS[settings["ablation"]]
+    runs_dir: Path = settings["runs_dir"]
+    cells = plan_cells(settings["models"], settings["frameworks"], runs_dir)
+    state = load_state(runs_dir, settings)
+    _say(f"ablation {ab.name} on {settings['dataset']}: {len(cells)} cells "
+         f"({', '.join(settings['models'])} x {', '.join(settings['frameworks'])}), "
+         f"epochs {settings['epochs'] or 'recipe default'}, seed {settings['seed']}, runs in {runs_dir}")
+    if args.dry_run:
+        for cell in cells:
+            status = cell_status(cell)
+            cmd = train_command(cell, settings, resume=status == "resume")
+            _say(f"{cell.name}: {status}" + ("" if status == "finished" else f": {shlex.join(cmd)}"))
+        return 0
+    failed: list[str] = []
+    if not args.report_only:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(runs_dir / STATE_FILE, state)
+        try:
+            failed = run_cells(cells, settings, state, runs_dir)
+        except KeyboardInterrupt:
+            _say("interrupted: finished cells are kept; run the same command again to resume")
+            return 130
+    paths = write_ablation_report(cells, settings, state, Path(args.out), settings["stem"], ab.paper)
+    for kind, path in paths.items():
+        _say(f"wrote {kind}: {path}")
+    if failed:
+        _say(f"error: cell {failed[0]} failed; its output is above. Finished cells are kept: "
+             "fix the cause and run the same command again")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
