@@ -1,0 +1,118 @@
+"""Keras side of weight conversion: native files <-> canonical safetensors.
+
+    python -m keras_impl.convert export --spec JSON --out W.safetensors (--src FILE | --random SEED | --init)
+    python -m keras_impl.convert import --spec JSON --src W.safetensors --out FILE(.weights.h5 | .keras | .safetensors)
+
+Native files: ``model.save_weights`` output (``.weights.h5``) or a whole saved model (``.keras``).
+The driver is ``python -m export.convert``; ``pytorch_impl/convert.py`` is the mirror image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import keras_impl.blocks  # noqa: F401  (registers the custom layers a .keras file refers to)
+from keras_impl.resnet import build_model
+from keras_impl.weights import get_weights, set_weights
+from shared.io import load_weights, save_weights
+from shared.parity import randomize_arrays
+from shared.spec import ModelSpec
+
+NATIVE_SUFFIXES = (".weights.h5", ".keras")
+
+
+def _suffix(path: Path) -> str:
+    for suffix in (".safetensors", *NATIVE_SUFFIXES):
+        if path.name.endswith(suffix):
+            return suffix
+    return path.suffix
+
+
+def read_native(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Canonical arrays from a .safetensors file, a ``.weights.h5`` file or a ``.keras`` model."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix == ".safetensors":
+        return load_weights(path)[0]
+    if suffix not in NATIVE_SUFFIXES:
+        raise ValueError(
+            f"unknown Keras weight file {path}; expected one of .safetensors, {', '.join(NATIVE_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {path}")
+    try:
+        if suffix == ".keras":
+            model = keras.saving.load_model(path, compile=False)
+        else:
+            model = build_model(spec)
+            model.load_weights(path)
+        return get_weights(model, spec)
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"{path} does not hold {spec.name} weights ({e})") from e
+
+
+def write_native(path: str | os.PathLike, spec: ModelSpec, arrays: dict[str, np.ndarray], source: str = "") -> Path:
+    """Load ``arrays`` into a model (validating every key and shape), then save it as ``path`` says."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in (".safetensors", *NATIVE_SUFFIXES):
+        raise ValueError(f"unknown Keras output {path}; expected one of .safetensors, {', '.join(NATIVE_SUFFIXES)}")
+    model = build_model(spec)
+    set_weights(model, spec, arrays)
+    if suffix == ".safetensors":
+        return save_weights(path, get_weights(model, spec),
+                            {"spec": spec.to_json(), "framework": "keras", "source": source})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keras insists on the file's suffix, so write into a temporary folder beside it, then rename.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_path = Path(tmp) / f"model{suffix}"
+        if suffix == ".keras":
+            model.save(tmp_path)
+        else:
+            model.save_weights(tmp_path)
+        os.replace(tmp_path, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m keras_impl.convert")
+    p.add_argument("action", choices=("export", "import"))
+    p.add_argument("--spec", required=True, help="ModelSpec as JSON")
+    p.add_argument("--src", default=None)
+    p.add_argument("--random", type=int, default=None, help="seed: random weights and BN statistics")
+    p.add_argument("--init", action="store_true", help="the model's own fresh initialization")
+    p.add_argument("--pretrained", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--weights-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    spec = ModelSpec.from_dict(json.loads(args.spec))
+    try:
+        if args.action == "import":
+            write_native(args.out, spec, load_weights(args.src)[0], source=str(args.src))
+            return 0
+        if args.pretrained:
+            raise ValueError("pretrained ImageNet weights come from torchvision: use --from torch --pretrained")
+        if args.random is not None:
+            model = build_model(spec)
+            arrays, source = randomize_arrays(spec, get_weights(model, spec), args.random), f"random:{args.random}"
+        elif args.init:
+            keras.utils.set_random_seed(0)
+            arrays, source = get_weights(build_model(spec), spec), "init"
+        else:
+            arrays, source = read_native(args.src, spec), str(args.src)
+        write_native(args.out, spec, arrays, source=source)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Keras side of the cross-framework parity check: one JSON job in, files and a JSON report out.
+
+    python -m keras_impl.parity JOB.json
+
+The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
+written in Keras' own layout (``shared.parity`` transposes). Also home of :func:`make_sgd`, the
+Keras SGD that reproduces PyTorch's coupled weight decay.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_impl.convert import read_native
+from keras_impl.resnet import build_model
+from keras_impl.summary import summarize
+from keras_impl.weights import get_weights, set_weights
+from shared.io import atomic_write_json, atomic_write_text, save_weights
+from shared.parity import randomize_arrays
+from shared.spec import ModelSpec
+from shared.summary import dump
+
+
+@keras.saving.register_keras_serializable(package="resnet_xf")
+class CoupledSGD(keras.optimizers.SGD):
+    """SGD with PyTorch's *coupled* weight decay: ``g += wd * w`` before the momentum update.
+
+    Keras 3's own ``weight_decay`` is decoupled (``w -= lr * wd * w`` beside the step), a different
+    algorithm. Momentum matches PyTorch's for a constant learning rate: torch keeps
+    ``v = mu * v + g; w -= lr * v``, Keras ``v = mu * v - lr * g; w += v``, i.e. Keras' buffer is
+    ``-lr`` times torch's. (When the learning rate changes, torch rescales the whole buffer at once
+    while Keras lets the old velocity decay; the two differ for a few steps after each drop.)
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, coupled_weight_decay=0.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
+        self.coupled_weight_decay = float(coupled_weight_decay)
+
+    def apply(self, grads, trainable_variables=None):
+        if self.coupled_weight_decay:
+            variables = trainable_variables if trainable_variables is not None else self._trainable_variables
+            grads = [
+                g if g is None else g + self.coupled_weight_decay * keras.ops.cast(v, g.dtype)
+                for g, v in zip(grads, variables)
+            ]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self):
+        return {**super().get_config(), "coupled_weight_decay": self.coupled_weight_decay}
+
+
+def make_sgd(model: keras.Model, lr: float, momentum: float, weight_decay: float) -> CoupledSGD:
+    """The Keras twin of torch.optim.SGD(lr, momentum, weight_decay): coupled decay on every weight."""
+    del model  # Keras binds the variables at apply(); kept so the signature mirrors PyTorch's
+    return CoupledSGD(learning_rate=lr, momentum=momentum, nesterov=False, coupled_weight_decay=weight_decay)
+
+
+def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Eval-mode outputs of the named canonical layers (a sub-model on their outputs) and the logits."""
+    try:
+        tensors = [model.get_layer(n).output for n in names]
+    except ValueError as e:
+        raise KeyError(f"the Keras model lacks a layer: {e}") from e
+    probe = keras.Model(model.inputs, tensors + [model.outputs[0]])
+    values = probe(x, training=False)
+    out = {n: keras.ops.convert_to_numpy(v) for n, v in zip(names, values[:-1])}
+    out["logits"] = keras.ops.convert_to_numpy(values[-1])
+    return out
+
+
+def bn_counts(model: keras.Model, x: np.ndarray) -> dict[str, int]:
+    """For every BN layer, the number of values per channel it normalizes over (batch x H x W)."""
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(model.inputs, [layer.input for layer in bns])
+    values = probe(x, training=False)
+    return {layer.name: int(np.prod(v.shape[:-1])) for layer, v in zip(bns, values)}
+
+
+def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, momentum: float,
+               weight_decay: float) -> float:
+    """One SGD step in train mode (BN uses and updates batch statistics); returns the loss."""
+    optimizer = make_sgd(model, lr, momentum, weight_decay)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    return float(loss)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Execute a parity job (see ``pytorch_impl/parity.py``); returns the report."""
+    keras.utils.set_random_seed(0)
+    spec = ModelSpec.from_dict(job["spec"])
+    model = build_model(spec)
+    report: dict[str, Any] = {"framework": "keras", "model": spec.name}
+    if job.get("summary"):
+        atomic_write_text(job["summary"], dump(summarize(model, spec)))
+    if job.get("randomize") is not None:
+        set_weights(model, spec, randomize_arrays(spec, get_weights(model, spec), int(job["randomize"])))
+    if job.get("weights"):
+        set_weights(model, spec, read_native(job["weights"], spec))
+    if job.get("save_weights"):
+        save_weights(job["save_weights"], get_weights(model, spec),
+                     {"spec": spec.to_json(), "framework": "keras"})
+    if job.get("forward"):
+        fw = job["forward"]
+        outputs = layer_outputs(model, np.load(fw["input"]), list(fw["layers"]))
+        np.savez(fw["out"], **outputs)
+    if job.get("train_step"):
+        ts = job["train_step"]
+        x = np.load(ts["input"])
+        y = np.load(ts["labels"]).astype(np.int32)
+        counts = bn_counts(model, x)
+        loss = train_step(model, x, y, ts["lr"], ts["momentum"], ts["weight_decay"])
+        save_weights(ts["out"], get_weights(model, spec), {"spec": spec.to_json(), "framework": "keras"})
+        report["train_step"] = {"loss": loss, "bn_counts": counts}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m keras_impl.parity JOB.json")
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    atomic_write_json(job["report"], run_job(job))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
