@@ -1,0 +1,222 @@
+"""``make parity``: does the exported model compute what the trained model computes?
+
+    python -m export.parity --run RUN [--onnx FILE] [--data-dir data] [--split test] [--limit N] [--out DIR]
+
+Over the run's evaluation split (``test``, else ``val``; normalized with the prepared manifest's
+mean/std, no augmentation) it compares:
+
+* the native model (the run's framework, in its own subprocess, writing logits to ``.npy``) with
+  the ONNX export run by ONNX Runtime in this process: max |logit difference|, the tolerance
+  ``1e-4 * max(1, max|native logit|)``, top-1 agreement (%), native accuracy and ORT accuracy;
+* the torch-exported and the Keras-exported ONNX files of the same canonical weights, in ORT;
+* latency (batch 1, median ms) and throughput (batch 64, images/s) of ORT and of both native
+  frameworks on this CPU.
+
+The file under test is ``--onnx`` or ``<run>/model.onnx``; the other framework's export is
+``<run>/model-<framework>.onnx``; missing files are exported first (``export/onnx_export.py``).
+The report is ``parity.json`` + ``parity.md`` in ``--out`` (default: the run folder). The command
+exits 1 when a check fails (after writing the report). This process imports neither framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.infer import OnnxModel, load
+from export.onnx_export import export, framework_cli
+from shared.io import atomic_write_json, atomic_write_text
+from shared.machine import machine_info
+from shared.onnx_meta import FRAMEWORKS, Source, default_onnx_path, resolve_source
+
+REL_TOL = 1e-4
+
+
+def to_layout(x_nhwc: np.ndarray, layout: str) -> np.ndarray:
+    """NHWC images in ``layout`` (NCHW or NHWC)."""
+    return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2) if layout == "NCHW" else x_nhwc)
+
+
+def compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Max abs difference, the tolerance 1e-4*max(1, max|reference|), top-1 agreement and accuracies."""
+    if reference.shape != other.shape:
+        raise ValueError(f"logit shapes differ: {reference.shape} vs {other.shape}")
+    diff = float(np.abs(reference.astype(np.float64) - other).max()) if reference.size else 0.0
+    tol = REL_TOL * max(1.0, float(np.abs(reference).max()) if reference.size else 1.0)
+    ref_top, other_top = reference.argmax(1), other.argmax(1)
+    out: dict[str, Any] = {
+        "n": int(len(reference)),
+        "max_abs_diff": diff,
+        "tolerance": tol,
+        "within_tolerance": diff <= tol,
+        "top1_agreement_pct": float(100.0 * np.mean(ref_top == other_top)) if len(reference) else 100.0,
+    }
+    if labels is not None:
+        out["reference_acc"] = float(np.mean(ref_top == labels))
+        out["other_acc"] = float(np.mean(other_top == labels))
+    out["ok"] = bool(out["within_tolerance"] and out["top1_agreement_pct"] == 100.0
+                     and out.get("reference_acc") == out.get("other_acc"))
+    return out
+
+
+def ort_benchmark(model: OnnxModel, repeats: int = 20, batch: int = 64) -> dict[str, float]:
+    """ORT latency (batch 1, median ms) and throughput (batch ``batch``, images/s)."""
+    sess, name = model.session, model.session.get_inputs()[0].name
+    x1 = np.random.default_rng(0).standard_normal((1, *model.input_shape)).astype(np.float32)
+    xb = np.random.default_rng(1).standard_normal((batch, *model.input_shape)).astype(np.float32)
+    sess.run(None, {name: x1}), sess.run(None, {name: xb})  # warm-up
+    lat = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: x1})
+        lat.append(time.perf_counter() - t)
+    runs = max(2, repeats // 5)
+    t = time.perf_counter()
+    for _ in range(runs):
+        sess.run(None, {name: xb})
+    dt = time.perf_counter() - t
+    return {"latency_ms_b1": float(np.median(lat) * 1e3), "throughput_ips_b64": batch * runs / dt}
+
+
+def evaluation_set(source: Source, data_dir: str, split: str | None, limit: int | None
+                   ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
+    """(normalized NHWC float32 images, labels, split, manifest) of the run's dataset."""
+    from datasets import load_prepared
+    from shared.data import norm_constants, normalize
+
+    dataset = source.config.get("dataset")
+    if not dataset:
+        raise ValueError(f"{source.run_dir}: the run config names no dataset")
+    prepared = load_prepared(dataset, data_dir)
+    sizes = prepared.manifest.get("splits", {})
+    split = split or ("test" if sizes.get("test") else "val")
+    x, y = prepared.arrays(split)
+    if limit:
+        x, y = x[:limit], y[:limit]
+    if x.shape[1] != source.spec.input_size:
+        raise ValueError(f"{dataset} images are {x.shape[1]}px but the model takes {source.spec.input_size}px")
+    mean, std = norm_constants(prepared.manifest)
+    return normalize(x, mean, std), y.astype(np.int64), split, prepared.manifest
+
+
+def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str | None = None,
+           limit: int | None = None, bench: bool = True) -> dict[str, Any]:
+    """Every number of the report (see the module docstring)."""
+    source = resolve_source(run)
+    if source.framework is None or source.run_dir is None:
+        raise ValueError(f"{run}: parity needs a run folder (config.json with framework and dataset)")
+    native = source.framework
+    x, y, split, manifest = evaluation_set(source, data_dir, split, limit)
+
+    files: dict[str, Path] = {}
+    tested_fw = native
+    if onnx:
+        tested_fw = load(onnx).meta["framework"]
+        files[tested_fw] = Path(onnx)
+    for fw in FRAMEWORKS:
+        if fw not in files:
+            path = default_onnx_path(source, fw)
+            files[fw] = path if path.is_file() else export(fw, run)
+    models = {fw: load(path) for fw, path in files.items()}
+    tested = models[tested_fw]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        framework_cli(native, "predict", "--run", run, "--inputs", Path(tmp) / "x.npy",
+                      "--logits", Path(tmp) / "native.npy")
+        native_logits = np.load(Path(tmp) / "native.npy")
+
+    ort_logits = {fw: m.logits(to_layout(x, m.meta["layout"])) for fw, m in models.items()}
+    report: dict[str, Any] = {
+        "run": str(source.run_dir),
+        "model": source.spec.name,
+        "native_framework": native,
+        "dataset": source.config.get("dataset"),
+        "synthetic": bool(manifest.get("synthetic")),
+        "split": split,
+        "n": int(len(y)),
+        "onnx_under_test": str(tested.path),
+        "onnx_files": {fw: str(p) for fw, p in files.items()},
+        "native_vs_ort": {fw: compare(native_logits, logits, y) for fw, logits in ort_logits.items()},
+        "torch_onnx_vs_keras_onnx": compare(ort_logits["torch"], ort_logits["keras"], y),
+    }
+    report["native_acc"] = report["native_vs_ort"][native]["reference_acc"]
+    report["ort_acc"] = report["native_vs_ort"][tested_fw]["other_acc"]
+    report["ok"] = bool(all(c["ok"] for c in report["native_vs_ort"].values())
+                        and report["torch_onnx_vs_keras_onnx"]["ok"])
+    if bench:
+        speed = {f"ort ({fw} export)": ort_benchmark(m) for fw, m in models.items()}
+        for fw in FRAMEWORKS:
+            speed[f"{fw} (native)"] = json.loads(framework_cli(fw, "bench", "--run", run).strip().splitlines()[-1])
+        report["speed"] = speed
+        report["machine"] = machine_info()
+    return report
+
+
+def _fmt_cmp(name: str, c: dict[str, Any]) -> str:
+    return (f"| {name} | {c['max_abs_diff']:.3g} | {c['tolerance']:.3g} | {c['top1_agreement_pct']:.2f} | "
+            f"{c['reference_acc']:.4f} | {c['other_acc']:.4f} | {'yes' if c['ok'] else '**NO**'} |")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown page."""
+    tag = " (SYNTHETIC data)" if report["synthetic"] else ""
+    lines = [
+        f"# ONNX parity: {report['model']} ({report['native_framework']}-trained)",
+        "",
+        f"Run `{report['run']}`; evaluation split **{report['split']}** of {report['dataset']}{tag}, "
+        f"{report['n']} images. File under test: `{report['onnx_under_test']}`.",
+        "",
+        f"**Verdict: {'PASS' if report['ok'] else 'FAIL'}** (logits within 1e-4·max(1, max|logit|), 100% top-1 "
+        "agreement, equal accuracy).",
+        "",
+        "| comparison | max abs logit diff | tolerance | top-1 agreement % | accuracy (ref) | accuracy (other) | ok |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    nat = report["native_framework"]
+    for fw, c in report["native_vs_ort"].items():
+        lines.append(_fmt_cmp(f"{nat} native vs ORT ({fw} export)", c))
+    lines.append(_fmt_cmp("ORT: torch export vs keras export", report["torch_onnx_vs_keras_onnx"]))
+    if "speed" in report:
+        lines += ["", f"## Speed on this CPU ({report['machine']['cpu']}, {report['machine']['cores']} cores)", "",
+                  "| engine | latency, batch 1 (median ms) | throughput, batch 64 (images/s) |", "|---|---|---|"]
+        for name, s in report["speed"].items():
+            lines.append(f"| {name} | {s['latency_ms_b1']:.2f} | {s['throughput_ips_b64']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--onnx", help="the .onnx file under test (default: <run>/model.onnx, exported if missing)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--split", choices=("train", "val", "test"), help="default: test, else val")
+    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--out", help="report folder (default: the run folder)")
+    p.add_argument("--no-bench", action="store_true", help="skip the latency/throughput measurements")
+    args = p.parse_args(argv)
+    try:
+        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: ExportError, DataError
+        raise SystemExit(f"error: {e}") from None
+    out = Path(args.out or report["run"])
+    atomic_write_json(out / "parity.json", report)
+    atomic_write_text(out / "parity.md", markdown(report))
+    print(markdown(report))
+    print(f"wrote {out / 'parity.md'} and {out / 'parity.json'}")
+    if not report["ok"]:
+        print("error: parity check failed (see the report)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
