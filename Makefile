@@ -83,3 +83,44 @@ summary: $(STAMP) ## the framework's own summary: make summary MODEL=resnet34 FR
 clean: ## remove caches (keeps .venv, data, runs and results)
 	rm -rf .pytest_cache .ruff_cache artifacts
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+# Cross-framework harness: side-by-side comparison, parity, weight conversion.
+FROM         ?= torch
+TO           ?= keras
+SRC          ?=
+PRETRAINED   ?=
+WEIGHTS_FILE ?=
+RANDOM       ?=
+INCLUDE_1202 ?=
+# convert: --model only when MODEL was given or there is no source file to read the spec from
+CONVERT_SPEC = $(if $(or $(filter command line environment,$(origin MODEL)),$(if $(SRC),,1)),$(MODEL_ARGS),\
+	$(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT)))
+CONVERT_SOURCE = $(call opt,--src,$(SRC)) $(call opt,--random,$(RANDOM)) $(call opt,--weights-file,$(WEIGHTS_FILE)) \
+	$(if $(PRETRAINED),--pretrained $(filter-out 1 yes true,$(PRETRAINED)))
+
+compare: $(STAMP) ## side-by-side PyTorch|Keras table, totals, parity: make compare MODEL=resnet34 [NUM_CLASSES=2] [SHORTCUT=B]
+	$(PY) -m shared.compare $(MODEL_ARGS)
+
+compare-all: $(STAMP) ## one line per registry model (INCLUDE_1202=1 adds resnet1202/plain1202)
+	$(PY) -m shared.compare --all $(if $(INCLUDE_1202),--include-1202)
+
+convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras MODEL=resnet34 PRETRAINED=1 OUT=r34.weights.h5
+	$(PY) -m export.convert --from $(FROM) --to $(TO) --out $(or $(OUT),$(error OUT=file is required, e.g. OUT=model.weights.h5)) \
+		$(CONVERT_SPEC) $(or $(strip $(CONVERT_SOURCE)),--init)
+
+# ONNX export, ONNX Runtime inference and parity reports (export/). With RUN, FRAMEWORK is passed
+# only when given explicitly (the run's own framework by default; the other one exports its weights too).
+INPUT_SIZE   ?=
+PARITY_LIMIT ?=
+EXPORT_FW = $(if $(RUN),$(if $(filter-out file default,$(origin FRAMEWORK)),--framework $(FRAMEWORK)),--framework $(FRAMEWORK))
+
+export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx], or MODEL=.. FRAMEWORK=..
+	$(PY) -m export.onnx_export $(if $(RUN),--run $(RUN),$(MODEL_ARGS)) $(EXPORT_FW) \
+		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT))
+
+infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg b.png" [TOPK=5]
+	$(PY) -m export.infer $(if $(ONNX),$(ONNX),$(if $(RUN),$(RUN)/model.onnx)) $(IMAGES) $(call opt,--topk,$(TOPK))
+
+parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
+	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
+		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT))
