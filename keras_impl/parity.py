@@ -1,6 +1,6 @@
 """Keras side of the cross-framework parity check: one JSON job in, files and a JSON report out.
 
-    python -m keras_impl.parity JOB.json
+    python -m keras_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
 The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
 written in Keras' own layout (``shared.parity`` transposes). Also home of :func:`make_sgd`, the
@@ -97,6 +97,7 @@ def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, mome
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Execute a parity job (see ``pytorch_impl/parity.py``); returns the report."""
+    keras.backend.clear_session()  # one process runs many jobs: drop the previous models' graphs
     keras.utils.set_random_seed(0)
     spec = ModelSpec.from_dict(job["spec"])
     model = build_model(spec)
@@ -128,9 +129,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SystemExit("usage: python -m keras_impl.parity JOB.json")
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    atomic_write_json(job["report"], run_job(job))
+        raise SystemExit("usage: python -m keras_impl.parity JOBS.json")
+    request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    atomic_write_json(request["report"], [run_job(job) for job in request["jobs"]])
     return 0
 
 

@@ -1,8 +1,8 @@
 """PyTorch side of the cross-framework parity check: one JSON job in, files and a JSON report out.
 
-    python -m pytorch_impl.parity JOB.json
+    python -m pytorch_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
-Job keys (all optional but ``spec`` and ``report``), applied in this order: ``summary`` (path of the
+Job keys (all optional but ``spec``), applied in this order: ``summary`` (path of the
 summary JSON to write), ``randomize`` (seed: fresh values for every parameter and BN statistic,
 ``shared.parity.randomize_arrays``), ``weights`` (a canonical .safetensors or native checkpoint to
 load), ``save_weights`` (path: canonical safetensors), ``forward`` {input (.npy, NCHW), layers, out
@@ -124,9 +124,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SystemExit("usage: python -m pytorch_impl.parity JOB.json")
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    atomic_write_json(job["report"], run_job(job))
+        raise SystemExit("usage: python -m pytorch_impl.parity JOBS.json")
+    request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    atomic_write_json(request["report"], [run_job(job) for job in request["jobs"]])
     return 0
 
 

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.io import atomic_write_json, atomic_write_text
-from shared.parity import DIRECTIONS, ROOT, StepConfig, default_size, eval_line, run_parity, train_line
+from shared.parity import (
+    DIRECTIONS,
+    ROOT,
+    Case,
+    StepConfig,
+    default_size,
+    eval_line,
+    run_parity_cases,
+    train_line,
+)
 from shared.spec import MODEL_NAMES, SHORTCUTS, ModelSpec, get_spec
 from shared.summary import canonical_shape, validate_summary
 
@@ -175,29 +184,40 @@ def _read_summary(path: str) -> dict[str, Any]:
 
 
 def compare_model(
-    spec: ModelSpec, *, torch_summary: str | None = None, keras_summary: str | None = None,
-    parity: bool = True, train_step: bool = True, direction: str = "torch2keras", batch: int = 2,
-    size: int | None = None, seed: int = 0,
+    spec: ModelSpec, *, torch_summary: str | None = None, keras_summary: str | None = None, **options: Any,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(summary comparison, parity result or None). Summary files, when given, replace a side's own."""
     given = {"torch": _read_summary(torch_summary) if torch_summary else None,
              "keras": _read_summary(keras_summary) if keras_summary else None}
-    result = None
-    summaries: dict[str, Any] = {}
+    return compare_models([spec], given=given, **options)[0]
+
+
+def compare_models(
+    specs: list[ModelSpec], *, given: dict[str, Any] | None = None, parity: bool = True, train_step: bool = True,
+    direction: str = "torch2keras", batch: int = 2, size: int | None = None, seed: int = 0,
+) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Summaries and parity for many models, with one process per framework and phase in all."""
+    given = given or {"torch": None, "keras": None}
+    results: list[dict[str, Any] | None] = [None] * len(specs)
+    summaries: list[dict[str, Any]] = [{} for _ in specs]
     if parity:
-        with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
-            try:
-                result = run_parity(spec, direction, batch=batch, size=size, seed=seed,
-                                    train_step=StepConfig() if train_step else None, summaries=True, workdir=tmp)
-                summaries = result.pop("summaries")
-            except RuntimeError as e:
-                result = {"error": str(e).splitlines()[-1], "ok": False}
-    for fw in ("torch", "keras"):
-        if given[fw] is not None:
-            summaries[fw] = given[fw]
-        elif fw not in summaries:
-            summaries[fw] = framework_summary(fw, spec)
-    return compare_summaries(summaries["torch"], summaries["keras"]), result
+        try:
+            with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
+                results = run_parity_cases([Case(spec, direction) for spec in specs], batch=batch, size=size,
+                                           seed=seed, train_step=StepConfig() if train_step else None,
+                                           summaries=True, workdir=tmp)
+            summaries = [r.pop("summaries") for r in results]
+        except RuntimeError as e:
+            results = [{"error": str(e).strip().splitlines()[-1], "ok": False} for _ in specs]
+    out = []
+    for spec, result, own in zip(specs, results, summaries):
+        for fw in ("torch", "keras"):
+            if given[fw] is not None:
+                own[fw] = given[fw]
+            elif fw not in own:
+                own[fw] = framework_summary(fw, spec)
+        out.append((compare_summaries(own["torch"], own["keras"]), result))
+    return out
 
 
 def write_artifacts(out_dir: Path, cmp: dict[str, Any], parity: dict[str, Any] | None) -> None:
@@ -284,14 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.torch_summary or args.keras_summary:
             parser.error("--torch-summary/--keras-summary name one model's summaries; they cannot go with --all")
         names = [n for n in MODEL_NAMES if args.include_1202 or n not in SKIPPED_BY_DEFAULT]
+        specs = [get_spec(name, num_classes=args.num_classes, shortcut=args.shortcut) for name in names]
+        comparisons = compare_models(specs, **options)
         rows, results, ok = [], {}, True
-        for name in names:
-            spec = get_spec(name, num_classes=args.num_classes, shortcut=args.shortcut)
-            cmp, parity = compare_model(spec, **options)
+        for spec, (cmp, parity) in zip(specs, comparisons):
             write_artifacts(out_dir, cmp, parity)
             row = all_line(cmp, parity)
             rows.append(row)
-            results[name] = {"comparison_ok": cmp["ok"], "parity": parity}
+            results[spec.name] = {"comparison_ok": cmp["ok"], "parity": parity}
             ok = ok and cmp["ok"] and (parity is None or parity["ok"])
             print("  ".join(f"{row[c]:<{w}}" for c, w in zip(ALL_HEADER, (11, 24, 24, 2, 30, 0))), flush=True)
         size_note = ", ".join(sorted({f"{default_size(get_spec(n))}x{default_size(get_spec(n))}" for n in names}))

@@ -27,13 +27,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared.io import atomic_write_json, atomic_write_text, load_weights
+from shared.io import atomic_write_json, atomic_write_text, load_weights, save_weights
 from shared.names import canonical_layers, canonical_weights, stage_names, stage_output_layer
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
@@ -85,14 +86,15 @@ def randomize_arrays(spec: ModelSpec, arrays: dict[str, np.ndarray], seed: int) 
 
 
 # Worker jobs -----------------------------------------------------------------------------------
-def run_worker(framework: str, job: dict[str, Any], workdir: Path, *, timeout: float = 3600) -> dict[str, Any]:
-    """Run one framework's parity worker on ``job`` (a JSON-able dict); return its JSON report."""
+def run_worker(framework: str, jobs: list[dict[str, Any]], workdir: Path, *,
+               timeout: float = 3600) -> list[dict[str, Any]]:
+    """Run one framework's parity worker on a list of jobs (one process); return their reports."""
     if framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}; valid choices: {', '.join(FRAMEWORKS)}")
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / f"job-{framework}-{len(list(workdir.glob('job-*')))}.json"
     report_path = job_path.with_suffix(".report.json")
-    atomic_write_json(job_path, {**job, "report": str(report_path)})
+    atomic_write_json(job_path, {"jobs": jobs, "report": str(report_path)})
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [sys.executable, "-m", f"{PACKAGES[framework]}.parity", str(job_path)], cwd=ROOT,
@@ -138,7 +140,7 @@ def diff_entry(name: str, a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
             "bound": tol, "ok": bool(d <= tol)}
 
 
-def _forward_outputs(path: str, framework: str) -> dict[str, np.ndarray]:
+def _forward_outputs(path: str | Path, framework: str) -> dict[str, np.ndarray]:
     with np.load(path) as f:
         return {k: to_nchw(f[k], framework) for k in f.files}
 
@@ -149,9 +151,26 @@ def _layers_up_to(spec: ModelSpec, last: str) -> list[str]:
 
 
 # Parity ---------------------------------------------------------------------------------------
-def run_parity(
-    spec: ModelSpec,
-    direction: str = "torch2keras",
+@dataclass
+class Case:
+    """One parity check: a spec, a transfer direction and (for tests) a weight-file edit."""
+
+    spec: ModelSpec
+    direction: str = "torch2keras"
+    tamper: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+
+
+def run_parity(spec: ModelSpec, direction: str = "torch2keras", **kwargs: Any) -> dict[str, Any]:
+    """Randomize on the source side, transfer, compare eval outputs (and one SGD step).
+
+    Keyword arguments as :func:`run_parity_cases` (``tamper`` goes into the case).
+    """
+    tamper = kwargs.pop("tamper", None)
+    return run_parity_cases([Case(spec, direction, tamper)], **kwargs)[0]
+
+
+def run_parity_cases(
+    cases: list[Case],
     *,
     batch: int = 2,
     size: int | None = None,
@@ -159,102 +178,131 @@ def run_parity(
     train_step: StepConfig | None = StepConfig(),
     summaries: bool = False,
     workdir: str | os.PathLike | None = None,
-    tamper: Any = None,
-) -> dict[str, Any]:
-    """Randomize on the source side, transfer, compare eval outputs (and one SGD step).
+) -> list[dict[str, Any]]:
+    """Run many parity checks with three framework processes in all (not per case).
 
-    ``tamper(arrays) -> arrays``, when given, edits the transferred weight file before the target
-    side reads it (tests use it to prove that a wrong mapping fails). ``summaries=True`` also asks
-    each worker for its summary JSON (``result["summaries"]``), saving a process start per side.
+    Phase 1, PyTorch: the torch→keras sources randomize, save and run; phase 2, Keras: the
+    torch→keras targets load and run, the keras→torch sources randomize, save and run; phase 3,
+    PyTorch: the keras→torch targets. ``tamper(arrays) -> arrays``, when a case has one, edits the
+    transferred file before the target reads it (tests use it to prove that a wrong mapping fails).
+    ``summaries=True`` also asks each worker for its summary JSON (``result["summaries"]``).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; valid choices: {', '.join(DIRECTIONS)}")
-    src, dst = DIRECTIONS[direction]
-    size = size or default_size(spec)
+    for case in cases:
+        if case.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {case.direction!r}; valid choices: {', '.join(DIRECTIONS)}")
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
-        work = Path(workdir) if workdir else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        x, y = make_batch(spec, batch, size, seed)
-        inputs = {"torch": work / "x_nchw.npy", "keras": work / "x_nhwc.npy"}
-        np.save(inputs["torch"], x)
-        np.save(inputs["keras"], x.transpose(0, 2, 3, 1))
-        np.save(work / "y.npy", y)
-        stage_layers = [stage_output_layer(spec, s) for s in stage_names(spec)]
-        w0 = work / "w0.safetensors"
-        transferred = w0
-        reports = {}
-        for side in (src, dst):
-            job: dict[str, Any] = {
-                "spec": spec.to_dict(),
-                "forward": {"input": str(inputs[side]), "layers": stage_layers,
-                            "out": str(work / f"eval-{side}.npz")},
-            }
-            if summaries:
-                job["summary"] = str(work / f"summary-{side}.json")
-            if side == src:
-                job["randomize"] = seed + (1 if src == "keras" else 0)  # each direction its own weights
-                job["save_weights"] = str(w0)
-            else:
-                if tamper is not None:
-                    arrays, meta = load_weights(w0)
-                    transferred = work / "w0-tampered.safetensors"
-                    from shared.io import save_weights
+        root = Path(workdir) if workdir else Path(tmp)
+        plans = [_plan(case, root / f"case{i}", batch, size, seed, train_step, summaries)
+                 for i, case in enumerate(cases)]
+        phases: list[tuple[str, list[tuple[dict, str]]]] = [
+            ("torch", [(p, "src") for p in plans if p["src"] == "torch"]),
+            ("keras", [(p, "dst") for p in plans if p["src"] == "torch"]
+             + [(p, "src") for p in plans if p["src"] == "keras"]),
+            ("torch", [(p, "dst") for p in plans if p["src"] == "keras"]),
+        ]
+        for framework, work in phases:
+            if not work:
+                continue
+            for plan, role in work:
+                if role == "dst" and plan["case"].tamper is not None:
+                    arrays, meta = load_weights(plan["w0"])
+                    save_weights(plan["transferred"], plan["case"].tamper(dict(arrays)), meta)
+            reports = run_worker(framework, [plan["jobs"][role] for plan, role in work], root)
+            for (plan, _), report in zip(work, reports):
+                plan["reports"][framework] = report
+        results = [_analyse(plan, train_step) for plan in plans]
+        # A second pass names the first diverging layer: every layer up to the first bad stage.
+        diverging = [(plan, r) for plan, r in zip(plans, results) if r["eval"]["bad_stage"]]
+        if diverging:
+            for framework in FRAMEWORKS:
+                jobs = []
+                for plan, r in diverging:
+                    layers = _layers_up_to(plan["spec"], r["eval"]["bad_stage"])
+                    weights = plan["w0"] if framework == plan["src"] else plan["transferred"]
+                    jobs.append({"spec": plan["spec"].to_dict(), "weights": str(weights),
+                                 "forward": {"input": str(plan["inputs"][framework]), "layers": layers,
+                                             "out": str(plan["dir"] / f"layers-{framework}.npz")}})
+                run_worker(framework, jobs, root)
+            for plan, r in diverging:
+                r["eval"]["first_diverging_layer"] = _first_diverging(plan, r["eval"]["bad_stage"])
+        for r in results:
+            del r["eval"]["bad_stage"]
+        return results
 
-                    save_weights(transferred, tamper(dict(arrays)), meta)
-                job["weights"] = str(transferred)
-            if train_step is not None:
-                job["train_step"] = {
-                    "input": str(inputs[side]), "labels": str(work / "y.npy"),
-                    "lr": train_step.lr, "momentum": train_step.momentum,
-                    "weight_decay": train_step.weight_decay,
-                    "out": str(work / f"w1-{side}.safetensors"),
-                }
-            reports[side] = run_worker(side, job, work)
 
-        out_t = _forward_outputs(str(work / "eval-torch.npz"), "torch")
-        out_k = _forward_outputs(str(work / "eval-keras.npz"), "keras")
-        ref, other = (out_t, out_k) if src == "torch" else (out_k, out_t)
-        stages = []
-        for stage, layer in zip(stage_names(spec), stage_layers):
-            stages.append({**diff_entry(layer, ref[layer], other[layer]), "stage": stage})
-        logits = diff_entry("logits", ref["logits"], other["logits"])
-        first = None
-        bad = [s for s in stages if not s["ok"]]
-        if bad:
-            first = _first_diverging_layer(spec, src, dst, work, inputs, transferred, w0, bad[0]["name"])
-        result: dict[str, Any] = {
-            "model": spec.name, "spec": spec.to_dict(), "direction": direction, "source": src,
-            "target": dst, "batch": batch, "size": size, "seed": seed, "rel_tol": REL_TOL,
-            "eval": {"logits": logits, "stages": stages, "first_diverging_layer": first,
-                     "ok": bool(logits["ok"] and not bad)},
+def _plan(case: Case, work: Path, batch: int, size: int | None, seed: int, step: StepConfig | None,
+          summaries: bool) -> dict[str, Any]:
+    """The files and the two worker jobs of one case."""
+    spec = case.spec
+    src, dst = DIRECTIONS[case.direction]
+    size = size or default_size(spec)
+    work.mkdir(parents=True, exist_ok=True)
+    x, y = make_batch(spec, batch, size, seed)
+    inputs = {"torch": work / "x_nchw.npy", "keras": work / "x_nhwc.npy"}
+    np.save(inputs["torch"], x)
+    np.save(inputs["keras"], x.transpose(0, 2, 3, 1))
+    np.save(work / "y.npy", y)
+    w0 = work / "w0.safetensors"
+    transferred = w0 if case.tamper is None else work / "w0-tampered.safetensors"
+    stage_layers = [stage_output_layer(spec, s) for s in stage_names(spec)]
+    jobs = {}
+    for role, side in (("src", src), ("dst", dst)):
+        job: dict[str, Any] = {
+            "spec": spec.to_dict(),
+            "forward": {"input": str(inputs[side]), "layers": stage_layers, "out": str(work / f"eval-{side}.npz")},
         }
-        if train_step is not None:
-            keras_start = w0 if src == "keras" else transferred
-            result["train"] = compare_train_step(
-                spec, load_weights(keras_start)[0], str(work / "w1-torch.safetensors"),
-                str(work / "w1-keras.safetensors"), reports, src, train_step,
-            )
-        result["ok"] = bool(result["eval"]["ok"] and result.get("train", {"ok": True})["ok"])
         if summaries:
-            result["summaries"] = {
-                side: json.loads((work / f"summary-{side}.json").read_text(encoding="utf-8"))
-                for side in FRAMEWORKS
+            job["summary"] = str(work / f"summary-{side}.json")
+        if role == "src":
+            job["randomize"] = seed + (1 if src == "keras" else 0)  # each direction its own weights
+            job["save_weights"] = str(w0)
+        else:
+            job["weights"] = str(transferred)
+        if step is not None:
+            job["train_step"] = {
+                "input": str(inputs[side]), "labels": str(work / "y.npy"), "lr": step.lr,
+                "momentum": step.momentum, "weight_decay": step.weight_decay,
+                "out": str(work / f"w1-{side}.safetensors"),
             }
-        return result
+        jobs[role] = job
+    return {"case": case, "spec": spec, "src": src, "dst": dst, "dir": work, "inputs": inputs, "w0": w0,
+            "transferred": transferred, "jobs": jobs, "reports": {}, "batch": batch, "size": size, "seed": seed,
+            "stage_layers": stage_layers, "summaries": summaries}
 
 
-def _first_diverging_layer(spec, src, dst, work, inputs, transferred, w0, stage_layer) -> dict[str, Any]:
-    """Capture every canonical layer up to ``stage_layer`` on both sides; the first one over the bound."""
-    layers = _layers_up_to(spec, stage_layer)
-    outs = {}
-    for side, weights in ((src, w0), (dst, transferred)):
-        path = work / f"layers-{side}.npz"
-        job = {"spec": spec.to_dict(), "weights": str(weights),
-               "forward": {"input": str(inputs[side]), "layers": layers, "out": str(path)}}
-        run_worker(side, job, work)
-        outs[side] = _forward_outputs(str(path), side)
-    for name in layers:
-        entry = diff_entry(name, outs[src][name], outs[dst][name])
+def _analyse(plan: dict[str, Any], step: StepConfig | None) -> dict[str, Any]:
+    spec, src, dst, work = plan["spec"], plan["src"], plan["dst"], plan["dir"]
+    outs = {fw: _forward_outputs(work / f"eval-{fw}.npz", fw) for fw in FRAMEWORKS}
+    ref, other = outs[src], outs[dst]
+    stages = [{**diff_entry(layer, ref[layer], other[layer]), "stage": stage}
+              for stage, layer in zip(stage_names(spec), plan["stage_layers"])]
+    logits = diff_entry("logits", ref["logits"], other["logits"])
+    bad = [s for s in stages if not s["ok"]]
+    result: dict[str, Any] = {
+        "model": spec.name, "spec": spec.to_dict(), "direction": plan["case"].direction, "source": src,
+        "target": dst, "batch": plan["batch"], "size": plan["size"], "seed": plan["seed"], "rel_tol": REL_TOL,
+        "tampered": plan["case"].tamper is not None,
+        "eval": {"logits": logits, "stages": stages, "first_diverging_layer": None,
+                 "bad_stage": bad[0]["name"] if bad else None, "ok": bool(logits["ok"] and not bad)},
+    }
+    if step is not None:
+        keras_start = plan["w0"] if src == "keras" else plan["transferred"]
+        result["train"] = compare_train_step(
+            spec, load_weights(keras_start)[0], str(work / "w1-torch.safetensors"),
+            str(work / "w1-keras.safetensors"), plan["reports"], step,
+        )
+    result["ok"] = bool(result["eval"]["ok"] and result.get("train", {"ok": True})["ok"])
+    if plan["summaries"]:
+        result["summaries"] = {fw: json.loads((work / f"summary-{fw}.json").read_text(encoding="utf-8"))
+                               for fw in FRAMEWORKS}
+    return result
+
+
+def _first_diverging(plan: dict[str, Any], stage_layer: str) -> dict[str, Any]:
+    """The first canonical layer (forward order) whose outputs differ beyond the bound."""
+    outs = {fw: _forward_outputs(plan["dir"] / f"layers-{fw}.npz", fw) for fw in FRAMEWORKS}
+    for name in _layers_up_to(plan["spec"], stage_layer):
+        entry = diff_entry(name, outs[plan["src"]][name], outs[plan["dst"]][name])
         if not entry["ok"]:
             return entry
     return {"name": stage_layer, "note": "only the stage output diverges"}
@@ -262,7 +310,7 @@ def _first_diverging_layer(spec, src, dst, work, inputs, transferred, w0, stage_
 
 def compare_train_step(
     spec: ModelSpec, w0: dict[str, np.ndarray], torch_path: str, keras_path: str,
-    reports: dict[str, dict[str, Any]], src: str, step: StepConfig,
+    reports: dict[str, dict[str, Any]], step: StepConfig,
 ) -> dict[str, Any]:
     """Compare the weights after one SGD step; account for the unbiased/biased running variance.
 
@@ -432,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
     directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
     step = None if args.no_train_step else StepConfig()
-    results = [run_parity(spec, d, batch=args.batch, size=args.size, seed=args.seed, train_step=step)
-               for d in directions]
+    results = run_parity_cases([Case(spec, d) for d in directions], batch=args.batch, size=args.size,
+                               seed=args.seed, train_step=step)
     for r in results:
         print(eval_line(r))
         if "train" in r:
