@@ -22,6 +22,7 @@ from shared.io import atomic_save_npy, atomic_write_json, load_weights
 from shared.onnx_meta import (
     Source,
     build_metadata,
+    check_metadata,
     default_onnx_path,
     finalize_onnx,
     resolve_source,
@@ -45,6 +46,7 @@ def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata:
     The model must have a batch-free input shape, e.g. ``build_model(spec, input_shape=(s, s, 3))``.
     ``onnx.checker`` runs before the file is written (atomically); ``metadata`` goes to metadata_props.
     """
+    check_metadata(metadata)
     if model.inputs and model.inputs[0].shape[0] is not None:
         raise ValueError(f"the model's batch dimension must be None; got input shape {model.inputs[0].shape}")
     # Keras exports only models that have been called once.

@@ -24,6 +24,7 @@ from shared.onnx_meta import (
     OUTPUT_NAME,
     Source,
     build_metadata,
+    check_metadata,
     default_onnx_path,
     finalize_onnx,
     resolve_source,
@@ -44,6 +45,7 @@ def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metad
 
     ``onnx.checker`` runs before the file is written (atomically); ``metadata`` goes to metadata_props.
     """
+    check_metadata(metadata)
     model = model.eval()
     example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size)
     batch = torch.export.Dim("batch", min=1)

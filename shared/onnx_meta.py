@@ -184,6 +184,13 @@ def parse_metadata(props: dict[str, str], where: str = "model") -> dict[str, Any
     return meta
 
 
+def check_metadata(metadata: dict[str, str]) -> None:
+    """A TypeError unless every key and value is a string (ONNX metadata_props hold strings)."""
+    bad = {k: v for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise TypeError(f"ONNX metadata values must be strings; got {bad}")
+
+
 def _rename(graph: Any, old: str, new: str) -> None:
     if old == new:
         return
@@ -210,9 +217,7 @@ def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata
 
     from shared.io import atomic_write
 
-    bad = {k: v for k, v in metadata.items() if not isinstance(v, str)}
-    if bad:
-        raise TypeError(f"ONNX metadata values must be strings; got {bad}")
+    check_metadata(metadata)
     model = onnx.load(str(raw_path))
     graph = model.graph
     if len(graph.input) != 1 or len(graph.output) != 1:

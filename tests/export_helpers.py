@@ -91,3 +91,26 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def assert_logits_match(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """The issue's bar: |diff| <= 1e-4*max(1, max|reference|), 100% top-1 agreement, equal accuracy."""
+    assert reference.shape == other.shape, (reference.shape, other.shape)
+    diff = float(np.abs(reference.astype(np.float64) - other).max())
+    tol = 1e-4 * max(1.0, float(np.abs(reference).max()))
+    assert diff <= tol, f"max |logit diff| {diff:.3g} > tolerance {tol:.3g}"
+    assert np.array_equal(reference.argmax(1), other.argmax(1)), "top-1 predictions differ"
+    if labels is not None:
+        assert np.mean(reference.argmax(1) == labels) == np.mean(other.argmax(1) == labels)
+    return diff
+
+
+def fixture_images(data_dir: str | Path, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` images of the synthetic test split, normalized NHWC float32, and their labels."""
+    from datasets import load_prepared
+    from shared.data import norm_constants, normalize
+
+    prepared = load_prepared("synthetic", data_dir)
+    x, y = prepared.arrays("test")
+    mean, std = norm_constants(prepared.manifest)
+    return normalize(x[:n], mean, std), y[:n].astype(np.int64)
