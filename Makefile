@@ -124,3 +124,15 @@ infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx
 parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
 		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT))
+
+# Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
+# NPROC=N runs torch under torchrun with DDP on N processes; STRATEGY=mirrored forces Keras' MirroredStrategy.
+NPROC    ?=
+STRATEGY ?=
+TORCH_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC),$(PY))
+
+train-torch: $(STAMP) ## train with PyTorch: make train-torch MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [NPROC=2]
+	$(TORCH_LAUNCH) -m pytorch_impl.train $(TRAIN_ARGS)
+
+train-keras: $(STAMP) ## train with Keras: make train-keras MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [JIT=1]
+	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY))
