@@ -136,3 +136,21 @@ train-torch: $(STAMP) ## train with PyTorch: make train-torch MODEL=resnet20 DAT
 
 train-keras: $(STAMP) ## train with Keras: make train-keras MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [JIT=1]
 	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY))
+
+# Ablation (shared/ablation.py): plain vs residual twins for the same epochs in both frameworks, then
+# $(ABLATION_OUT)/ablation-<name>.md/.json/-error.png/-loss.png. Cells train in runs/ablation/<name>/;
+# re-running skips finished cells and resumes an interrupted one. DATASET is passed only when given on
+# the command line (DATASET=synthetic for a quick pipeline check), else the ablation's own dataset.
+ABLATION_OUT    ?= results
+ABLATION_MODELS ?=
+ABLATION_TRAIN_ARGS = $(strip $(call opt,--device,$(DEVICE)) $(call opt,--amp,$(AMP)) \
+	$(call opt,--compile,$(COMPILE)) $(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) \
+	$(call opt,--workers,$(WORKERS)))
+
+ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION=cifar10|cats_vs_dogs EPOCHS=N [FRAMEWORKS=torch]
+	$(PY) -m shared.ablation --ablation $(ABLATION) --frameworks $(FRAMEWORKS) --data-dir $(DATA_DIR) \
+		--out $(ABLATION_OUT) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET)) \
+		$(call opt,--models,$(ABLATION_MODELS)) $(call opt,--shortcut,$(SHORTCUT)) \
+		$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
+		$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) \
+		$(if $(ABLATION_TRAIN_ARGS),--train-args="$(ABLATION_TRAIN_ARGS)")

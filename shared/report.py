@@ -128,6 +128,15 @@ def _num(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
+def device_text(device: Any) -> str:
+    """A run's ``config["device"]`` in a few words: ``cpu``, ``NVIDIA A100 x 4``."""
+    if not isinstance(device, dict):
+        return str(device)
+    name = str(device.get("name") or device.get("type") or "unknown")
+    world = device.get("world_size") or 1
+    return f"{name} x {world}" if world > 1 else name
+
+
 def format_seconds(s: float | None) -> str:
     """``3723.4`` -> ``1h02m03s``; ``42.1`` -> ``42.1s``."""
     if s is None:
@@ -323,7 +332,7 @@ def build_report(
         "batch_size": batch_size,
         "synthetic": flags.pop() if len(flags) == 1 else None,
         "hardware": list(dict.fromkeys(hardware)),
-        "devices": sorted({str(r["device"]) for r in rows if r.get("device") is not None}),
+        "devices": sorted({device_text(r["device"]) for r in rows if r.get("device") is not None}),
         "git_commit": git_commit,
         "generated": generated,
         "complete": all(r["finished"] for r in rows),
