@@ -154,3 +154,15 @@ ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION
 		$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
 		$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) \
 		$(if $(ABLATION_TRAIN_ARGS),--train-args="$(ABLATION_TRAIN_ARGS)")
+
+# Data (datasets/): prepare once into data/prepared/<name>/ (uint8 arrays + checksummed manifest).
+# VAL_SIZE: validation images carved from the training set (count, or fraction < 1); NO_DOWNLOAD=1 stays offline.
+VAL_SIZE    ?=
+NO_DOWNLOAD ?=
+
+data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cats_vs_dogs|synthetic [DATA_DIR=data] [NO_DOWNLOAD=1]
+	$(PY) -m datasets.prepare --dataset $(DATASET) --data-dir $(DATA_DIR) $(call opt,--val-size,$(VAL_SIZE)) \
+		$(if $(NO_DOWNLOAD),--no-download)
+
+bench-data: $(STAMP) ## images/s of each framework's input pipeline (CIFAR-10-shaped batches of 128): results/bench/data.*
+	$(PY) -m datasets.bench --data-dir $(DATA_DIR)

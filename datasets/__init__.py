@@ -5,7 +5,7 @@ CLI behind ``make data``. This package imports neither torch nor tensorflow (the
 preparation imports tensorflow_datasets inside its own process).
 """
 
-from datasets.prepare import load_prepared, prepare
+from datasets.loading import load_prepared, prepare
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared
 
 __all__ = ["DataError", "Prepared", "load_prepared", "prepare", "prepared_dir", "read_prepared"]

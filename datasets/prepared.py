@@ -98,18 +98,24 @@ def write_prepared(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
     return read_prepared(out)
 
 
-def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> None:
-    """Write one split's arrays into ``folder`` (uint8 images, int64 labels), copying in chunks."""
+def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, index: np.ndarray | None = None,
+                chunk: int = 4096) -> None:
+    """Write one split's arrays into ``folder`` (uint8 images, int64 labels), copying in chunks.
+
+    With ``index``, the split is ``x[index]``, ``y[index]`` (``x`` may be a large memory map).
+    """
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"{split}: images must be uint8 [N, H, W, 3]; got {x.dtype} {x.shape}")
     if len(x) != len(y):
         raise ValueError(f"{split}: {len(x)} images but {len(y)} labels")
-    xm = np.lib.format.open_memmap(folder / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=x.shape)
-    for i in range(0, len(x), chunk):
-        xm[i: i + chunk] = x[i: i + chunk]
+    index = np.arange(len(x)) if index is None else np.asarray(index)
+    xm = np.lib.format.open_memmap(folder / f"{split}_x.npy", mode="w+", dtype=np.uint8,
+                                   shape=(len(index), *x.shape[1:]))
+    for i in range(0, len(index), chunk):
+        xm[i: i + chunk] = x[index[i: i + chunk]]
     xm.flush()
     del xm
-    np.save(folder / f"{split}_y.npy", np.asarray(y, dtype=np.int64))
+    np.save(folder / f"{split}_y.npy", np.asarray(y, dtype=np.int64)[index])
 
 
 def finish_prepared(tmp: Path, out: Path, meta: dict) -> None:
