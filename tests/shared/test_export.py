@@ -1,0 +1,273 @@
+"""Export across frameworks (subprocesses), parity reports, the ORT-only inference CLI, bad input.
+
+This process imports neither torch nor tensorflow: every framework step runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export import infer
+from export.parity import compare
+from shared.onnx_meta import Source, default_onnx_path, resolve_source
+from shared.spec import get_spec
+from tests.conftest import ROOT, run_module
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def _make_run(framework, model, out, data_dir, seed=0):
+    run_module("tests.export_helpers", "--framework", framework, "--model", model, "--out", out,
+               "--data-dir", data_dir, "--seed", seed)
+    return out
+
+
+def _parity(run, data_dir, *extra):
+    run_module("export.parity", "--run", run, "--data-dir", data_dir, "--no-bench", *extra)
+    return json.loads((Path(run) / "parity.json").read_text())
+
+
+def _assert_parity_ok(report, native):
+    assert report["native_framework"] == native and report["ok"] is True
+    for fw in ("torch", "keras"):
+        c = report["native_vs_ort"][fw]
+        assert c["max_abs_diff"] <= c["tolerance"] and c["top1_agreement_pct"] == 100.0
+        assert c["reference_acc"] == c["other_acc"]
+    cross = report["torch_onnx_vs_keras_onnx"]
+    assert cross["max_abs_diff"] <= cross["tolerance"] and cross["top1_agreement_pct"] == 100.0
+
+
+@pytest.fixture(scope="module")
+def torch_run(tmp_path_factory, data_dir):
+    """A torch resnet20 run (BN-randomized weights) with both frameworks' exports and a parity report."""
+    run = _make_run("torch", "resnet20", tmp_path_factory.mktemp("run") / "resnet20", data_dir)
+    return run, _parity(run, data_dir, "--limit", "200")
+
+
+def test_parity_torch_run_resnet20_both_exports(torch_run):
+    run, report = torch_run
+    _assert_parity_ok(report, "torch")
+    assert report["n"] == 200 and report["split"] == "test"
+    assert report["onnx_files"] == {"torch": str(run / "model.onnx"), "keras": str(run / "model-keras.onnx")}
+    metas = {fw: infer.load(p).meta for fw, p in report["onnx_files"].items()}
+    assert (metas["torch"]["layout"], metas["keras"]["layout"]) == ("NCHW", "NHWC")
+    assert metas["torch"]["class_names"] == json.loads((run / "config.json").read_text())["class_names"]
+    assert "# ONNX parity: resnet20" in (run / "parity.md").read_text()
+
+
+def test_parity_keras_run_plain20_both_exports(tmp_path, data_dir):
+    run = _make_run("keras", "plain20", tmp_path / "plain20", data_dir, seed=3)
+    report = _parity(run, data_dir, "--limit", "200")
+    _assert_parity_ok(report, "keras")
+    assert report["onnx_files"]["keras"].endswith("model.onnx")
+    assert report["onnx_files"]["torch"].endswith("model-torch.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "plain50"])
+def test_parity_imagenet_stem_both_exports(name, tmp_path, data_dir):
+    run = _make_run("torch", name, tmp_path / name, data_dir, seed=1)
+    _assert_parity_ok(_parity(run, data_dir, "--limit", "100"), "torch")
+
+
+def test_parity_with_onnx_override_and_out(torch_run, tmp_path, data_dir):
+    run, _ = torch_run
+    run_module("export.parity", "--run", run, "--onnx", run / "model-keras.onnx", "--data-dir", data_dir,
+               "--no-bench", "--limit", "50", "--out", tmp_path)
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["onnx_under_test"] == str(run / "model-keras.onnx") and report["ok"] and report["n"] == 50
+
+
+def test_compare_catches_disagreement():
+    ref = np.array([[3.0, 1.0], [0.0, 2.0]], np.float32)
+    assert compare(ref, ref + 1e-5, np.array([0, 1]))["ok"]
+    flipped = compare(ref, ref[:, ::-1].copy(), np.array([0, 1]))
+    assert not flipped["ok"] and flipped["top1_agreement_pct"] == 0.0 and flipped["other_acc"] == 0.0
+    off = compare(ref, ref + 1e-3)  # tolerance is 1e-4 * max(1, 3)
+    assert not off["within_tolerance"] and off["tolerance"] == pytest.approx(3e-4)
+
+
+def test_infer_imports_neither_framework(torch_run):
+    run, _ = torch_run
+    img = run / "probe.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    code = (
+        "import sys; from export import infer; infer.main([sys.argv[1], sys.argv[2]]); "
+        "bad = [m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules]; "
+        "assert not bad, bad; print('clean')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(run / "model.onnx"), str(img)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("clean") and "probe.png" in proc.stdout
+
+
+def _write_images(folder: Path, x: np.ndarray) -> list[Path]:
+    paths = []
+    for i, img in enumerate(x):
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def test_make_infer_classifies_images_from_trained_synthetic_run(tmp_path, data_dir):
+    """Train (briefly) with the real CLI, `make export`, `make infer`: ORT top-1 = the native model's."""
+    from datasets import load_prepared
+    from shared.data import norm_constants, normalize
+
+    run = tmp_path / "run"
+    run_module("pytorch_impl.train", "--model", "resnet20", "--dataset", "synthetic", "--data-dir", data_dir,
+               "--iters", "4", "--batch-size", "32", "--out", run, "--no-progress")
+    make = ["make", "-s", "-o", ".venv/.installed", f"PY={sys.executable}"]
+    env = {**os.environ, "MAKEFLAGS": ""}
+    subprocess.run([*make, "export", f"RUN={run}"], cwd=ROOT, check=True, capture_output=True, env=env)
+    assert (run / "model.onnx").is_file()
+
+    prepared = load_prepared("synthetic", data_dir)
+    x, y = prepared.arrays("test")
+    x, y = x[:6], y[:6]
+    paths = _write_images(tmp_path, x)
+    proc = subprocess.run([*make, "infer", f"ONNX={run / 'model.onnx'}", f"IMAGES={' '.join(map(str, paths))}",
+                           "TOPK=3"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    blocks = re.findall(r"^(\S+\.png)\n  1\. (\S+)\s+([0-9.]+)\n  2\. ", proc.stdout, flags=re.M)
+    assert [Path(b[0]).name for b in blocks] == [p.name for p in paths], proc.stdout
+
+    # The same pixels through the framework: normalize with the manifest, native logits in torch.
+    model = infer.load(run / "model.onnx")
+    pre = np.stack([infer.load_image(p, model)[0] for p in paths])  # NCHW (torch export)
+    mean, std = norm_constants(prepared.manifest)
+    np.testing.assert_allclose(pre, normalize(x, mean, std).transpose(0, 3, 1, 2), rtol=0, atol=1e-6)
+    np.save(tmp_path / "x.npy", normalize(x, mean, std))
+    run_module("pytorch_impl.export", "predict", "--run", run, "--inputs", tmp_path / "x.npy",
+               "--logits", tmp_path / "native.npy")
+    native = np.load(tmp_path / "native.npy")
+    names = prepared.manifest["class_names"]
+    assert [b[1] for b in blocks] == [names[i] for i in native.argmax(1)]
+    np.testing.assert_allclose([float(b[2]) for b in blocks], infer.softmax(native).max(1), atol=1e-4)
+    print(f"infer: {sum(b[1] == names[t] for b, t in zip(blocks, y))}/6 correct vs labels")
+
+
+# Bad input -------------------------------------------------------------------------------------------
+@pytest.fixture
+def onnx_file(torch_run):
+    return torch_run[0] / "model.onnx"
+
+
+def _infer_error(*argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        infer.main([str(a) for a in argv])
+    return str(e.value.code)
+
+
+def test_infer_missing_and_truncated_onnx(onnx_file, tmp_path):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert _infer_error(tmp_path / "nope.onnx", img) == f"error: ONNX file not found: {tmp_path / 'nope.onnx'}"
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 3])
+    msg = _infer_error(truncated, img)
+    assert msg.startswith(f"error: {truncated} is not a readable ONNX model"), msg
+    proc = subprocess.run([sys.executable, "-m", "export.infer", str(truncated), str(img)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and str(truncated) in proc.stderr
+
+
+def test_infer_onnx_without_metadata(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(proto, tmp_path / "foreign.onnx")
+    msg = _infer_error(tmp_path / "foreign.onnx", "--npy", tmp_path / "x.npy")
+    assert "lacks the metadata keys framework" in msg and "foreign.onnx" in msg
+
+
+def test_infer_undecodable_and_missing_image(onnx_file, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    assert _infer_error(onnx_file, bad).startswith(f"error: cannot decode image {bad}")
+    assert _infer_error(onnx_file, tmp_path / "gone.png") == f"error: image not found: {tmp_path / 'gone.png'}"
+
+
+def test_infer_wrong_input_shape_names_expected_and_got(onnx_file, tmp_path):
+    np.save(tmp_path / "nhwc.npy", np.zeros((2, 32, 32, 3), np.float32))  # NHWC given to an NCHW file
+    msg = _infer_error(onnx_file, "--npy", tmp_path / "nhwc.npy")
+    assert msg == ("error: input shape mismatch: model.onnx expects (batch, 3, 32, 32) in NCHW layout; "
+                   "got (2, 32, 32, 3)")
+    np.save(tmp_path / "gray.npy", np.zeros((2, 1, 32, 32), np.float32))
+    assert "got (2, 1, 32, 32)" in _infer_error(onnx_file, "--npy", tmp_path / "gray.npy")
+    model = infer.load(onnx_file)
+    with pytest.raises(infer.InferenceError, match=r"expects \(batch, 3, 32, 32\).*got \(3, 32, 32\)"):
+        model.logits(np.zeros((3, 32, 32), np.float32))
+
+
+def test_infer_converts_grayscale_rgba_and_resizes(onnx_file, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60), dtype=np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (32, 32, 4), dtype=np.uint8), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(tmp_path / "big.jpg")
+    assert infer.main([str(onnx_file), *(str(tmp_path / n) for n in ("gray.png", "rgba.png", "big.jpg")),
+                       "--topk", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "gray.png  [L image converted to RGB]" in out and "rgba.png  [RGBA image converted to RGB]" in out
+    assert re.search(r"big\.jpg\n  1\. \S+ +0\.\d{4}\n  2\. ", out)
+    model = infer.load(onnx_file)
+    # Grayscale: three equal channels before normalization; "crop" keeps the center of a wide image.
+    x, note = infer.load_image(tmp_path / "gray.png", model, resize="crop")
+    norm = model.meta["normalization"]
+    pixels = x.transpose(1, 2, 0) * np.asarray(norm["std"]) + np.asarray(norm["mean"])
+    assert x.shape == (3, 32, 32) and note and np.allclose(pixels[..., 0], pixels[..., 2], atol=1e-5)
+
+
+# Export driver ---------------------------------------------------------------------------------------
+def test_export_driver_errors(tmp_path):
+    for args, expected in (
+        (["--run", str(tmp_path / "missing")], f"error: run folder or checkpoint not found: {tmp_path / 'missing'}"),
+        (["--run", str(tmp_path)], "not a run folder"),
+        (["--model", "resnet21"], "unknown model 'resnet21'; valid choices: resnet20"),
+        (["--model", "resnet20", "--framework", "jax"], "unknown framework 'jax'; valid choices: torch, keras"),
+    ):
+        proc = run_module("export.onnx_export", *args, check=False)
+        assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_export_paths_and_make_dispatch(tmp_path):
+    spec = get_spec("resnet20")
+    run = Source(spec=spec, framework="torch", run_dir=tmp_path)
+    assert default_onnx_path(run, "torch") == tmp_path / "model.onnx"
+    assert default_onnx_path(run, "keras") == tmp_path / "model-keras.onnx"
+    assert default_onnx_path(run, "keras", "x/y.onnx") == Path("x/y.onnx")
+    assert default_onnx_path(Source(spec=spec), "keras", "out") == Path("out/resnet20-keras.onnx")
+    assert default_onnx_path(Source(spec=spec), "torch") == Path("artifacts/export/resnet20-torch.onnx")
+    dry = lambda *a: subprocess.run(["make", "-n", "-o", ".venv/.installed", *a], cwd=ROOT, capture_output=True,
+                                    text=True, check=True).stdout
+    assert "--framework" not in dry("export", "RUN=r")  # the run's own framework
+    assert "--run r --framework keras" in dry("export", "RUN=r", "FRAMEWORK=keras")
+    assert "--model resnet50" in dry("export", "MODEL=resnet50", "FRAMEWORK=keras") and "--framework keras" in dry(
+        "export", "MODEL=resnet50", "FRAMEWORK=keras")
+
+
+def test_export_random_weights_cli_and_checkpoint_source(torch_run, tmp_path):
+    out = run_module("export.onnx_export", "--model", "plain20", "--framework", "keras", "--out", tmp_path).stdout
+    assert f"wrote {tmp_path / 'plain20-keras.onnx'}" in out and "batch 5 -> [5, 10]" in out
+    meta = infer.load(tmp_path / "plain20-keras.onnx").meta
+    assert meta["source"] == "random:seed=0" and meta["dataset"] == "none" and meta["layout"] == "NHWC"
+    run, _ = torch_run
+    source = resolve_source(run / "best.safetensors")  # a checkpoint path resolves to its run
+    assert source.framework == "torch" and source.run_dir == run and source.spec.name == "resnet20"
