@@ -161,7 +161,8 @@ def make_plan(recipe: Recipe, n_train: int, *, epochs: int | None = None, iters:
         total = recipe.iters
     else:
         total = recipe.epochs * ipe
-    milestones = tuple(int(round(f * total)) for f in recipe.milestones) if recipe.schedule == "step" else ()
+    # Half-way values round up (2632.5 -> 2633), not to even as round() would.
+    milestones = tuple(math.floor(f * total + 0.5) for f in recipe.milestones) if recipe.schedule == "step" else ()
     return Plan(
         recipe=recipe.name, lr=float(lr), momentum=recipe.momentum, weight_decay=recipe.weight_decay,
         batch_size=batch_size, iters_per_epoch=ipe, total_iters=total, epochs=math.ceil(total / ipe),

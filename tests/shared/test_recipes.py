@@ -25,7 +25,7 @@ def test_paper_cifar_recipe_in_iterations():
 def test_epochs_scale_the_milestones_proportionally():
     plan = make_plan(CIFAR, CIFAR_TRAIN, epochs=10)
     assert plan.total_iters == 3510 and plan.epochs == 10
-    assert plan.milestones == (1755, round(0.75 * 3510))
+    assert plan.milestones == (1755, 2633)  # 0.75 * 3510 = 2632.5 rounds up
     assert make_plan(CIFAR, CIFAR_TRAIN, iters=64_000).milestones == (32_000, 48_000)
 
 
