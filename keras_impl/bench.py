@@ -85,7 +85,7 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
         on_device(lambda: model.train_on_batch(x, y)),
         on_device(lambda: model.predict_on_batch(x)),
         on_device(lambda: model.predict_on_batch(x1)),
-        cleanup=cleanup, info=info,
+        cleanup=cleanup, info=info, model=model,
     )
 
 

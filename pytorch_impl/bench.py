@@ -83,7 +83,7 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
             return net(inputs)
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    return Workload(train_step, lambda: predict(x), lambda: predict(x1), sync=sync, info=info)
+    return Workload(train_step, lambda: predict(x), lambda: predict(x1), sync=sync, info=info, model=model)
 
 
 def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:

@@ -127,6 +127,7 @@ class Workload:
     sync: Callable[[], None] = lambda: None
     cleanup: Callable[[], None] = lambda: None
     info: dict[str, Any] = field(default_factory=dict)
+    model: Any = None  # the framework's model object, for inspection (never serialized)
 
 
 @dataclass(frozen=True)
@@ -541,7 +542,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"- Machine: {m['cpu']}, {m['cores']} cores, GPU: {gpu}; {m['os']}",
         f"- Versions: {versions}",
         f"- Settings: batch {s['batch_size']}, {s['iters']} batches per timed block, {s['repeats']} repeats "
-        f"after {s['warmup']} warm-up calls, batch-1 latency over {s['latency_iters']} calls per repeat; "
+        f"after {s['warmup']} warm-up call(s), batch-1 latency over {s['latency_iters']} calls per repeat; "
         f"{s['input']}; {s['optimizer']}",
         f"- Started {report['started_utc']}, took {report['wall_time_s']:.0f} s; git {m.get('git_commit')}",
         "",

@@ -1,0 +1,248 @@
+"""The benchmark: statistics, ratios, timing loops and failure reporting without any framework,
+and a tiny end-to-end bench through the real CLI (each framework in its own process)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+
+import pytest
+
+from shared import bench
+from shared.bench import Settings, Workload
+from tests.conftest import run_module
+
+
+# Statistics and ratios ------------------------------------------------------------------------
+def test_summarize_gives_median_spread_and_quartiles():
+    s = bench.summarize([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (s["median"], s["min"], s["max"], s["q1"], s["q3"], s["n"]) == (3.0, 1.0, 5.0, 2.0, 4.0, 5)
+    even = bench.summarize([10.0, 30.0])
+    assert (even["median"], even["q1"], even["q3"]) == (20.0, 15.0, 25.0)
+    one = bench.summarize([7.5])
+    assert one["median"] == one["min"] == one["max"] == one["q1"] == one["q3"] == 7.5
+
+
+@pytest.mark.parametrize("values", [[], [1.0, 0.0], [1.0, -2.0], [float("nan")], [float("inf"), 1.0]])
+def test_summarize_rejects_empty_and_non_positive_or_non_finite(values):
+    with pytest.raises(ValueError):
+        bench.summarize(values)
+
+
+def test_ratios_are_row_median_over_torch_eager_median():
+    def row(fw, variant, train, infer, provider=None):
+        r = {"framework": fw, "variant": variant, "train": train, "infer": infer}
+        return {**r, "provider": provider} if provider else r
+
+    rows = [
+        row("keras", "graph", bench.summarize([300.0]), bench.summarize([900.0])),
+        row("torch", "eager", bench.summarize([100.0, 200.0, 150.0]), bench.summarize([600.0])),
+        row("torch", "compile", {"error": "RuntimeError: no compiler"}, bench.summarize([1200.0])),
+        row("onnxruntime", "torch_export", None, bench.summarize([300.0]), provider="cpu"),
+    ]
+    bench.add_ratios(rows)
+    assert rows[0]["ratio"] == {"train": 2.0, "infer": 1.5}
+    assert rows[1]["ratio"] == {"train": 1.0, "infer": 1.0}
+    assert rows[2]["ratio"] == {"train": None, "infer": 2.0}  # a failed figure has no ratio
+    assert rows[3]["ratio"] == {"train": None, "infer": 0.5}  # not applicable: no ratio
+
+
+def test_no_ratio_without_a_measured_baseline():
+    rows = [{"framework": "torch", "variant": "eager", "train": {"error": "x"}, "infer": {"error": "x"}},
+            {"framework": "keras", "variant": "graph", "train": bench.summarize([5.0]), "infer": None}]
+    bench.add_ratios(rows)
+    assert rows[1]["ratio"] == {"train": None, "infer": None}
+
+
+def test_parse_variants():
+    assert bench.parse_variants("all") == {fw: list(v) for fw, v in bench.VARIANTS.items()}
+    chosen = bench.parse_variants("torch:compile,keras,torch:compile,onnxruntime:keras_export")
+    assert chosen == {"torch": ["compile"], "keras": list(bench.VARIANTS["keras"]),
+                      "onnxruntime": ["keras_export"]}
+    with pytest.raises(ValueError, match="unknown framework 'jax'.*torch, keras, onnxruntime"):
+        bench.parse_variants("jax")
+    with pytest.raises(ValueError, match="unknown torch variant 'xla'.*eager, channels_last"):
+        bench.parse_variants("torch:xla")
+
+
+def test_first_line_names_the_error_type():
+    assert bench.first_line(RuntimeError("inductor failed\n  long traceback\n")) == "RuntimeError: inductor failed"
+    assert bench.first_line(KeyError()) == "KeyError"
+    assert bench.first_line("\n  XlaRuntimeError: bad\nmore") == "XlaRuntimeError: bad"
+
+
+def test_settings_reject_non_positive_counts():
+    with pytest.raises(ValueError, match="iters must be an integer >= 1; got 0"):
+        Settings(iters=0)
+
+
+# Timing loops on steps of known duration -------------------------------------------------------
+def test_throughput_and_latency_time_known_sleeps():
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(0.3 if len(calls) == 1 else 0.02)  # the first call stands for compilation
+
+    s = Settings(batch_size=8, iters=3, repeats=2, warmup=2, latency_iters=3)
+    values, first = bench.time_throughput(step, lambda: None, s, images_per_step=8)
+    assert len(calls) == s.warmup + s.iters * s.repeats
+    assert first >= 0.3
+    assert len(values) == 2 and all(250 < v <= 8 / 0.02 for v in values)  # 400 img/s at most
+    calls.clear()
+    values, _ = bench.time_latency(step, lambda: None, s)
+    assert len(calls) == s.warmup + s.latency_iters * s.repeats
+    assert all(20 <= v < 80 for v in values)  # milliseconds per call
+
+
+def test_sync_is_called_around_timed_blocks():
+    events = []
+    s = Settings(batch_size=1, iters=2, repeats=2, warmup=1, latency_iters=1)
+    bench.time_throughput(lambda: events.append("step"), lambda: events.append("sync"), s, 1)
+    block = ["sync"] + ["step"] * s.iters + ["sync"]  # each timed block starts and ends synchronized
+    assert events[-len(block) * s.repeats:] == block * s.repeats
+    assert events.count("step") == s.warmup + s.iters * s.repeats
+
+
+def test_measure_workload_keeps_failures_with_their_reason():
+    cleaned = []
+
+    def bad_infer():
+        raise RuntimeError("XLA compilation failed\ndetails")
+
+    work = Workload(lambda: time.sleep(0.001), bad_infer, lambda: time.sleep(0.001),
+                    cleanup=lambda: cleaned.append(True))
+    row = bench.measure_workload(lambda: work, Settings(batch_size=4, iters=1, repeats=2, warmup=1,
+                                                        latency_iters=2))
+    assert bench.is_measured(row["train"]) and bench.is_measured(row["latency_ms"])
+    assert row["infer"] == {"error": "RuntimeError: XLA compilation failed"}
+    assert row["error"] == "RuntimeError: XLA compilation failed" and cleaned == [True]
+
+    def cannot_build():
+        raise ImportError("torch.compile needs a C++ compiler")
+
+    row = bench.measure_workload(cannot_build, Settings())
+    assert all(row[m] == {"error": "ImportError: torch.compile needs a C++ compiler"} for m in bench.METRICS)
+
+
+def test_inference_only_workload_leaves_training_not_applicable():
+    work = Workload(None, lambda: None, lambda: None)
+    row = bench.measure_workload(lambda: work, Settings(batch_size=2, iters=1, repeats=1, warmup=1,
+                                                        latency_iters=1))
+    assert row["train"] is None and row["error"] is None and bench.is_measured(row["infer"])
+
+
+def test_a_crashed_framework_process_keeps_done_rows_and_fails_the_rest(tmp_path, monkeypatch):
+    script = (
+        "import json, sys; out = sys.argv[1]; "
+        "json.dump({'framework': 'torch', 'rows': [{'framework': 'torch', 'variant': 'eager', 'error': None}]}, "
+        "open(out, 'w')); sys.stderr.write('loading...\\nRuntimeError: out of memory\\n'); sys.exit(3)"
+    )
+    monkeypatch.setattr(bench, "_worker_cmd", lambda fw, cfg, variants, json_out: [sys.executable, "-c", script,
+                                                                                   str(json_out)])
+    cfg = bench.BenchConfig("resnet8", "cpu", Settings(), {}, tmp_path, echo=False)
+    result = bench.run_framework("torch", cfg, ["eager", "compile"], tmp_path)
+    assert [r["variant"] for r in result["rows"]] == ["eager", "compile"]
+    assert result["rows"][0]["error"] is None
+    reason = result["rows"][1]["error"]
+    assert reason == "process exited with code 3: RuntimeError: out of memory"
+    assert all(result["rows"][1][m] == {"error": reason} for m in bench.METRICS)
+
+
+def test_markdown_table_shows_failures_and_not_applicable():
+    rows = [
+        {"framework": "torch", "variant": "eager", "train": bench.summarize([100.0, 120.0]),
+         "infer": bench.summarize([400.0]), "latency_ms": bench.summarize([2.0]), "first_call_s": {"train": 0.5},
+         "error": None},
+        {"framework": "torch", "variant": "compile", "train": {"error": "E: a|b"}, "infer": {"error": "E: a|b"},
+         "latency_ms": {"error": "E: a|b"}, "first_call_s": {}, "error": "E: a|b"},
+        {"framework": "onnxruntime", "variant": "torch_export", "provider": "cpu", "train": None,
+         "infer": bench.summarize([800.0]), "latency_ms": bench.summarize([1.0]), "first_call_s": {},
+         "error": None},
+    ]
+    bench.add_ratios(rows)
+    lines = bench.markdown_table({"rows": rows}).splitlines()
+    assert "| torch | eager | 110.0 (100.0–120.0) | 400.0 (400.0–400.0) | 2.00 (2.00–2.00) | 1.00× | 1.00× |" \
+        in lines[2]
+    assert "| failed | failed | failed |" in lines[3] and "failed: E: a\\|b" in lines[3]
+    assert lines[4].startswith("| onnxruntime | torch_export (cpu) | n/a | 800.0") and "| — | 2.00× |" in lines[4]
+
+
+# The real CLI -----------------------------------------------------------------------------------
+def _check_report(report: dict, expected: dict[str, list[str]]) -> None:
+    assert report["model"] == "resnet8" and report["device"] == "cpu"
+    m = report["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and "gpu" in m
+    for lib in ("torch", "tensorflow", "keras", "onnxruntime"):
+        assert m["versions"][lib]
+    assert report["settings"]["batch_size"] == 4 and report["settings"]["repeats"] == 2
+    got = [(r["framework"], r["variant"]) for r in report["rows"] if r.get("provider") in (None, "cpu")]
+    assert got == [(fw, v) for fw, vs in expected.items() for v in vs]
+    base = next(r for r in report["rows"] if (r["framework"], r["variant"]) == ("torch", "eager"))
+    for row in report["rows"]:
+        if row["framework"] == "onnxruntime":
+            assert row["train"] is None and row["ratio"]["train"] is None
+        for metric in bench.METRICS:
+            fig = row[metric]
+            if fig is None:
+                continue
+            if "error" in fig:  # a failed figure carries a reason
+                assert isinstance(fig["error"], str) and fig["error"].strip() and row["error"]
+                continue
+            assert fig["n"] == 2 and len(fig["values"]) == 2
+            for key in ("median", "min", "max", "q1", "q3"):
+                assert math.isfinite(fig[key]) and fig[key] > 0, (row["variant"], metric, key)
+            assert fig["min"] <= fig["median"] <= fig["max"]
+        for metric in ("train", "infer"):
+            if bench.is_measured(row[metric]) and bench.is_measured(base[metric]):
+                assert row["ratio"][metric] == pytest.approx(row[metric]["median"] / base[metric]["median"])
+    assert base["ratio"] == {"train": 1.0, "infer": 1.0}
+
+
+def test_tiny_bench_through_the_cli(tmp_path):
+    variants = "torch:eager,torch:channels_last,torch:autocast,keras:eager,keras:graph,onnxruntime"
+    proc = run_module("shared.bench", "--model", "resnet8", "--device", "cpu", "--batch-size", "4",
+                      "--iters", "2", "--repeats", "2", "--warmup", "1", "--latency-iters", "2",
+                      "--variants", variants, "--out", tmp_path, timeout=600)
+    md, js = tmp_path / "bench-resnet8-cpu.md", tmp_path / "bench-resnet8-cpu.json"
+    report = json.loads(js.read_text())
+    expected = {"torch": ["eager", "channels_last", "autocast"], "keras": ["eager", "graph"],
+                "onnxruntime": ["torch_export", "keras_export"]}
+    _check_report(report, expected)
+    # The fast paths this machine supports are measured, not failed (ONNX Runtime needs the exporters).
+    for row in report["rows"]:
+        assert row["error"] is None, (row["framework"], row["variant"], row["error"])
+    text = md.read_text()
+    assert "| Framework | Variant | Train img/s |" in text and f"{report['machine']['cores']} cores" in text
+    assert sum(line.startswith("|") for line in proc.stdout.splitlines()) == 2 + len(report["rows"])  # printed
+    assert f"wrote {md}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tiny_bench_every_variant(tmp_path):
+    run_module("shared.bench", "--model", "resnet8", "--device", "cpu", "--batch-size", "4", "--iters", "2",
+               "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--out", tmp_path, timeout=1800)
+    report = json.loads((tmp_path / "bench-resnet8-cpu.json").read_text())
+    _check_report(report, {fw: list(v) for fw, v in bench.VARIANTS.items()})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variants", "torch:xla"], "unknown torch variant 'xla'; valid choices: eager, channels_last"),
+    (["--iters", "0"], "iters must be an integer >= 1; got 0"),
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--device", "tpu"], "unknown device 'tpu'; valid choices: cpu, cuda"),
+])
+def test_bad_arguments_are_one_line_errors(args, message, tmp_path):
+    proc = run_module("shared.bench", *args, "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine may have a GPU")
+def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path):
+    proc = run_module("shared.bench", "--device", "cuda", "--out", tmp_path, check=False)
+    assert proc.returncode == 2 and "device 'cuda' requested but PyTorch sees no CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stderr
