@@ -1,0 +1,222 @@
+"""Data preparation without any framework: CIFAR-10 fixtures in the real python format, the synthetic
+set, manifests and checksums, and the error paths (unknown name, offline, corrupt archive, mismatch)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+from datasets import DataError, load_prepared, prepare, prepared_dir, read_prepared, synthetic
+from datasets import cifar10 as cifar
+from datasets.fixtures import LABEL_NAMES, write_cifar10_python
+from shared.data import DATASETS, augmentation, epoch_plan, reference_batches
+
+PER_BATCH, TEST = 20, 30  # 100 training images (90 train + 10 val), 30 test
+
+
+def _prepare_fixture(tmp_path, archive: bool):
+    arrays = write_cifar10_python(tmp_path, PER_BATCH, TEST, seed=1, archive=archive)
+    return cifar.prepare(tmp_path, val_size=10, download=False), arrays
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    return _prepare_fixture(tmp_path_factory.mktemp("cifar_dir"), archive=False)
+
+
+def test_cifar10_pixels_follow_the_official_row_layout(cifar_folder):
+    """Prepared pixel [r, c, ch] is raw row value [ch*1024 + r*32 + c] (the format's definition), for every image."""
+    prepared, _ = cifar_folder
+    src = prepared.path.parent.parent / cifar.FOLDER
+    raw = [pickle.loads((src / b).read_bytes(), encoding="bytes") for b in cifar.TRAIN_BATCHES]
+    data = np.concatenate([np.asarray(b[b"data"]) for b in raw])
+    labels = np.concatenate([b[b"labels"] for b in raw])
+    r, c, ch = np.meshgrid(np.arange(32), np.arange(32), np.arange(3), indexing="ij")
+    expected = data[:, ch * 1024 + r * 32 + c]  # (100, 32, 32, 3)
+    x_tr, y_tr = prepared.arrays("train")
+    x_va, y_va = prepared.arrays("val")
+    # train and val partition the 100 training images, each split in the original order
+    joined = {img.tobytes(): lab for img, lab in zip(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))}
+    assert len(x_tr) == 90 and len(x_va) == 10 and len(joined) == 100
+    assert all(joined[img.tobytes()] == lab for img, lab in zip(expected, labels))
+    order = [next(i for i in range(100) if np.array_equal(expected[i], img)) for img in x_va]
+    assert order == sorted(order)
+    test = pickle.loads((src / "test_batch").read_bytes(), encoding="bytes")
+    x_te, y_te = prepared.arrays("test")
+    np.testing.assert_array_equal(x_te, np.asarray(test[b"data"])[:, ch * 1024 + r * 32 + c])
+    np.testing.assert_array_equal(y_te, test[b"labels"])
+    assert x_te.dtype == np.uint8 and y_te.dtype == np.int64
+
+
+def test_cifar10_manifest(cifar_folder):
+    prepared, _ = cifar_folder
+    m = prepared.manifest
+    assert m["name"] == "cifar10" and m["class_names"] == LABEL_NAMES and m["num_classes"] == 10
+    assert m["splits"] == {"train": 90, "val": 10, "test": TEST} and m["image_size"] == 32
+    assert m["synthetic"] is False and m["val_size"] == 10
+    x, _ = prepared.arrays("train")
+    np.testing.assert_allclose(m["mean"], x.reshape(-1, 3).mean(axis=0) / 255, rtol=1e-9)
+    np.testing.assert_allclose(m["std"], (x.reshape(-1, 3) / 255).std(axis=0), rtol=1e-7)
+    for name, digest in m["checksums"].items():
+        assert hashlib.sha256((prepared.path / name).read_bytes()).hexdigest() == digest
+
+
+def test_cifar10_archive_gives_the_same_arrays(cifar_folder, tmp_path):
+    folder, _ = cifar_folder
+    archived, _ = _prepare_fixture(tmp_path, archive=True)
+    assert not (tmp_path / cifar.FOLDER).exists()  # read from the .tar.gz, never extracted
+    assert archived.manifest["checksums"] == folder.manifest["checksums"]
+    assert archived.manifest["official_archive"] is False and len(archived.manifest["source_md5"]) == 32
+
+
+def test_cifar10_cli_and_val_fraction(tmp_path, run):
+    write_cifar10_python(tmp_path, PER_BATCH, TEST, seed=1)
+    proc = run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--val-size", "0.2", "--no-download")
+    assert "prepared cifar10" in proc.stdout and "train 80, val 20, test 30" in proc.stdout
+    assert run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--check").returncode == 0
+
+
+def test_truncated_archive_is_named_and_leaves_nothing(tmp_path, run):
+    write_cifar10_python(tmp_path, PER_BATCH, TEST, archive=True)
+    path = tmp_path / cifar.ARCHIVE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cifar-10-python\.tar\.gz is truncated or corrupt"):
+        cifar.prepare(tmp_path, val_size=10, download=False)
+    assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").iterdir())
+    proc = run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and str(path.resolve()) in proc.stderr
+
+
+def test_corrupt_batch_file_is_named(tmp_path):
+    write_cifar10_python(tmp_path, PER_BATCH, TEST)
+    (tmp_path / cifar.FOLDER / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=r"data_batch_3 is corrupt"):
+        cifar.prepare(tmp_path, val_size=10, download=False)
+
+
+def test_missing_offline_says_where_and_how(tmp_path, monkeypatch):
+    with pytest.raises(DataError) as e:
+        cifar.prepare(tmp_path, download=False)
+    msg = str(e.value)
+    assert str((tmp_path / cifar.FOLDER).resolve()) in msg and str((tmp_path / cifar.ARCHIVE).resolve()) in msg
+    assert cifar.URL in msg and "make data DATASET=cifar10" in msg
+    monkeypatch.setattr(cifar, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens there
+    with pytest.raises(DataError, match="could not download") as e:
+        cifar.prepare(tmp_path)
+    assert str((tmp_path / cifar.ARCHIVE).resolve()) in str(e.value)
+    assert not list(tmp_path.iterdir())  # no .part file left behind
+
+
+def test_checksum_mismatch_refuses_to_load(tmp_path, run):
+    prepare("synthetic", tmp_path)
+    f = prepared_dir("synthetic", tmp_path) / "val_x.npy"
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"checksum mismatch for .*val_x\.npy.*refusing to load"):
+        read_prepared(prepared_dir("synthetic", tmp_path))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_prepared("synthetic", tmp_path)
+    proc = run("datasets.prepare", "--dataset", "synthetic", "--data-dir", tmp_path, "--check", check=False)
+    assert proc.returncode != 0 and "checksum mismatch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failed_preparation_leaves_no_folder(tmp_path, monkeypatch):
+    import datasets.prepared as prep
+
+    def boom(*_a, **_k):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(prep, "channel_stats", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        prepare("synthetic", tmp_path)
+    assert list((tmp_path / "prepared").iterdir()) == []  # neither the folder nor its temporary twin
+
+
+def test_unknown_dataset_lists_choices(tmp_path, run):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid choices: cifar10, cats_vs_dogs, synthetic"):
+        load_prepared("mnist", tmp_path)
+    proc = run("datasets.prepare", "--dataset", "mnist", "--data-dir", tmp_path, check=False)
+    assert proc.returncode == 2 and "valid choices: cifar10, cats_vs_dogs, synthetic" in proc.stderr
+    assert set(DATASETS) == {"cifar10", "cats_vs_dogs", "synthetic"}
+
+
+def test_synthetic_is_deterministic_cached_and_named(tmp_path):
+    p = load_prepared("synthetic", tmp_path)
+    m = p.manifest
+    assert m["name"] == "synthetic" and m["synthetic"] is True and m["splits"] == synthetic.SIZES
+    assert m["num_classes"] == 10 and m["image_size"] == 32
+    mtime = (p.path / "manifest.json").stat().st_mtime_ns
+    again = load_prepared("synthetic", tmp_path)  # cached: not regenerated
+    assert (again.path / "manifest.json").stat().st_mtime_ns == mtime
+    x, y = p.arrays("train")
+    x2, y2 = synthetic.generate(synthetic.SIZES["train"], seed=0)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert np.bincount(y, minlength=10).tolist() == [200] * 10
+    assert not np.array_equal(p.arrays("val")[0][:10], x[:10])
+
+
+def test_synthetic_is_learnable(tmp_path):
+    """A nearest-centroid classifier on 4 hand features (chroma, stripe orientation) must reach 90%."""
+    p = load_prepared("synthetic", tmp_path)
+
+    def features(x):
+        f = x.astype(np.float64) / 255
+        chroma = (f - f.mean(axis=3, keepdims=True)).mean(axis=(1, 2))  # grey background has none
+        rows = np.abs(np.diff(f.mean(axis=(2, 3)), axis=1)).mean(axis=1)  # horizontal stripes vary along rows
+        cols = np.abs(np.diff(f.mean(axis=(1, 3)), axis=1)).mean(axis=1)
+        return np.column_stack([chroma * 4, np.log(rows / cols)])
+
+    x, y = p.arrays("train")
+    fx = features(x)
+    centroids = np.stack([fx[y == k].mean(axis=0) for k in range(10)])
+    xt, yt = p.arrays("test")
+    pred = np.argmin(((features(xt)[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (pred == yt).mean() >= 0.9
+
+
+def test_epoch_plan_contract():
+    plan = epoch_plan(1000, 128, train=True, pad=4, seed=3, epoch=2)
+    assert len(plan) == 7 and plan.index.shape == (896,) and len(set(plan.index.tolist())) == 896
+    again = epoch_plan(1000, 128, train=True, pad=4, seed=3, epoch=2)
+    assert np.array_equal(plan.index, again.index) and np.array_equal(plan.dx, again.dx)
+    other = epoch_plan(1000, 128, train=True, pad=4, seed=3, epoch=3)
+    assert not np.array_equal(plan.index, other.index)
+    ev = epoch_plan(1000, 128, train=False, pad=4)
+    assert len(ev) == 8 and np.array_equal(ev.index, np.arange(1000)) and not ev.flip.any()
+    assert set(np.unique(plan.dx)) == set(range(9)) and augmentation("cats_vs_dogs").offsets == 33
+    with pytest.raises(ValueError, match="batch_size 128 is larger than the 100 images"):
+        epoch_plan(100, 128, train=True, pad=4)
+
+
+def test_reference_augmentation_is_a_shifted_window():
+    """The numpy reference against a per-image slice of np.pad: shift by (dy-4, dx-4), then flip."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+    manifest = {"name": "cifar10", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    (xb, _), = reference_batches(x, np.zeros(64), manifest, 64, train=True, seed=5)
+    plan = epoch_plan(64, 64, train=True, pad=4, seed=5)
+    for k in range(64):
+        window = np.pad(x[plan.index[k]], ((4, 4), (4, 4), (0, 0)))[plan.dy[k]: plan.dy[k] + 32,
+                                                                    plan.dx[k]: plan.dx[k] + 32]
+        if plan.flip[k]:
+            window = window[:, ::-1]
+        np.testing.assert_allclose(xb[k], window / np.float32(255), rtol=0, atol=0)
+
+
+def test_no_framework_imported():
+    assert "torch" not in sys.modules and "tensorflow" not in sys.modules
+
+
+def test_manifest_json_is_readable(cifar_folder):
+    prepared, _ = cifar_folder
+    m = json.loads((prepared.path / "manifest.json").read_text())
+    assert set(m) >= {"name", "class_names", "num_classes", "image_size", "mean", "std", "splits", "synthetic",
+                      "source", "version", "checksums"}
