@@ -44,6 +44,7 @@ PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
 DIRECTIONS = {"torch2keras": ("torch", "keras"), "keras2torch": ("keras", "torch")}
 REL_TOL = 1e-4  # max|a - b| <= REL_TOL * max(1, max|a|)
 IMAGENET_PARITY_SIZE = 64  # ImageNet models are checked at 64x64 (any size >= 32 exercises every layer)
+STEP_REL_TOL = 1e-2  # train step: parameters may differ by 1 % of their update (float32 gradients)
 # BN in torch: running = (1 - m) * running + m * batch_stat with m = 0.1 (Keras momentum 0.9 = 1 - m).
 BN_MOMENTUM = 0.1
 
@@ -316,8 +317,8 @@ def compare_train_step(
 
     ``w0`` is the Keras side's starting point (what it loaded or randomized).
 
-    Parameters: ``max|Δw_torch - Δw_keras|`` against REL_TOL * max(1, max|w|) per tensor (the
-    eval bound applied to the new weights). Running means: the same bound. Running variances:
+    Parameters: ``max|w_torch - w_keras|`` after the step against the larger of REL_TOL * max(1, max|w|)
+    and STEP_REL_TOL * max|Δw| per tensor. Running means: the same bound. Running variances:
     the raw difference is reported next to its prediction ``(keras_new - (1-m) * old) / (n - 1)``
     (``m * var_biased / (n - 1)``), and the residual after subtracting it must be within the bound.
     """
@@ -350,6 +351,10 @@ def compare_train_step(
         else:
             entry = diff_entry(w.key, a, b)
             entry["max_update"] = float(np.max(np.abs(a - old)))
+            # float32 gradients through dozens of layers carry ~1e-3 relative rounding: allow 1 % of
+            # the step itself when that is larger than the eval bound
+            entry["bound"] = max(entry["bound"], STEP_REL_TOL * entry["max_update"])
+            entry["ok"] = bool(entry["max_abs"] <= entry["bound"])
             params.append(entry)
 
     def worst(entries: list[dict[str, Any]], key: str = "max_abs") -> dict[str, Any]:

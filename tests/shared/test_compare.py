@@ -1,0 +1,151 @@
+"""The harness end to end: side-by-side comparison, a broken side, parity both ways, a swapped mapping.
+
+Framework work runs in subprocesses (``shared.parity`` batches every case into three processes).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared.compare import compare_summaries
+from shared.parity import Case, run_parity_cases, to_nchw
+from shared.spec import get_spec
+from tests.conftest import run_module
+from tests.oracles import CIFAR, IMAGENET
+
+FAST_PARITY = ("resnet20", "resnet56", "plain20", "resnet18", "resnet50", "plain34")
+SLOW_PARITY = ("resnet32", "resnet44", "resnet110", "plain32", "plain44", "plain56", "plain110", "resnet34",
+               "resnet101", "resnet152", "plain18", "plain50", "plain101", "plain152")
+
+
+def _swap_mean_var(layer: str):
+    def tamper(arrays: dict) -> dict:
+        arrays[f"{layer}.running_mean"], arrays[f"{layer}.running_var"] = (
+            arrays[f"{layer}.running_var"], arrays[f"{layer}.running_mean"])
+        return arrays
+    return tamper
+
+
+@pytest.fixture(scope="module")
+def fast_parity():
+    """Six models, both directions, plus a deliberately swapped BN mapping: one batch of processes."""
+    cases = [Case(get_spec(n), d) for n in FAST_PARITY for d in ("torch2keras", "keras2torch")]
+    cases.append(Case(get_spec("resnet20"), "torch2keras", _swap_mean_var("layer2.1.bn2")))
+    results = run_parity_cases(cases)
+    return {(r["model"], r["direction"], r["tampered"]): r for r in results}
+
+
+@pytest.mark.parametrize("direction", ["torch2keras", "keras2torch"])
+@pytest.mark.parametrize("name", FAST_PARITY)
+def test_parity_within_bound(fast_parity, name, direction):
+    r = fast_parity[(name, direction, False)]
+    ev = r["eval"]
+    lg = ev["logits"]
+    assert lg["max_abs"] <= 1e-4 * max(1.0, lg["max_ref"]), lg
+    assert lg["max_ref"] > 1.0  # random weights give non-trivial logits: the bound is not vacuous
+    assert all(s["ok"] for s in ev["stages"]), ev["stages"]
+    assert [s["stage"] for s in ev["stages"]][-1] == "fc" and ev["first_diverging_layer"] is None
+    assert r["size"] == (32 if get_spec(name).stem == "cifar" else 64)
+    tr = r["train"]
+    assert tr["ok"], tr
+    assert abs(tr["loss"]["torch"] - tr["loss"]["keras"]) < 1e-4 * max(1, tr["loss"]["torch"])
+    assert tr["params"]["max_update"] > 1e-3  # the step moved the weights...
+    assert tr["params"]["max_abs"] < 1e-2 * tr["params"]["max_update"]  # ...by the same amount on both sides
+    rv = tr["running_var"]
+    # torch's unbiased variance: the raw gap is real and equals m * var / (n - 1) up to float error
+    assert rv["max_rel_raw"] > 1e-4
+    assert rv["max_rel_raw"] == pytest.approx(rv["max_rel_predicted"], rel=1e-2)
+
+
+def test_swapped_mapping_fails_and_names_the_layer(fast_parity):
+    r = fast_parity[("resnet20", "torch2keras", True)]
+    assert not r["ok"] and not r["eval"]["ok"]
+    assert r["eval"]["logits"]["max_abs"] > r["eval"]["logits"]["bound"]
+    stages = {s["stage"]: s["ok"] for s in r["eval"]["stages"]}
+    assert stages["bn1"] and stages["layer1"] and not stages["layer2"]
+    assert r["eval"]["first_diverging_layer"]["name"] == "layer2.1.bn2"
+    assert not r["train"]["ok"]
+
+
+def test_to_nchw_transposes_keras_and_flattens_pooled():
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # NHWC
+    assert np.array_equal(to_nchw(x, "keras"), x.transpose(0, 3, 1, 2))
+    assert np.array_equal(to_nchw(x, "torch"), x)
+    assert to_nchw(np.zeros((2, 7, 1, 1)), "torch").shape == (2, 7)
+
+
+@pytest.fixture(scope="module")
+def resnet20_summaries(tmp_path_factory):
+    d = tmp_path_factory.mktemp("summaries")
+    run_module("pytorch_impl.summary", "--model", "resnet20", "--out", d / "torch.json")
+    run_module("keras_impl.summary", "--model", "resnet20", "--out", d / "keras.json")
+    # The wrong side: a real Keras summary of a model whose last stage is 48 wide instead of 64.
+    wrong = get_spec("resnet20").with_overrides(widths=(16, 32, 48))
+    job = {"jobs": [{"spec": wrong.to_dict(), "summary": str(d / "keras-wrong.json")}], "report": str(d / "r.json")}
+    (d / "job.json").write_text(json.dumps(job))
+    run_module("keras_impl.parity", d / "job.json")
+    return d
+
+
+def test_compare_marks_a_wrong_width_and_exits_nonzero(resnet20_summaries, tmp_path):
+    d = resnet20_summaries
+    args = ["--model", "resnet20", "--torch-summary", d / "torch.json", "--no-parity", "--out-dir", tmp_path]
+    good = run_module("shared.compare", *args, "--keras-summary", d / "keras.json", check=False)
+    assert good.returncode == 0, good.stderr
+    assert f"trainable params: torch {CIFAR['resnet20']:,} | keras {CIFAR['resnet20']:,} ✓" in good.stdout
+    bad = run_module("shared.compare", *args, "--keras-summary", d / "keras-wrong.json", check=False)
+    assert bad.returncode == 1
+    rows = lambda out: {line.split()[0]: line.rstrip()[-1] for line in out.splitlines()
+                        if line.startswith(("layer", "conv1", "fc"))}
+    g, b = rows(good.stdout), rows(bad.stdout)
+    assert set(g.values()) == {"✓"}
+    assert b["layer1.0.conv1"] == b["layer2.2"] == "✓"
+    assert b["layer3.0.conv1"] == b["layer3.2"] == b["fc"] == "✗"
+    saved = json.loads((tmp_path / "resnet20.json").read_text())
+    assert saved["ok"] is False and "layer3.0.conv1" in saved["comparison"]["mismatched_rows"]
+    assert "| layer3.0.conv1 |" in (tmp_path / "resnet20.md").read_text()
+
+
+def test_compare_summaries_joins_on_names(resnet20_summaries):
+    t = json.loads((resnet20_summaries / "torch.json").read_text())
+    k = json.loads((resnet20_summaries / "keras.json").read_text())
+    cmp = compare_summaries(t, k)
+    assert cmp["ok"] and cmp["totals_equal"] and not cmp["mismatched_rows"]
+    k["layers"] = k["layers"][:-1]  # a row missing on one side does not match
+    cmp = compare_summaries(t, k)
+    assert not cmp["ok"] and cmp["mismatched_rows"] == ["fc"]
+    with pytest.raises(ValueError, match="expected a torch summary"):
+        compare_summaries(k, k)
+
+
+def test_make_compare_resnet20_end_to_end(tmp_path):
+    proc = run_module("shared.compare", "--model", "resnet20", "--out-dir", tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"torch {CIFAR['resnet20']:,} | keras {CIFAR['resnet20']:,} ✓" in proc.stdout
+    assert "parity torch→keras eval" in proc.stdout and "parity torch→keras train" in proc.stdout
+    assert json.loads((tmp_path / "resnet20.json").read_text())["ok"] is True
+
+
+@pytest.mark.slow
+def test_make_compare_resnet34(tmp_path):
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(["make", "compare", "MODEL=resnet34"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trainable, stats = IMAGENET["resnet34"]
+    assert f"trainable params: torch {trainable:,} | keras {trainable:,} ✓" in proc.stdout
+    assert f"non-trainable params: torch {stats:,} | keras {stats:,} ✓" in proc.stdout
+
+
+@pytest.mark.slow
+def test_parity_every_other_registry_model():
+    cases = [Case(get_spec(n), d) for n in SLOW_PARITY for d in ("torch2keras", "keras2torch")]
+    results = run_parity_cases(cases)
+    bad = [(r["model"], r["direction"], r["eval"]["logits"]) for r in results if not r["ok"]]
+    assert not bad, bad
