@@ -35,6 +35,7 @@ from export.onnx_export import export, framework_cli
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import machine_info
 from shared.onnx_meta import FRAMEWORKS, Source, default_onnx_path, resolve_source
+from shared.runs import read_run
 
 REL_TOL = 1e-4
 
@@ -149,6 +150,9 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     }
     report["native_acc"] = report["native_vs_ort"][native]["reference_acc"]
     report["ort_acc"] = report["native_vs_ort"][tested_fw]["other_acc"]
+    # The trainer's own test accuracy (results.json), an independent number for the same split.
+    results = read_run(source.run_dir).get("results") or {}
+    report["run_test_acc"] = results.get("test_acc") if split == "test" and not limit else None
     report["ok"] = bool(all(c["ok"] for c in report["native_vs_ort"].values())
                         and report["torch_onnx_vs_keras_onnx"]["ok"])
     if bench:
@@ -176,6 +180,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"**Verdict: {'PASS' if report['ok'] else 'FAIL'}** (logits within 1e-4·max(1, max|logit|), 100% top-1 "
         "agreement, equal accuracy).",
+        "",
+        f"Accuracy: native {report['native_acc']:.4f}, ONNX Runtime {report['ort_acc']:.4f}"
+        + (f", the run's own results.json {report['run_test_acc']:.4f}" if report["run_test_acc"] is not None else "")
+        + ".",
         "",
         "| comparison | max abs logit diff | tolerance | top-1 agreement % | accuracy (ref) | accuracy (other) | ok |",
         "|---|---|---|---|---|---|---|",

@@ -234,4 +234,8 @@ def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model, full_check=True)
-    return atomic_write(path, lambda tmp: onnx.save(model, tmp))
+    path = atomic_write(path, lambda tmp: onnx.save(model, tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a file to ship: the usual permissions, not the temp file's 0600
+    return path

@@ -159,6 +159,11 @@ def test_make_infer_classifies_images_from_trained_synthetic_run(tmp_path, data_
     np.testing.assert_allclose([float(b[2]) for b in blocks], infer.softmax(native).max(1), atol=1e-4)
     print(f"infer: {sum(b[1] == names[t] for b, t in zip(blocks, y))}/6 correct vs labels")
 
+    # Parity over the whole test split: native accuracy is the trainer's own results.json test_acc.
+    report = _parity(run, data_dir)
+    _assert_parity_ok(report, "torch")
+    assert report["n"] == 500 and report["native_acc"] == pytest.approx(report["run_test_acc"], abs=1e-12)
+
 
 # Bad input -------------------------------------------------------------------------------------------
 @pytest.fixture
