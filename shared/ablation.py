@@ -107,6 +107,19 @@ def cell_status(cell: Cell) -> str:
     return "restart"
 
 
+def check_cell(cell: Cell, settings: dict[str, Any]) -> None:
+    """Refuse a cell folder whose run was started with other epochs, seed or batch size than asked for."""
+    config = read_run(cell.path)["config"]
+    recipe = config.get("recipe") or {}
+    saved = {"epochs": recipe.get("epochs"), "iters": recipe.get("total_iters"),
+             "batch_size": recipe.get("batch_size"), "lr": recipe.get("lr"), "seed": config.get("seed"),
+             "dataset": config.get("dataset")}
+    diff = [k for k, v in saved.items() if settings.get(k) is not None and v is not None and v != settings[k]]
+    if diff:
+        changes = ", ".join(f"{k} {saved[k]!r} (asked: {settings[k]!r})" for k in diff)
+        raise SystemExit(f"error: {cell.path} was trained with {changes}; pass another --runs-dir or delete it")
+
+
 def train_command(cell: Cell, settings: dict[str, Any], *, resume: bool) -> list[str]:
     """The train CLI invocation of a cell (absolute paths: it runs from the repository root)."""
     cmd = [sys.executable, "-m", TRAIN_MODULES[cell.framework], "--model", cell.model,
@@ -277,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"{cell.name}: {status}" + ("" if status == "finished" else f": {shlex.join(cmd)}"))
         return 0
     failed: list[str] = []
+    for cell in cells:  # before anything is written: no cell may come from a run with other settings
+        if cell_status(cell) in ("finished", "resume"):
+            check_cell(cell, settings)
     if not args.report_only:
         runs_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(runs_dir / STATE_FILE, state)

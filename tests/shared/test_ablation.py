@@ -10,7 +10,9 @@ import pytest
 
 import shared.ablation as ablation
 from shared.runs import read_metrics
+from shared.spec import get_spec
 from tests.conftest import run_module
+from tests.shared.ablation_fixtures import write_run
 
 FIXTURE_TRAINER = "tests.shared.ablation_fixtures"
 
@@ -107,3 +109,16 @@ def test_dry_run_trains_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count(": new: ") == 4 and "pytorch_impl.train --model plain56" in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_cell_from_another_run_length_is_refused(tmp_path, fake_trainer):
+    runs = tmp_path / "runs"
+    run = write_run(runs / "resnet20-torch", get_spec("resnet20"), "torch", [0.3, 0.4, 0.5])
+    config = json.loads((run / "config.json").read_text())
+    config["recipe"], config["seed"] = {"epochs": 3, "batch_size": 128, "total_iters": 45}, 0
+    (run / "config.json").write_text(json.dumps(config))  # no state file: the run's own config decides
+    argv = ["--dataset", "synthetic", "--models", "resnet20", "--frameworks", "torch", "--runs-dir", str(runs),
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"was trained with epochs 3 \(asked: 2\)"):
+        ablation.main([*argv, "--epochs", "2"])
+    assert ablation.main([*argv, "--epochs", "3"]) == 0 and not _calls(runs)
