@@ -1,0 +1,176 @@
+"""keras_impl.train on the synthetic set, on CPU: it learns, the run folder is complete, same seed gives
+the same steps, a SIGKILLed run resumes to the same metrics, a NaN stops the run, fast paths run
+(mixed_bfloat16, XLA jit_compile, MirroredStrategy on the CPU).
+
+Runs are subprocesses (as users start them) on ResNet-8 with one CPU thread, so they stay quick.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_impl.train import main
+from shared import runs
+from shared.io import load_weights
+from shared.names import canonical_weights
+from shared.spec import ModelSpec, get_spec
+from tests.conftest import ROOT, run_module
+
+CHANCE = 0.1  # 10 balanced classes
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from datasets import load_prepared
+
+    d = tmp_path_factory.mktemp("data")
+    load_prepared("synthetic", d)
+    return d
+
+
+def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",
+            "--workers", "1", "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir, tmp_path_factory) -> Path:
+    """Two epochs of 20 iterations, uninterrupted (the reference for the resume test)."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    run_module("keras_impl.train", *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5"))
+    return out
+
+
+def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()  # tf.summary v2 writes scalars as tensor events (TensorBoard's scalars plugin reads them)
+    return {tag: [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+
+
+def test_learns_and_leaves_a_complete_run_folder(full_run):
+    run = runs.read_run(full_run)
+    rows, results, config = run["metrics"], run["results"], run["config"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    steps = json.loads((full_run / "steps.json").read_text())
+    assert steps["loss"][0] == pytest.approx(math.log(10), rel=0.35)  # starts near chance: ln(10)
+    assert rows[-1]["train_loss"] < 0.7 * steps["loss"][0]  # loss goes down
+    assert rows[-1]["val_acc"] > 3 * CHANCE and results["test_acc"] > 3 * CHANCE
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.001])  # milestones at 20 and 30 of 40 iterations
+    assert set(runs.CONFIG_KEYS) <= set(config) and config["framework"] == "keras"
+    assert config["recipe"]["milestones"] == [20, 30] and config["device"]["type"] == "cpu"
+    assert set(runs.RESULTS_KEYS) <= set(results) and results["finished"] is True
+    assert results["best_epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
+    assert results["best_val_acc"] == max(r["val_acc"] for r in rows)
+    for name in ("best", "last"):
+        arrays, meta = load_weights(run[name])
+        assert ModelSpec.from_dict(json.loads(meta["spec"])).name == "resnet8"
+        assert meta["framework"] == "keras" and "layer1.0.conv1.weight" in arrays
+    with np.load(run["checkpoint"], allow_pickle=False) as ckpt:
+        state = json.loads(ckpt["state"].tobytes())
+    assert state["progress"]["iteration"] == 40 and state["progress"]["epoch"] == 2
+    trainable = [w for w in canonical_weights(get_spec("resnet8")) if w.trainable]
+    assert sum("momentum" in p for p in state["optimizer_paths"]) == len(trainable)  # one buffer per parameter
+    tb = _tb_scalars(full_run)
+    assert tb["loss/train"] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
+    assert tb["accuracy/val"] == pytest.approx([r["val_acc"] for r in rows], rel=1e-6)
+    assert "torch" not in sys.modules
+
+
+def test_same_seed_same_first_steps(full_run, data_dir, tmp_path):
+    # A shorter run: the lr is 0.1 for its first 5 steps too (milestones at 10 and 15 of 20).
+    run_module("keras_impl.train", *base_args(data_dir, tmp_path / "again", "--epochs", "1", "--trace-steps", "5"))
+    first = json.loads((full_run / "steps.json").read_text())
+    again = json.loads((tmp_path / "again" / "steps.json").read_text())
+    assert again["lr"] == first["lr"] == [0.1] * 5
+    assert again["loss"] == first["loss"]  # bit for bit
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "keras_impl.train", *base_args(data_dir, out, "--epochs", "2")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ckpt = out / runs.CHECKPOINTS["keras"]
+        deadline = time.monotonic() + 300
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # into the second epoch (about 20 x 0.1 s of steps)
+        assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(runs.read_metrics(out)) == 1 and not (out / runs.RESULTS).exists()
+    out_text = run_module("keras_impl.train", "--resume", str(out), "--workers", "1", "--no-progress").stdout
+    assert "resuming at epoch 2" in out_text
+    resumed, full = runs.read_run(out), runs.read_run(full_run)
+    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    assert [{k: r[k] for k in keys} for r in resumed["metrics"]] == [{k: r[k] for k in keys} for r in full["metrics"]]
+    assert (resumed["results"]["test_acc"], resumed["results"]["test_loss"]) == (
+        full["results"]["test_acc"], full["results"]["test_loss"])
+    a, _ = load_weights(resumed["last"])
+    b, _ = load_weights(full["last"])
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(data_dir, tmp_path):
+    proc = run_module("keras_impl.train", *base_args(data_dir, tmp_path / "nan", "--iters", "15", "--lr", "1e36"),
+                      check=False)
+    assert proc.returncode != 0
+    assert "error: training loss became nan" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "nan" / runs.RESULTS).exists()
+
+
+def test_mixed_bfloat16_and_xla_on_cpu(data_dir, tmp_path):
+    out = tmp_path / "amp"
+    run_module("keras_impl.train", *base_args(data_dir, out, "--iters", "4", "--amp", "1", "--jit", "1"))
+    run = runs.read_run(out)
+    assert run["config"]["fast_paths"]["amp"] is True and run["config"]["fast_paths"]["jit"] is True
+    assert run["config"]["device"]["policy"] == "mixed_bfloat16"
+    assert math.isfinite(run["metrics"][0]["train_loss"]) and run["finished"]
+
+
+def test_mirrored_strategy_on_cpu(data_dir, tmp_path):
+    out = tmp_path / "mirrored"
+    proc = run_module("keras_impl.train", *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6",
+                                                     "--strategy", "mirrored"))
+    assert "MirroredStrategy x1" in proc.stdout
+    run = runs.read_run(out)
+    assert run["config"]["device"]["strategy"] == "MirroredStrategy" and run["finished"]
+    # The same global batch and schedule as a single-device run.
+    steps = json.loads((out / "steps.json").read_text())
+    assert len(steps["loss"]) == 6 and steps["lr"] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
+    assert run["metrics"][0]["train_acc"] > 0 and math.isfinite(run["metrics"][0]["val_loss"])
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--device", "cuda"], "no CUDA GPU is visible"),
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--epochs", "1", "--iters", "5"], "not both"),
+    (["--num-classes", "3"], "does not match synthetic, which has 10 classes"),
+    (["--batch-size", "5000"], "larger than the 2000 training images"),
+])
+def test_user_errors_are_one_line(data_dir, tmp_path, extra, match):
+    with pytest.raises(SystemExit, match=match) as e:
+        main(base_args(data_dir, tmp_path / "x", *extra))
+    assert str(e.value.code).startswith("error: ")
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(SystemExit, match="not a run folder"):
+        main(["--resume", str(tmp_path)])
