@@ -13,7 +13,8 @@ mean/std, no augmentation) it compares:
   frameworks on this CPU.
 
 The file under test is ``--onnx`` or ``<run>/model.onnx``; the other framework's export is
-``<run>/model-<framework>.onnx``; missing files are exported first (``export/onnx_export.py``).
+``<run>/model-<framework>.onnx``; missing files, or files older than the run's weights, are exported
+first (``export/onnx_export.py``).
 The report is ``parity.json`` + ``parity.md`` in ``--out`` (default: the run folder). The command
 exits 1 when a check fails (after writing the report). This process imports neither framework.
 """
@@ -121,10 +122,15 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     if onnx:
         tested_fw = load(onnx).meta["framework"]
         files[tested_fw] = Path(onnx)
+    exported = []
     for fw in FRAMEWORKS:
         if fw not in files:
             path = default_onnx_path(source, fw)
-            files[fw] = path if path.is_file() else export(fw, run)
+            # Missing, or older than the weights (e.g. the run resumed since): export it now.
+            if not path.is_file() or path.stat().st_mtime < source.weights.stat().st_mtime:
+                path = export(fw, run)
+                exported.append(str(path))
+            files[fw] = path
     models = {fw: load(path) for fw, path in files.items()}
     tested = models[tested_fw]
 
@@ -145,6 +151,7 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
         "n": int(len(y)),
         "onnx_under_test": str(tested.path),
         "onnx_files": {fw: str(p) for fw, p in files.items()},
+        "exported_now": exported,
         "native_vs_ort": {fw: compare(native_logits, logits, y) for fw, logits in ort_logits.items()},
         "torch_onnx_vs_keras_onnx": compare(ort_logits["torch"], ort_logits["keras"], y),
     }

@@ -47,7 +47,8 @@ def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metad
     """
     check_metadata(metadata)
     model = model.eval()
-    example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size)
+    device = next(model.parameters()).device
+    example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size, device=device)
     batch = torch.export.Dim("batch", min=1)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         raw = Path(tmp) / "raw.onnx"

@@ -83,11 +83,16 @@ def test_parity_imagenet_stem_both_exports(name, tmp_path, data_dir):
 
 
 def test_parity_with_onnx_override_and_out(torch_run, tmp_path, data_dir):
-    run, _ = torch_run
+    run, first = torch_run
+    assert first["exported_now"] == [str(run / "model.onnx"), str(run / "model-keras.onnx")]
+    weights = run / "best.safetensors"
+    later = (run / "model.onnx").stat().st_mtime + 10
+    os.utime(weights, (later, later))  # as if training went on: the default model.onnx is now stale
     run_module("export.parity", "--run", run, "--onnx", run / "model-keras.onnx", "--data-dir", data_dir,
                "--no-bench", "--limit", "50", "--out", tmp_path)
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["onnx_under_test"] == str(run / "model-keras.onnx") and report["ok"] and report["n"] == 50
+    assert report["exported_now"] == [str(run / "model.onnx")]  # re-exported; the explicit file is kept
 
 
 def test_compare_catches_disagreement():
