@@ -143,13 +143,18 @@ def hardware_line() -> str:
     return "GPU: " + ", ".join(f"{n}x {g}" for g, n in counts.items()) + f"; {cpu}"
 
 
-def load_state(runs_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """The runs folder's bookkeeping; a clear error when it was made with other result settings."""
+def load_state(runs_dir: Path, settings: dict[str, Any], *, adopt: bool = False) -> dict[str, Any]:
+    """The runs folder's bookkeeping; a clear error when it was made with other result settings.
+
+    With ``adopt`` (report only) the saved settings replace the command line's instead.
+    """
     path = runs_dir / STATE_FILE
     if not path.is_file():
         return {"settings": {k: settings.get(k) for k in RESULT_SETTINGS}, "cells": {}}
     state = json.loads(path.read_text(encoding="utf-8"))
     old = state.get("settings", {})
+    if adopt:
+        settings.update({k: old[k] for k in RESULT_SETTINGS if k in old})
     diff = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ab = ABLATIONS[settings["ablation"]]
     runs_dir: Path = settings["runs_dir"]
     cells = plan_cells(settings["models"], settings["frameworks"], runs_dir)
-    state = load_state(runs_dir, settings)
+    state = load_state(runs_dir, settings, adopt=args.report_only)
     _say(f"ablation {ab.name} on {settings['dataset']}: {len(cells)} cells "
          f"({', '.join(settings['models'])} x {', '.join(settings['frameworks'])}), "
          f"epochs {settings['epochs'] or 'recipe default'}, seed {settings['seed']}, runs in {runs_dir}")

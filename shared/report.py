@@ -266,19 +266,27 @@ def plot_curves(
         raise ValueError("nothing to plot: no run has a finished epoch")
     fig, axes = plt.subplots(1, len(depths), figsize=(5.5 * len(depths), 4.2), squeeze=False)
     for ax, depth in zip(axes[0], depths):
+        epochs: set[int] = set()
         for row, metrics in cells:
             if row["depth"] != depth or not metrics:
                 continue
             style = dict(color=FRAMEWORK_COLORS.get(row["framework"], "black"),
-                         linestyle="--" if row["layout"] == "plain" else "-", marker="o", markersize=3)
+                         linestyle="--" if row["layout"] == "plain" else "-")
             label = f"{row['model']} {row['framework']}"
             if kind == "error":
-                ax.plot(*_series(metrics, "train_acc", True), linewidth=0.9, label=f"{label} train", **style)
-                ax.plot(*_series(metrics, "val_acc", True), linewidth=2.4, label=f"{label} val", **style)
+                ax.plot(*_series(metrics, "train_acc", True), linewidth=0.9, marker="o", markersize=2.5,
+                        label=f"{label} train", **style)
+                ax.plot(*_series(metrics, "val_acc", True), linewidth=2.4, marker="s", markersize=5,
+                        label=f"{label} val", **style)
             else:
-                ax.plot(*_series(metrics, "train_loss", False), linewidth=1.6, label=label, **style)
+                ax.plot(*_series(metrics, "train_loss", False), linewidth=1.6, marker="o", markersize=3,
+                        label=label, **style)
+            epochs.update(r["epoch"] for r in metrics)
         ax.set_title(f"depth {depth}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 12:  # few epochs: one tick each (a single epoch would get fractional ticks)
+            ax.set_xticks(sorted(epochs))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("error (%)" if kind == "error" else "training loss")
         ax.grid(True, alpha=0.3)

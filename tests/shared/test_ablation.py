@@ -102,6 +102,9 @@ def test_other_settings_do_not_reuse_cells(tmp_path, fake_trainer, capsys):
     assert ablation.main([*argv, "--epochs", "1"]) == 0
     with pytest.raises(SystemExit, match=r"other settings \(epochs: 1 -> 2\)"):
         ablation.main([*argv, "--epochs", "2"])
+    assert ablation.main([*argv, "--report-only"]) == 0  # a report takes the folder's own settings
+    report = json.loads((tmp_path / "out" / "ablation-cifar10-synthetic.json").read_text())
+    assert report["epochs"] == 1 and report["complete"]
 
 
 def test_dry_run_trains_nothing(tmp_path, capsys):
