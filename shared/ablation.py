@@ -306,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             _say("interrupted: finished cells are kept; run the same command again to resume")
             return 130
-    paths = write_ablation_report(cells, settings, state, Path(args.out), settings["stem"], ab.paper)
+    if failed and not any(cell_status(c) == "finished" for c in cells):
+        paths = {}  # nothing to report: no empty table in the results folder
+    else:
+        paths = write_ablation_report(cells, settings, state, Path(args.out), settings["stem"], ab.paper)
     for kind, path in paths.items():
         _say(f"wrote {kind}: {path}")
     if failed:

@@ -70,6 +70,7 @@ def test_skip_finished_resume_interrupted_restart_empty(tmp_path, fake_trainer, 
     assert ablation.main(argv) == 1
     text = capsys.readouterr().out
     assert "[1/4] plain20-torch: FAILED (exit 3)" in text and "[2/4]" not in text
+    assert not out.exists()  # no cell finished: no empty table
     assert len(read_metrics(runs / "plain20-torch")) == 2 and not (runs / "plain20-torch" / "results.json").exists()
     (runs / "resnet20-keras").mkdir()  # a cell folder without a checkpoint: it restarts from scratch
     (runs / "resnet20-keras" / "stray").write_text("x")
