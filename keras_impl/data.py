@@ -26,14 +26,18 @@ from shared.data import augmentation, check_split, epoch_plan, norm_constants  #
 
 
 def augment(xb: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, flip: tf.Tensor, pad: int) -> tf.Tensor:
-    """Zero-pad, crop at (dy, dx) and flip where ``flip``: uint8 NHWC in and out (one gather per axis)."""
-    s = tf.shape(xb)[1]
-    padded = tf.pad(xb, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    """Zero-pad, crop at (dy, dx) and flip where ``flip``: uint8 NHWC in and out (one gather).
+
+    Output pixel (i, j) of image b reads padded pixel (dy + i, dx + j), or (dy + i, dx + s-1-j) when
+    flipped, as a flat index into the padded image (the same indices as the torch loader).
+    """
+    n, s = tf.shape(xb)[0], tf.shape(xb)[1]
+    padded = tf.reshape(tf.pad(xb, [[0, 0], [pad, pad], [pad, pad], [0, 0]]), [n, -1, 3])
     ar = tf.range(s)
     rows = dy[:, None] + ar[None, :]
     cols = tf.where(flip[:, None], dx[:, None] + (s - 1) - ar[None, :], dx[:, None] + ar[None, :])
-    out = tf.gather(padded, rows, axis=1, batch_dims=1)
-    return tf.gather(out, cols, axis=2, batch_dims=1)
+    flat = tf.reshape(rows[:, :, None] * (s + 2 * pad) + cols[:, None, :], [n, s * s])
+    return tf.reshape(tf.gather(padded, flat, axis=1, batch_dims=1), [n, s, s, 3])
 
 
 def normalize(xb: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:

