@@ -98,7 +98,10 @@ def cell_status(cell: Cell) -> str:
         return "new"
     try:
         run = read_run(cell.path)
-    except NotARunError:
+    except NotARunError as e:
+        if (cell.path / CHECKPOINTS[cell.framework]).is_file():  # never delete a checkpoint on a guess
+            raise SystemExit(f"error: {cell.path} holds a checkpoint but no readable run ({e}); "
+                             "repair or delete it by hand") from e
         return "restart"
     if run["finished"]:
         return "finished"
