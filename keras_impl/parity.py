@@ -70,6 +70,8 @@ def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[s
         raise KeyError(f"the Keras model lacks a layer: {e}") from e
     probe = keras.Model(model.inputs, tensors + [model.outputs[0]])
     values = probe(x, training=False)
+    if not isinstance(values, (list, tuple)):  # a one-output model returns the tensor itself
+        values = [values]
     out = {n: keras.ops.convert_to_numpy(v) for n, v in zip(names, values[:-1])}
     out["logits"] = keras.ops.convert_to_numpy(values[-1])
     return out
