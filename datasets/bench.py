@@ -30,20 +30,26 @@ from shared.io import atomic_write_json, atomic_write_text
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
 TRAIN_VARIANT = {"torch": "eager", "keras": "graph"}
+# (framework, augment, torch threads): torch's pipeline also with one thread, because on a busy CPU
+# its default intra-op threads spin against each other (the ops are small and memory-bound)
+PIPELINES = (("torch", True, None), ("torch", True, 1), ("torch", False, None), ("keras", True, None),
+             ("keras", False, None))
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 
 
-def bench_pipeline(framework: str, prepared: Path, batch_size: int, batches: int, train: bool) -> dict[str, Any]:
-    """One framework's pipeline images/s, measured in its own process."""
+def bench_pipeline(framework: str, prepared: Path, batch_size: int, batches: int, train: bool,
+                   threads: int | None = None) -> dict[str, Any]:
+    """One framework's pipeline images/s, measured in its own process (``threads``: torch only)."""
     cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.data", "--prepared", str(prepared), "--bench",
            "--batch-size", str(batch_size), "--batches", str(batches)] + (["--train"] if train else [])
+    cmd += ["--threads", str(threads)] if threads else []
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=1800)
     if proc.returncode != 0:
         return {"framework": framework, "train": train, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "threads_requested": threads}
 
 
 def bench_training(framework: str, batch_size: int, tmp: Path) -> dict[str, Any]:
@@ -90,6 +96,7 @@ def render(report: dict[str, Any]) -> str:
     for row in report["pipelines"]:
         fw = row["framework"]
         what = "train (shuffle + pad/crop/flip + normalize)" if row["train"] else "eval (normalize)"
+        what += f", {row['threads']} thread{'s' if row['threads'] > 1 else ''}" if "threads" in row else ""
         t = train.get(fw, {})
         if "error" in row:
             lines.append(f"| {fw} | {what} | failed: {row['error']} | | |")
@@ -106,7 +113,8 @@ def verdict(pipelines: list[dict], training: list[dict]) -> str:
     train = {t["framework"]: t.get("images_per_s") for t in training}
     parts = []
     for row in pipelines:
-        if row.get("train") and "images_per_s" in row and train.get(row["framework"]):
+        measured = "images_per_s" in row and train.get(row["framework"])
+        if row.get("train") and measured and not row.get("threads_requested"):
             ok = row["images_per_s"] > train[row["framework"]]
             parts.append(f"{row['framework']}: the augmenting pipeline delivers {row['images_per_s']:,.0f} images/s "
                          f"against {train[row['framework']]:,.0f} consumed by ResNet-20 training "
@@ -133,12 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as e:
             raise SystemExit(f"error: {e}") from None
         pipelines = []
-        for fw in PACKAGES:
-            for train in (True, False):
-                row = bench_pipeline(fw, path, args.batch_size, args.batches, train)
-                pipelines.append(row)
-                print(f"{fw} {'train' if train else 'eval'} pipeline: "
-                      f"{row.get('images_per_s', 0):,.0f} images/s {row.get('error', '')}", flush=True)
+        for fw, train, threads in PIPELINES:
+            row = bench_pipeline(fw, path, args.batch_size, args.batches, train, threads)
+            pipelines.append(row)
+            print(f"{fw} {'train' if train else 'eval'} pipeline{f' ({threads} thread)' if threads else ''}: "
+                  f"{row.get('images_per_s', 0):,.0f} images/s {row.get('error', '')}", flush=True)
         training = [] if args.skip_training else [bench_training(fw, args.batch_size, Path(tmp)) for fw in PACKAGES]
         for t in training:
             print(f"{t['framework']} ResNet-20 training ({t['variant']}): "

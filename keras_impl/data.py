@@ -79,14 +79,14 @@ def make_dataset(prepared, split: str, batch_size: int, *, train: bool, seed: in
 
 def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = True, device: str = "cpu") -> dict:
     """Images/s of the training input pipeline (gather + augment + normalize), after one warm-up batch."""
-    n, epoch, t0 = 0, 0, None
-    while n < batches * batch_size:
+    n, done, epoch, t0 = 0, 0, 0, None
+    while done < batches:
         for x, _ in make_dataset(prepared, "train", batch_size, train=train, epoch=epoch):
             if t0 is None:  # warm-up batch (tracing) not timed
                 t0 = time.perf_counter()
                 continue
-            n += int(x.shape[0])
-            if n >= batches * batch_size:
+            n, done = n + int(x.shape[0]), done + 1
+            if done == batches:
                 break
         epoch += 1
     dt = time.perf_counter() - t0

@@ -98,8 +98,13 @@ def make_loader(prepared, split: str, batch_size: int, *, train: bool, seed: int
 
 
 def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = True,
-          device: str = "cpu") -> dict:
-    """Images/s of the training input pipeline (gather + augment + normalize), after one warm-up batch."""
+          device: str = "cpu", threads: int | None = None) -> dict:
+    """Images/s of the training input pipeline (gather + augment + normalize), after one warm-up batch.
+
+    ``threads`` sets torch's intra-op threads first (default: torch's own choice).
+    """
+    if threads:
+        torch.set_num_threads(threads)
     loader = make_loader(prepared, "train", batch_size, train=train, device=device)
     it = iter(loader)
     next(it)
@@ -135,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump", default=None, help="write x0, y0, x1, y1, ... to this .npz (NHWC)")
     parser.add_argument("--bench", action="store_true", help="print images/s as JSON")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for --bench")
     args = parser.parse_args(argv)
     try:
         prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)
     except (DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if args.bench:
-        print(json.dumps(bench(prepared, args.batch_size, args.batches or 100, args.train, args.device)))
+        print(json.dumps(bench(prepared, args.batch_size, args.batches or 100, args.train, args.device, args.threads)))
         return 0
     loader = make_loader(prepared, args.split, args.batch_size, train=args.train, seed=args.seed, device=args.device)
     loader.set_epoch(args.epoch)
