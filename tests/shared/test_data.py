@@ -220,3 +220,36 @@ def test_manifest_json_is_readable(cifar_folder):
     m = json.loads((prepared.path / "manifest.json").read_text())
     assert set(m) >= {"name", "class_names", "num_classes", "image_size", "mean", "std", "splits", "synthetic",
                       "source", "version", "checksums"}
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server over ``tmp_path/served`` (stands in for the CIFAR-10 site)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_checks_md5_then_prepares(tmp_path, http_server, monkeypatch):
+    root, url = http_server
+    write_cifar10_python(root, PER_BATCH, TEST, seed=3, archive=True)
+    md5 = hashlib.md5((root / cifar.ARCHIVE).read_bytes()).hexdigest()
+    monkeypatch.setattr(cifar, "URL", f"{url}/{cifar.ARCHIVE}")
+    data = tmp_path / "data"
+    monkeypatch.setattr(cifar, "MD5", "0" * 32)
+    with pytest.raises(DataError, match="download is corrupt"):
+        cifar.prepare(data, val_size=10)
+    assert list(data.iterdir()) == []  # the .part file is gone, nothing looks downloaded
+    monkeypatch.setattr(cifar, "MD5", md5)
+    prepared = cifar.prepare(data, val_size=10)
+    assert (data / cifar.ARCHIVE).is_file() and prepared.manifest["official_archive"] is True
+    assert prepared.manifest["splits"] == {"train": 90, "val": 10, "test": TEST}
