@@ -174,8 +174,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         with torch.no_grad():
             sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                  torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
-        if trace is not None and len(trace["loss"]) < trace["limit"]:
-            trace["loss"].append(loss.item())
+        if trace is not None and len(trace["loss"]) < trace["limit"]:  # the global batch's mean loss
+            trace["loss"].append(_all_reduce(loss.detach(), ctx).item() / ctx.world)
             trace["lr"].append(lr)
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
             total = _all_reduce(sums, ctx).tolist()
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{verb} {spec.name} ({FRAMEWORK}, {device}{f' x{world}' if world > 1 else ''}) on {args.dataset}: "
               f"{plan.epochs} epochs x {plan.iters_per_epoch} it = {plan.total_iters} iterations, batch "
               f"{plan.batch_size}, lr {plan.lr:g} (milestones {list(plan.milestones)}) -> {setup.run_dir}", flush=True)
-    trace = {"loss": [], "lr": [], "limit": args.trace_steps} if args.trace_steps and ctx.main else None
+    trace = {"loss": [], "lr": [], "limit": args.trace_steps} if args.trace_steps else None
 
     try:
         while progress.epoch < plan.epochs:
