@@ -253,3 +253,14 @@ def test_download_checks_md5_then_prepares(tmp_path, http_server, monkeypatch):
     prepared = cifar.prepare(data, val_size=10)
     assert (data / cifar.ARCHIVE).is_file() and prepared.manifest["official_archive"] is True
     assert prepared.manifest["splits"] == {"train": 90, "val": 10, "test": TEST}
+
+
+def test_make_data_passes_its_variables():
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(["make", "-n", "data", "DATASET=synthetic", "DATA_DIR=/x", "VAL_SIZE=0.2", "NO_DOWNLOAD=1"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = " ".join(out.replace("\\\n", " ").split()).split("-m datasets.prepare", 1)[1]
+    assert line.split() == ["--dataset", "synthetic", "--data-dir", "/x", "--val-size", "0.2", "--no-download"]
