@@ -35,14 +35,27 @@ def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool =
 
         kwargs = {} if val_size is None else {"val_size": val_size}
         return cats_vs_dogs.prepare(data_dir, download=download, **kwargs)
-    cmd = [sys.executable, "-m", "datasets.prepare", "--dataset", name, "--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "datasets.prepare", "--dataset", name, "--data-dir", str(Path(data_dir).resolve())]
     cmd += [] if download else ["--no-download"]
     cmd += [] if val_size is None else ["--val-size", str(val_size)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error:")]
-        raise DataError(lines[-1][len("error: "):] if lines else proc.stderr.strip()[-2000:])
+    tail = _run_echoing_stderr(cmd)
+    if tail is not None:
+        lines = [ln for ln in tail.splitlines() if ln.startswith("error:")]
+        raise DataError(lines[-1][len("error: "):] if lines else tail.strip()[-2000:])
     return read_prepared(prepared_dir(name, data_dir))
+
+
+def _run_echoing_stderr(cmd: list[str]) -> str | None:
+    """Run ``cmd`` from the repository root, passing its stderr (progress bars) through as it comes;
+    None on success, else the last 8 KB of its stderr."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    tail = b""
+    while chunk := proc.stderr.read1(4096):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail = (tail + chunk)[-8192:]
+    return None if proc.wait() == 0 else tail.decode(errors="replace")
 
 
 def load_prepared(name: str, data_dir: str | os.PathLike = "data", *, prepare_missing: bool = True,

@@ -264,3 +264,12 @@ def test_make_data_passes_its_variables():
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     line = " ".join(out.replace("\\\n", " ").split()).split("-m datasets.prepare", 1)[1]
     assert line.split() == ["--dataset", "synthetic", "--data-dir", "/x", "--val-size", "0.2", "--no-download"]
+
+
+def test_cats_vs_dogs_prepares_in_its_own_process(tmp_path):
+    """From a framework-free process, cats_vs_dogs runs TFDS in a child; its offline error comes back whole."""
+    with pytest.raises(DataError) as e:
+        prepare("cats_vs_dogs", tmp_path, download=False)
+    assert "is not there and downloading is off" in str(e.value)
+    assert f"{(tmp_path / 'tfds').resolve()}/cats_vs_dogs/4.0.1/" in str(e.value)
+    assert "tensorflow" not in sys.modules and "torch" not in sys.modules
