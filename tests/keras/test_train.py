@@ -174,3 +174,28 @@ def test_user_errors_are_one_line(data_dir, tmp_path, extra, match):
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(SystemExit, match="not a run folder"):
         main(["--resume", str(tmp_path)])
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(data_dir, tmp_path, monkeypatch):
+    import keras_impl.train as train
+    from shared.training import NonFiniteLoss
+
+    real = train.train_one_epoch
+
+    def diverge_in_epoch_2(*args, **kwargs):
+        if args[3] == 1:  # 0-based epoch
+            raise NonFiniteLoss("training loss became nan at epoch 2, iteration 25 (lr 0.1)")
+        return real(*args, **kwargs)
+
+    out = tmp_path / "diverged"
+    monkeypatch.setattr(train, "train_one_epoch", diverge_in_epoch_2)
+    with pytest.raises(SystemExit, match=r"became nan at epoch 2.*last good checkpoint \(epoch 1\) is kept") as e:
+        main(base_args(data_dir, out, "--epochs", "2"))
+    assert str(e.value.code).startswith("error: ")
+    with np.load(out / runs.CHECKPOINTS["keras"], allow_pickle=False) as ckpt:
+        state = json.loads(ckpt["state"].tobytes())
+    assert state["progress"]["epoch"] == 1 and state["progress"]["iteration"] == 20
+    assert load_weights(out / runs.LAST)[1]["epoch"] == "1" and not (out / runs.RESULTS).exists()
+    monkeypatch.setattr(train, "train_one_epoch", real)
+    assert main(["--resume", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert runs.read_run(out)["finished"] and len(runs.read_metrics(out)) == 2
