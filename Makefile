@@ -166,3 +166,16 @@ data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cats_vs_dogs
 
 bench-data: $(STAMP) ## images/s of each framework's input pipeline (CIFAR-10-shaped batches of 128): results/bench/data.*
 	$(PY) -m datasets.bench --data-dir $(DATA_DIR)
+
+# Speed benchmark (shared/bench.py): training/inference images/s and batch-1 latency per framework and fast
+# path, each framework in its own process, ONNX Runtime on both exports -> $(BENCH_OUT)/bench-<model>-<device>.md/.json.
+# BENCH_ITERS batches per timed block, REPEATS timed blocks (median, min-max); BENCH_VARIANTS e.g. torch,keras:graph.
+BENCH_ITERS    ?=
+REPEATS        ?=
+BENCH_VARIANTS ?=
+BENCH_OUT      ?= results/bench
+
+bench: $(STAMP) ## speed per framework and fast path: make bench [MODEL=resnet20] [BATCH_SIZE=128] [DEVICE=cpu|cuda]
+	$(PY) -m shared.bench --model $(MODEL) --out $(BENCH_OUT) $(call opt,--batch-size,$(BATCH_SIZE)) \
+		$(call opt,--device,$(DEVICE)) $(call opt,--iters,$(BENCH_ITERS)) $(call opt,--repeats,$(REPEATS)) \
+		$(call opt,--variants,$(BENCH_VARIANTS))

@@ -1,7 +1,7 @@
 """Speed benchmarks: training and inference images/s and batch-1 latency, per framework and fast path.
 
-    python -m shared.bench --model resnet20 [--batch-size 128] [--device cpu|cuda] [--iters 4]
-                           [--repeats 3] [--variants torch,keras:graph,onnxruntime] [--out results/bench]
+    python -m shared.bench --model resnet20 [--batch-size 128] [--device cpu|cuda] [--iters 3]
+                           [--repeats 5] [--variants torch,keras:graph,onnxruntime] [--out results/bench]
 
 Each framework runs in its own process (``python -m pytorch_impl.bench`` / ``keras_impl.bench`` /
 ``export.bench_ort``) and writes its measurements as JSON; this module (which imports neither
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.io import atomic_write_json, atomic_write_text
+from shared.machine import load_average, machine_info
 from shared.spec import get_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,10 @@ DESCRIPTIONS = {
 }
 METRICS = ("train", "infer", "latency_ms")
 BASELINE = ("torch", "eager")
-DEFAULTS = {"batch_size": 128, "iters": 4, "repeats": 3, "warmup": 2, "latency_iters": 20}
+DEFAULTS = {"batch_size": 128, "iters": 3, "repeats": 5, "warmup": 2, "latency_iters": 20}
+# Environment variables that change threading (recorded in the report when set).
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+              "TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES")
 # ONNX Runtime's execution providers per bench device: CPU always, CUDA too on a GPU bench.
 ORT_PROVIDERS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 
@@ -441,6 +445,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every selected framework in its own process and assemble the report (not yet written)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    load_before = load_average()
     rows: list[dict[str, Any]] = []
     frameworks: dict[str, Any] = {}
     ort_sources = cfg.variants.get("onnxruntime", [])
@@ -479,9 +484,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     add_ratios(rows)
     for row in rows:
         row["description"] = DESCRIPTIONS.get((row["framework"], row["variant"]), "")
-    from shared.machine import machine_info
-
     machine = machine_info()
+    machine["load_average"] = {"start": load_before, "end": machine.pop("load_average")}
     machine["gpu"] = (frameworks.get("torch", {}).get("gpu")
                       or (machine["gpus"][0] if machine["gpus"] and cfg.device == "cuda" else None))
     return {
@@ -489,7 +493,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "device": cfg.device,
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - t0, 1),
-        "settings": {**cfg.settings.__dict__, "input": "one random batch resident on the device",
+        "settings": {**cfg.settings.__dict__, "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+                     "input": "one random batch resident on the device",
                      "spread": "min-max over repeats", "optimizer": "SGD lr 0.1, momentum 0.9, weight decay 1e-4"},
         "machine": machine,
         "frameworks": frameworks,
@@ -518,7 +523,7 @@ def _variant_label(row: dict[str, Any]) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The per-row table: medians with their min–max spread, ratios to PyTorch eager, failure reasons."""
     head = ("| Framework | Variant | Train img/s | Infer img/s | Batch-1 latency ms | Train × eager "
-            "| Infer × eager | First calls s | Note |")
+            "| Infer × eager | Compile / first calls s | Note |")
     lines = [head, "|" + "---|" * 9]
     for row in report["rows"]:
         first = row.get("first_call_s") or {}
@@ -531,6 +536,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _load(values: list[float] | None) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "unknown"
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """The whole Markdown report: machine, versions, settings, the table and what each variant is."""
     m, s = report["machine"], report["settings"]
@@ -539,11 +548,13 @@ def markdown_report(report: dict[str, Any]) -> str:
     out = [
         f"# Benchmark: {report['model']} on {report['device']}",
         "",
-        f"- Machine: {m['cpu']}, {m['cores']} cores, GPU: {gpu}; {m['os']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, GPU: {gpu}; {m['os']}; load average (1/5/15 min) "
+        f"{_load(m['load_average']['start'])} at the start, {_load(m['load_average']['end'])} at the end",
         f"- Versions: {versions}",
         f"- Settings: batch {s['batch_size']}, {s['iters']} batches per timed block, {s['repeats']} repeats "
         f"after {s['warmup']} warm-up call(s), batch-1 latency over {s['latency_iters']} calls per repeat; "
-        f"{s['input']}; {s['optimizer']}",
+        f"{s['input']}; {s['optimizer']}; threading environment: "
+        f"{', '.join(f'{k}={v}' for k, v in s['env'].items()) or 'library defaults'}",
         f"- Started {report['started_utc']}, took {report['wall_time_s']:.0f} s; git {m.get('git_commit')}",
         "",
         "Figures: median over repeats (min–max in brackets). Ratios: row median / PyTorch eager median "

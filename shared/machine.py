@@ -74,11 +74,20 @@ def git_commit(root: str | os.PathLike | None = None) -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (runnable processes; compare with the core count)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, GPUs, OS, Python and library versions: the context of any measurement."""
     return {
         "cpu": cpu_model(),
         "cores": cpu_cores(),
+        "load_average": load_average(),
         "gpus": gpu_names(),
         "os": platform.platform(),
         "python_executable": sys.executable,

@@ -176,6 +176,7 @@ def _check_report(report: dict, expected: dict[str, list[str]]) -> None:
     assert report["model"] == "resnet8" and report["device"] == "cpu"
     m = report["machine"]
     assert m["cpu"] and m["cores"] >= 1 and "gpu" in m
+    assert len(m["load_average"]["start"]) == len(m["load_average"]["end"]) == 3
     for lib in ("torch", "tensorflow", "keras", "onnxruntime"):
         assert m["versions"][lib]
     assert report["settings"]["batch_size"] == 4 and report["settings"]["repeats"] == 2
