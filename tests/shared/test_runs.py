@@ -31,16 +31,17 @@ def test_metrics_round_trip_exactly(tmp_path):
 
 
 def test_read_run(tmp_path):
-    runs.write_config(tmp_path, _config("keras"))
-    run = runs.read_run(tmp_path)
+    run_dir = tmp_path / "runs" / "a"
+    runs.write_config(run_dir, _config("keras"))
+    run = runs.read_run(run_dir)
     assert (run["framework"], run["best"], run["results"], run["finished"]) == ("keras", None, None, False)
-    (tmp_path / "best.safetensors").write_bytes(b"x")
+    (run_dir / "best.safetensors").write_bytes(b"x")
     results = {k: 0 for k in runs.RESULTS_KEYS} | {"finished": True, "test_acc": 0.5}
-    runs.write_results(tmp_path, results)
-    run = runs.read_run(tmp_path)
-    assert run["best"] == str(tmp_path / "best.safetensors") and run["last"] is None
+    runs.write_results(run_dir, results)
+    run = runs.read_run(run_dir)
+    assert run["best"] == str(run_dir / "best.safetensors") and run["last"] is None
     assert run["results"]["test_acc"] == 0.5 and run["finished"]
-    assert runs.find_runs(tmp_path.parent) == [tmp_path]
+    assert runs.find_runs(tmp_path / "runs") == [run_dir]
 
 
 def test_read_run_errors_name_the_folder(tmp_path):
