@@ -153,8 +153,11 @@ def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = Non
     with ctx.strategy.scope():
         model = build_resnet(spec)
     if init:
-        arrays, _ = load_weights(init)
-        set_weights(model, spec, arrays)
+        try:
+            arrays, _ = load_weights(init)
+            set_weights(model, spec, arrays)
+        except ValueError as e:
+            raise fail(f"--init {init}: {e}") from e
     return model
 
 

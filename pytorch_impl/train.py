@@ -114,8 +114,11 @@ def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = Non
     torch.manual_seed(seed)
     model = build_resnet(spec)
     if init:
-        arrays, _ = load_weights(init)
-        set_weights(model, spec, arrays)
+        try:
+            arrays, _ = load_weights(init)
+            set_weights(model, spec, arrays)
+        except ValueError as e:
+            raise fail(f"--init {init}: {e}") from e
     model = model.to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
