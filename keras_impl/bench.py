@@ -38,7 +38,7 @@ def check_device(device: str) -> str:
     return "/CPU:0"
 
 
-def mixed_policy(device: str) -> str:
+def low_precision(device: str) -> str:
     """mixed_bfloat16 on CPU, mixed_float16 (with Keras' automatic loss scaling) on GPU."""
     return "mixed_bfloat16" if device == "cpu" else "mixed_float16"
 
@@ -50,8 +50,8 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
     info: dict[str, Any] = {"tf_device": tf_device}
     if variant == "mixed_precision":
         # The policy must be set before the layers are built; it is reset in cleanup().
-        keras.mixed_precision.set_global_policy(mixed_policy(device))
-        info["policy"] = mixed_policy(device)
+        keras.mixed_precision.set_global_policy(low_precision(device))
+        info["policy"] = low_precision(device)
     try:
         with tf.device(tf_device):
             model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
@@ -80,6 +80,7 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
 
     def cleanup() -> None:
         keras.mixed_precision.set_global_policy("float32")
+        keras.backend.clear_session()  # free this variant's graphs before the next one is built
 
     return Workload(
         on_device(lambda: model.train_on_batch(x, y)),

@@ -34,7 +34,7 @@ def check_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def autocast_dtype(device: str) -> torch.dtype:
+def low_precision(device: str) -> torch.dtype:
     """bfloat16 on CPU (no loss scaling needed), float16 on CUDA (with a GradScaler)."""
     return torch.bfloat16 if device == "cpu" else torch.float16
 
@@ -57,10 +57,10 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
         net = torch.compile(model)
         info["compile"] = "inductor"
     use_amp = variant == "autocast"
-    amp = (lambda: torch.autocast(dev.type, dtype=autocast_dtype(device))) if use_amp else contextlib.nullcontext
+    amp = (lambda: torch.autocast(dev.type, dtype=low_precision(device))) if use_amp else contextlib.nullcontext
     scaler = torch.amp.GradScaler("cuda") if use_amp and dev.type == "cuda" else None
     if use_amp:
-        info["autocast_dtype"] = str(autocast_dtype(device)).split(".")[-1]
+        info["autocast_dtype"] = str(low_precision(device)).split(".")[-1]
 
     def train_step() -> None:
         if not model.training:
@@ -82,8 +82,15 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
         with torch.no_grad(), amp():
             return net(inputs)
 
+    def cleanup() -> None:
+        if variant == "compile":
+            torch._dynamo.reset()  # drop the compiled graphs before the next variant
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    return Workload(train_step, lambda: predict(x), lambda: predict(x1), sync=sync, info=info, model=model)
+    return Workload(train_step, lambda: predict(x), lambda: predict(x1), sync=sync, cleanup=cleanup, info=info,
+                    model=model)
 
 
 def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:

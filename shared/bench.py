@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -354,6 +355,12 @@ def run_child(cmd: list[str], timeout: float | None = None, echo: bool = True) -
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
     while True:
+        if deadline and time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return -9, f"timed out after {timeout:.0f} s"
+        if not select.select([fd], [], [], 1.0)[0]:
+            continue  # nothing to read yet: check the deadline again
         chunk = os.read(fd, 4096)
         if not chunk:
             break
@@ -363,10 +370,6 @@ def run_child(cmd: list[str], timeout: float | None = None, echo: bool = True) -
         buf += chunk
         *lines, buf = buf.split(b"\n")
         tail.extend(line.decode(errors="replace").rsplit("\r", 1)[-1] for line in lines)
-        if deadline and time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            return -9, f"timed out after {timeout:.0f} s"
     proc.wait()
     tail.append(buf.decode(errors="replace"))
     return proc.returncode, "\n".join(tail)

@@ -58,7 +58,7 @@ def test_mixed_precision_policy_is_set_before_building_and_reset_after():
     work.train_step()
     work.cleanup()
     assert keras.mixed_precision.global_policy().name == "float32"
-    assert kbench.mixed_policy("cuda") == "mixed_float16"
+    assert kbench.low_precision("cuda") == "mixed_float16"
 
 
 def test_a_failing_build_resets_the_policy_and_is_reported(monkeypatch):

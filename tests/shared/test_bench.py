@@ -152,6 +152,13 @@ def test_a_crashed_framework_process_keeps_done_rows_and_fails_the_rest(tmp_path
     assert all(result["rows"][1][m] == {"error": reason} for m in bench.METRICS)
 
 
+def test_a_silent_hung_process_is_stopped_at_the_timeout():
+    t0 = time.perf_counter()
+    code, tail = bench.run_child([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1, echo=False)
+    assert (code, tail) == (-9, "timed out after 1 s") and time.perf_counter() - t0 < 30
+    assert bench.crash_reason(code, tail) == "process exited with code -9: timed out after 1 s"
+
+
 def test_markdown_table_shows_failures_and_not_applicable():
     rows = [
         {"framework": "torch", "variant": "eager", "train": bench.summarize([100.0, 120.0]),

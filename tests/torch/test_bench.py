@@ -44,7 +44,7 @@ def test_channels_last_and_autocast_do_what_they_say():
     assert cl.info["memory_format"] == "channels_last"
     amp = tbench.build_workload(SPEC, "autocast", 4, "cpu")
     assert amp.infer_step().dtype == torch.bfloat16  # bfloat16 autocast on CPU
-    assert tbench.autocast_dtype("cuda") == torch.float16
+    assert tbench.low_precision("cuda") == torch.float16
     eager = tbench.build_workload(SPEC, "eager", 4, "cpu")
     assert eager.infer_step().dtype == torch.float32
 
