@@ -170,6 +170,7 @@ def test_ddp_two_cpu_processes_with_gloo(data_dir, tmp_path):
     (["--epochs", "1", "--iters", "5"], "not both"),
     (["--num-classes", "3"], "does not match synthetic, which has 10 classes"),
     (["--batch-size", "5000"], "larger than the 2000 training images"),
+    (["--init", "missing.safetensors"], "--init missing.safetensors: no such weight file"),
 ])
 def test_user_errors_are_one_line(data_dir, tmp_path, extra, match):
     with pytest.raises(SystemExit, match=match) as e:
