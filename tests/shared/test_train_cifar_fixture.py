@@ -64,3 +64,26 @@ def test_same_augmented_batches_in_both_frameworks(cifar_runs):
     # Identical weights and identical (augmented) first batch: the first loss is one forward pass.
     np.testing.assert_allclose(k["loss"][0], t["loss"][0], rtol=1e-5)
     np.testing.assert_allclose(k["loss"][:3], t["loss"][:3], rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_cats_vs_dogs_recipe_with_an_imagenet_resnet(tmp_path):
+    """A prepared cats_vs_dogs folder (random 128x128 images): ResNet-18, 2 classes, the cosine recipe."""
+    from datasets.prepared import prepared_dir, write_prepared
+    from shared.recipes import CATS_VS_DOGS
+
+    rng = np.random.default_rng(0)
+    splits = {s: (rng.integers(0, 256, (n, 128, 128, 3), dtype=np.uint8), rng.integers(0, 2, n).astype(np.int64))
+              for s, n in (("train", 32), ("val", 8), ("test", 8))}
+    write_prepared(prepared_dir("cats_vs_dogs", tmp_path / "data"), splits,
+                   {"name": "cats_vs_dogs", "class_names": ["cat", "dog"], "source": "fixture", "version": "4.0.1"})
+    args = ["--dataset", "cats_vs_dogs", "--data-dir", str(tmp_path / "data"), "--model", "resnet18",
+            "--batch-size", "8", "--iters", "3", "--trace-steps", "3", "--workers", "1", "--no-progress"]
+    for fw, module in (("torch", "pytorch_impl.train"), ("keras", "keras_impl.train")):
+        run_module(module, *args, "--out", str(tmp_path / fw))
+        run = runs.read_run(tmp_path / fw)
+        c = run["config"]
+        assert (c["input_size"], c["spec"]["num_classes"], c["spec"]["stem"]) == (128, 2, "imagenet")
+        assert c["recipe"]["schedule"] == "cosine" and c["augmentation"]["pad"] == 16 and run["finished"]
+        lrs = json.loads((tmp_path / fw / "steps.json").read_text())["lr"]
+        assert lrs == pytest.approx([CATS_VS_DOGS.lr * 0.5 * (1 + math.cos(math.pi * i / 3)) for i in range(3)])
