@@ -53,8 +53,9 @@ def test_parity_within_bound(fast_parity, name, direction):
     assert tr["ok"], tr
     assert abs(tr["loss"]["torch"] - tr["loss"]["keras"]) < 1e-4 * max(1, tr["loss"]["torch"])
     assert tr["params"]["max_update"] > 1e-3  # the step moved the weights...
-    assert tr["params"]["max_abs"] < 5e-2 * tr["params"]["max_update"]  # ...by the same amount on both sides
+    assert tr["params"]["rel_update_error"] <= 0.1  # ...by the same amount on both sides
     if name in ("resnet20", "plain20"):  # shallow nets: gradients well conditioned, agreement is tight
+        assert tr["params"]["rel_update_error"] < 1e-4
         assert tr["params"]["max_abs"] < 1e-4 * tr["params"]["max_update"]
     rv = tr["running_var"]
     # torch's unbiased variance: the raw gap is real and equals m * var / (n - 1) up to float error
