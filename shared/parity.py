@@ -470,7 +470,9 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
             lines += [
                 train_line(r), "",
                 f"- loss: torch {tr['loss']['torch']:.6f}, keras {tr['loss']['keras']:.6f}",
-                f"- parameters (incl. coupled weight decay): max|Δ| {tr['params']['max_abs']:.2e}, worst "
+                f"- parameter update (incl. coupled weight decay): relative norm error "
+                f"{tr['params']['rel_update_error']:.2e} (≤ {STEP_REL_TOL:g}); "
+                f"max|Δ| {tr['params']['max_abs']:.2e}, worst "
                 f"{tr['params']['worst'].get('name')} (bound {tr['params']['worst'].get('bound', 0):.2e})",
                 f"- BN running mean: max|Δ| {tr['running_mean']['max_abs']:.2e}",
                 f"- BN running variance: expected difference. PyTorch uses the unbiased batch variance "
