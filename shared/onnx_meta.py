@@ -11,7 +11,8 @@ self-describing: ``export/infer.py`` preprocesses images from them alone. Keys:
 ``input_name`` / ``output_name``  the graph's input (``input``) and output (``logits``) names
 ``class_names``    JSON list, ``num_classes`` long
 ``normalization``  JSON ``{"mean": [..], "std": [..]}`` in 0-1 units: ``x = (pixels/255 - mean)/std``
-``resize``         ``crop`` (shorter side to ``input_size``, then center crop) or ``stretch``
+``resize``         ``crop`` (shorter side to ``input_size``, then center crop) or ``stretch``, as the
+                   dataset was prepared (:data:`DATASET_RESIZE`)
 ``dataset``, ``synthetic`` (``true``/``false``), ``source`` (run folder or ``random:seed=N``),
 ``exporter``       exporter and versions (``torch 2.14.1 dynamo`` / ``keras 3.15.1 tf2onnx 1.17.0``)
 
@@ -36,6 +37,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
 RESIZE_MODES = ("crop", "stretch")
+# How each dataset's preparation made its square images (datasets/): CIFAR-10 and the synthetic set are
+# square already; cats_vs_dogs is resized (shorter side) and centre-cropped. Without a dataset: by stem.
+DATASET_RESIZE = {"cifar10": "stretch", "synthetic": "stretch", "cats_vs_dogs": "crop"}
 REQUIRED_KEYS = ("framework", "model", "spec", "layout", "input_size", "class_names", "normalization")
 # Random-weight exports have no dataset: pixels are only scaled to [0, 1].
 IDENTITY_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -142,7 +146,8 @@ def build_metadata(source: Source, framework: str, exporter: str) -> dict[str, s
     check_framework(framework)
     cfg = source.config
     synthetic = bool(cfg.get("synthetic", False))
-    resize = "stretch" if source.spec.stem == "cifar" else "crop"
+    dataset = str(cfg.get("dataset", "none"))
+    resize = DATASET_RESIZE.get(dataset, "stretch" if source.spec.stem == "cifar" else "crop")
     return {
         "framework": framework,
         "model": source.spec.name,
@@ -154,7 +159,7 @@ def build_metadata(source: Source, framework: str, exporter: str) -> dict[str, s
         "class_names": json.dumps(source.class_names),
         "normalization": json.dumps(source.normalization),
         "resize": resize,
-        "dataset": str(cfg.get("dataset", "none")),
+        "dataset": dataset,
         "synthetic": "true" if synthetic else "false",
         "source": str(source.run_dir) if source.run_dir else f"random:seed={source.seed}",
         "trained_framework": str(source.framework or "none"),

@@ -18,7 +18,7 @@ from PIL import Image
 
 from export import infer
 from export.parity import compare
-from shared.onnx_meta import Source, default_onnx_path, resolve_source
+from shared.onnx_meta import Source, build_metadata, default_onnx_path, resolve_source
 from shared.spec import get_spec
 from tests.conftest import ROOT, run_module
 
@@ -265,6 +265,10 @@ def test_export_paths_and_make_dispatch(tmp_path):
     assert default_onnx_path(run, "keras", "x/y.onnx") == Path("x/y.onnx")
     assert default_onnx_path(Source(spec=spec), "keras", "out") == Path("out/resnet20-keras.onnx")
     assert default_onnx_path(Source(spec=spec), "torch") == Path("artifacts/export/resnet20-torch.onnx")
+    # Inference resizes as the training images were prepared (cats_vs_dogs: shorter side + centre crop).
+    resize = lambda d, m: build_metadata(Source(spec=get_spec(m), config={"dataset": d}), "torch", "x")["resize"]
+    assert (resize("cats_vs_dogs", "resnet18"), resize("synthetic", "resnet18"), resize("cifar10", "resnet20")) == (
+        "crop", "stretch", "stretch")
     dry = lambda *a: subprocess.run(["make", "-n", "-o", ".venv/.installed", *a], cwd=ROOT, capture_output=True,
                                     text=True, check=True).stdout
     assert "--framework" not in dry("export", "RUN=r")  # the run's own framework
