@@ -154,3 +154,12 @@ def test_parity_every_other_registry_model():
     # train mode at random init the gradient explodes with depth (plain101/152 at batch 2, 64x64).
     bad = [(r["model"], r["direction"], r["eval"]["logits"]) for r in results if not r["eval"]["ok"]]
     assert not bad, bad
+
+
+def test_parity_ok_eval_always_train_step_on_request():
+    from shared.compare import parity_ok
+
+    good_eval = {"eval": {"ok": True}, "train": {"ok": False}, "ok": False}
+    assert parity_ok(good_eval) and not parity_ok(good_eval, strict_train_step=True)
+    assert not parity_ok({"eval": {"ok": False}, "train": {"ok": True}, "ok": False})
+    assert not parity_ok({"error": "worker crashed", "ok": False}) and parity_ok(None)
