@@ -362,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None:
         if args.workers < 1:
             raise fail(f"--workers must be >= 1; got {args.workers}")
-        tf.config.threading.set_intra_op_parallelism_threads(args.workers)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(args.workers)
+        except RuntimeError:  # TF already started in this process (e.g. main() called twice): keep its pool
+            print(f"note: --workers {args.workers} ignored: TensorFlow's thread pool already exists",
+                  file=sys.stderr)
     setup = setup_run(args, FRAMEWORK)
     if args.compile or args.channels_last:
         print("note: --compile/--channels-last are torch switches; for Keras use --jit (XLA)", file=sys.stderr)
