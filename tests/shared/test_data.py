@@ -260,7 +260,8 @@ def test_make_data_passes_its_variables():
 
     from tests.conftest import ROOT
 
-    out = subprocess.run(["make", "-n", "--no-print-directory", "data", "DATASET=synthetic", "DATA_DIR=/x", "VAL_SIZE=0.2", "NO_DOWNLOAD=1"],
+    out = subprocess.run(["make", "-n", "--no-print-directory", "data",
+                          "DATASET=synthetic", "DATA_DIR=/x", "VAL_SIZE=0.2", "NO_DOWNLOAD=1"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     line = " ".join(out.replace("\\\n", " ").split()).split("-m datasets.prepare", 1)[1]
     assert line.split() == ["--dataset", "synthetic", "--data-dir", "/x", "--val-size", "0.2", "--no-download"]
