@@ -3,8 +3,8 @@
     python -m keras_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
 The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
-written in Keras' own layout (``shared.parity`` transposes). Also home of :func:`make_sgd`, the
-Keras SGD that reproduces PyTorch's coupled weight decay.
+written in Keras' own layout (``shared.parity`` transposes). The SGD step uses
+:func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_impl.convert import read_native
+from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model
 from keras_impl.summary import summarize
 from keras_impl.weights import get_weights, set_weights
@@ -26,40 +27,6 @@ from shared.io import atomic_write_json, atomic_write_text, save_weights
 from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
 from shared.summary import dump
-
-
-@keras.saving.register_keras_serializable(package="resnet_xf")
-class CoupledSGD(keras.optimizers.SGD):
-    """SGD with PyTorch's *coupled* weight decay: ``g += wd * w`` before the momentum update.
-
-    Keras 3's own ``weight_decay`` is decoupled (``w -= lr * wd * w`` beside the step), a different
-    algorithm. Momentum matches PyTorch's for a constant learning rate: torch keeps
-    ``v = mu * v + g; w -= lr * v``, Keras ``v = mu * v - lr * g; w += v``, i.e. Keras' buffer is
-    ``-lr`` times torch's. (When the learning rate changes, torch rescales the whole buffer at once
-    while Keras lets the old velocity decay; the two differ for a few steps after each drop.)
-    """
-
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, coupled_weight_decay=0.0, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
-        self.coupled_weight_decay = float(coupled_weight_decay)
-
-    def apply(self, grads, trainable_variables=None):
-        if self.coupled_weight_decay:
-            variables = trainable_variables if trainable_variables is not None else self._trainable_variables
-            grads = [
-                g if g is None else g + self.coupled_weight_decay * keras.ops.cast(v, g.dtype)
-                for g, v in zip(grads, variables)
-            ]
-        return super().apply(grads, trainable_variables)
-
-    def get_config(self):
-        return {**super().get_config(), "coupled_weight_decay": self.coupled_weight_decay}
-
-
-def make_sgd(model: keras.Model, lr: float, momentum: float, weight_decay: float) -> CoupledSGD:
-    """The Keras twin of torch.optim.SGD(lr, momentum, weight_decay): coupled decay on every weight."""
-    del model  # Keras binds the variables at apply(); kept so the signature mirrors PyTorch's
-    return CoupledSGD(learning_rate=lr, momentum=momentum, nesterov=False, coupled_weight_decay=weight_decay)
 
 
 def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@
 
 Mirrors ``pytorch_impl/train.py`` function for function. What differs from ``model.fit`` and why:
 
-* :class:`TorchSGD` is ``torch.optim.SGD`` written as a Keras optimizer: coupled weight decay
+* :class:`keras_impl.optim.TorchSGD` is ``torch.optim.SGD`` written as a Keras optimizer: coupled weight decay
   (``g += wd * w`` before momentum; Keras' own ``weight_decay`` is decoupled), torch's momentum
   (``buf = mu * buf + g``, ``w -= lr * buf``). Keras' SGD keeps ``v = mu * v - lr * g`` instead, which
   is the same only while the lr is constant: at a milestone torch's step shrinks at once, Keras'
@@ -35,10 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from keras_impl.data import make_dataset  # noqa: E402
+from keras_impl.optim import make_sgd  # noqa: E402
 from keras_impl.resnet import build_model as build_resnet  # noqa: E402
 from keras_impl.weights import get_weights, set_weights  # noqa: E402
 from shared import runs  # noqa: E402
@@ -71,50 +71,6 @@ CHECK_EVERY = 10  # steps between host syncs (progress bar, NaN guard); every st
 def get_args_parser() -> argparse.ArgumentParser:
     """The training flags (shared with ``pytorch_impl.train``)."""
     return train_arg_parser("python -m keras_impl.train", FRAMEWORK)
-
-
-@keras.saving.register_keras_serializable(package="resnet_xf")
-class TorchSGD(keras.optimizers.Optimizer):
-    """``torch.optim.SGD(lr, momentum, weight_decay, nesterov)`` as a Keras optimizer.
-
-    Per variable: ``g = grad + wd * w``; ``buf = momentum * buf + g`` (torch's first step sets
-    ``buf = g``, the same thing from a zero buffer); ``w -= lr * (g + momentum * buf if nesterov else buf)``.
-    """
-
-    def __init__(self, learning_rate: float = 0.1, momentum: float = 0.9, coupled_weight_decay: float = 0.0,
-                 nesterov: bool = False, name: str = "torch_sgd", **kwargs: Any) -> None:
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1]; got {momentum}")
-        if coupled_weight_decay < 0:
-            raise ValueError(f"coupled_weight_decay must be >= 0; got {coupled_weight_decay}")
-        self.momentum = float(momentum)
-        self.coupled_weight_decay = float(coupled_weight_decay)
-        self.nesterov = bool(nesterov)
-
-    def build(self, variables) -> None:
-        if self.built:
-            return
-        super().build(variables)
-        self.momentums = self.add_optimizer_variables(variables, "momentum")
-
-    def update_step(self, gradient, variable, learning_rate) -> None:
-        lr = ops.cast(learning_rate, variable.dtype)
-        g = ops.cast(gradient, variable.dtype)
-        if self.coupled_weight_decay:
-            g = ops.add(g, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable))
-        buf = self.momentums[self._get_variable_index(variable)]
-        mu = ops.cast(self.momentum, variable.dtype)
-        new_buf = ops.add(ops.multiply(buf, mu), g)
-        self.assign(buf, new_buf)
-        step = ops.add(g, ops.multiply(new_buf, mu)) if self.nesterov else new_buf
-        self.assign_sub(variable, ops.multiply(step, lr))
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update({"momentum": self.momentum, "coupled_weight_decay": self.coupled_weight_decay,
-                       "nesterov": self.nesterov})
-        return config
 
 
 class Context:
@@ -162,11 +118,10 @@ def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = Non
 
 
 def build_optimizer(model: keras.Model, plan: Plan, ctx: Context) -> keras.optimizers.Optimizer:
-    """:class:`TorchSGD` with the recipe's momentum and coupled weight decay on every trainable variable;
-    wrapped in a LossScaleOptimizer under float16 (GPU ``--amp``). Built, so its variables exist."""
+    """``keras_impl.optim.TorchSGD`` with the recipe's momentum and coupled weight decay on every
+    trainable variable; wrapped in a LossScaleOptimizer under float16 (GPU ``--amp``). Built, so its variables exist."""
     with ctx.strategy.scope():
-        opt = TorchSGD(learning_rate=plan.lr, momentum=plan.momentum, coupled_weight_decay=plan.weight_decay,
-                       nesterov=plan.nesterov)
+        opt = make_sgd(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov)
         if keras.mixed_precision.global_policy().compute_dtype == "float16":
             opt = keras.optimizers.LossScaleOptimizer(opt)
         opt.build(model.trainable_variables)

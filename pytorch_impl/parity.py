@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pytorch_impl.convert import read_native
+from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
 from pytorch_impl.summary import summarize
 from pytorch_impl.weights import get_weights, set_weights
@@ -29,11 +30,6 @@ from shared.io import atomic_write_json, atomic_write_text, save_weights
 from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
 from shared.summary import dump
-
-
-def make_sgd(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """PyTorch's SGD: coupled weight decay (g += wd * w) on every parameter, v = mu * v + g, w -= lr * v."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def layer_outputs(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pytorch_impl.data import make_loader
+from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model as build_resnet
 from pytorch_impl.weights import get_weights, set_weights
 from shared import runs
@@ -127,8 +128,7 @@ def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = Non
 
 def build_optimizer(model: nn.Module, plan: Plan) -> torch.optim.Optimizer:
     """torch SGD with momentum and coupled weight decay on every parameter (the recipe's)."""
-    return torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum,
-                           weight_decay=plan.weight_decay, nesterov=plan.nesterov)
+    return make_sgd(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_impl.parity import CoupledSGD, layer_outputs, make_sgd
+from keras_impl.optim import TorchSGD, make_sgd
+from keras_impl.parity import layer_outputs
 from keras_impl.resnet import build_model
 from shared.spec import get_spec
 
@@ -32,9 +33,9 @@ def test_coupled_sgd_reproduces_torch_update_rule():
     assert np.abs(keras.ops.convert_to_numpy(other) - w).max() > 1e-4
 
 
-def test_coupled_sgd_config_round_trip():
-    opt = CoupledSGD(learning_rate=0.1, momentum=0.9, coupled_weight_decay=1e-4)
-    again = CoupledSGD.from_config(opt.get_config())
+def test_torch_sgd_config_round_trip():
+    opt = TorchSGD(learning_rate=0.1, momentum=0.9, coupled_weight_decay=1e-4)
+    again = TorchSGD.from_config(opt.get_config())
     assert again.coupled_weight_decay == 1e-4 and float(again.momentum) == 0.9
 
 

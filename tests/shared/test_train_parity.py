@@ -1,6 +1,6 @@
 """Training parity: PyTorch and Keras take the same SGD steps.
 
-1. The update rule, exactly: torch.optim.SGD and keras_impl.train.TorchSGD applied to the same parameters and
+1. The update rule, exactly: torch.optim.SGD and keras_impl.optim.TorchSGD applied to the same parameters and
    the same gradient sequence (momentum 0.9, a large coupled weight decay, an lr drop half-way) end at the same
    parameters to float32 precision. Keras' own SGD (momentum folded with the lr, ``v = mu v - lr g``) is
    measured beside it: identical while the lr is constant, off after the drop.
@@ -51,7 +51,7 @@ np.savez(sys.argv[2], **out)
 
 KERAS_RULE = """
 import sys, numpy as np, keras
-from keras_impl.train import TorchSGD
+from keras_impl.optim import TorchSGD
 d = np.load(sys.argv[1])
 n, wd = int(d["n"]), float(d["wd"])
 out = {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pytorch_impl.parity import bn_counts, layer_outputs, make_sgd
+from pytorch_impl.optim import make_sgd
+from pytorch_impl.parity import bn_counts, layer_outputs
 from pytorch_impl.resnet import build_model
 from shared.spec import get_spec
 

@@ -1,0 +1,16 @@
+"""PyTorch's SGD, built in one place: the update rule training and the parity harness use.
+
+Mirrors ``keras_impl/optim.py``: coupled weight decay (``g += wd * w``) on every parameter,
+``buf = mu * buf + g``, ``w -= lr * buf``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_sgd(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
+             nesterov: bool = False) -> torch.optim.SGD:
+    """``torch.optim.SGD`` over every parameter of ``model`` (BN and biases included, as torchvision)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov)
