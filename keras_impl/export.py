@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -18,14 +16,12 @@ import numpy as np
 
 from keras_impl.resnet import build_model
 from keras_impl.weights import set_weights
-from shared.io import atomic_save_npy, atomic_write_json, load_weights
+from shared.io import load_weights
 from shared.onnx_meta import (
     Source,
-    build_metadata,
     check_metadata,
-    default_onnx_path,
+    export_cli,
     finalize_onnx,
-    resolve_source,
 )
 from shared.spec import ModelSpec
 
@@ -99,45 +95,8 @@ def benchmark(model: keras.Model, spec: ModelSpec, repeats: int = 20, batch: int
             "threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'keras_impl.export'}",
-                                description=__doc__)
-    p.add_argument("command", choices=("onnx", "predict", "bench"))
-    p.add_argument("--run", help="run folder or .safetensors checkpoint (default: random weights)")
-    p.add_argument("--model", help="registry model name (random weights; needs no --run)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--shortcut")
-    p.add_argument("--input-size", type=int, help="override the input side (pixels)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights")
-    p.add_argument("--out", help="onnx: output .onnx file or folder")
-    p.add_argument("--inputs", help="predict: .npy of normalized NHWC float32 images")
-    p.add_argument("--logits", help="predict: output .npy of logits")
-    p.add_argument("--json", help="bench: output .json")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        source = resolve_source(args.run, model=args.model, num_classes=args.num_classes,
-                                shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
-        model = load_model(source)
-        if args.command == "onnx":
-            path = default_onnx_path(source, FRAMEWORK, args.out)
-            export_onnx(model, source.spec, path, build_metadata(source, FRAMEWORK, exporter_version()))
-            print(path)
-        elif args.command == "predict":
-            if not args.inputs or not args.logits:
-                raise ValueError("predict needs --inputs X.npy and --logits OUT.npy")
-            atomic_save_npy(args.logits, predict(model, np.load(args.inputs)))
-        else:
-            result = {"framework": FRAMEWORK, **benchmark(model, source.spec)}
-            if args.json:
-                atomic_write_json(args.json, result)
-            print(json.dumps(result))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return 0
+    return export_cli(FRAMEWORK, sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

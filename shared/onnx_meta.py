@@ -244,3 +244,50 @@ def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # a file to ship: the usual permissions, not the temp file's 0600
     return path
+
+
+def export_cli(framework: str, impl: Any, argv: list[str] | None = None) -> int:
+    """The command line both ``pytorch_impl.export`` and ``keras_impl.export`` run (``onnx``,
+    ``predict``, ``bench``); ``impl`` is the framework's export module (``load_model``, ``export_onnx``,
+    ``predict``, ``benchmark``, ``exporter_version``). User errors exit with one ``error:`` line."""
+    import argparse
+
+    import numpy as np
+
+    from shared.io import atomic_save_npy, atomic_write_json
+
+    spec = getattr(impl, "__spec__", None)
+    prog = f"python -m {spec.name if spec else impl.__name__}"
+    p = argparse.ArgumentParser(prog=prog, description=impl.__doc__)
+    p.add_argument("command", choices=("onnx", "predict", "bench"))
+    p.add_argument("--run", help="run folder or .safetensors checkpoint (default: random weights)")
+    p.add_argument("--model", help="registry model name (random weights; needs no --run)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--shortcut")
+    p.add_argument("--input-size", type=int, help="override the input side (pixels)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    p.add_argument("--out", help="onnx: output .onnx file or folder")
+    p.add_argument("--inputs", help="predict: .npy of normalized NHWC float32 images")
+    p.add_argument("--logits", help="predict: output .npy of logits")
+    p.add_argument("--json", help="bench: output .json")
+    args = p.parse_args(argv)
+    try:
+        source = resolve_source(args.run, model=args.model, num_classes=args.num_classes,
+                                shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
+        model = impl.load_model(source)
+        if args.command == "onnx":
+            path = default_onnx_path(source, framework, args.out)
+            impl.export_onnx(model, source.spec, path, build_metadata(source, framework, impl.exporter_version()))
+            print(path)
+        elif args.command == "predict":
+            if not args.inputs or not args.logits:
+                raise ValueError("predict needs --inputs X.npy and --logits OUT.npy")
+            atomic_save_npy(args.logits, impl.predict(model, np.load(args.inputs)))
+        else:
+            result = {"framework": framework, **impl.benchmark(model, source.spec)}
+            if args.json:
+                atomic_write_json(args.json, result)
+            print(json.dumps(result))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    return 0
