@@ -177,7 +177,17 @@ def _resume_setup(args: argparse.Namespace, framework: str) -> RunSetup:
                    "end of every epoch); start the run again instead")
     if run["finished"]:
         raise fail(f"--resume {args.resume}: the run has already finished (results.json)")
-    # The saved configuration wins: the run continues exactly as it was started.
+    # The saved configuration wins: the run continues exactly as it was started. Say so when a flag
+    # asks for something else, rather than ignore it silently.
+    saved = {"model": config["model"], "dataset": config["dataset"], "epochs": config["recipe"].get("epochs"),
+             "iters": config["recipe"].get("total_iters"), "batch_size": config["recipe"].get("batch_size"),
+             "lr": config["recipe"].get("lr"), "num_classes": config["spec"]["num_classes"],
+             "shortcut": config["spec"]["shortcut"]}
+    for key, value in saved.items():
+        given = getattr(args, key, None)
+        if given is not None and value is not None and given != value:
+            print(f"note: --{key.replace('_', '-')} {given} ignored: resuming {args.resume}, which runs with "
+                  f"{key} {value}", file=sys.stderr)
     for key in ("amp", "compile", "channels_last", "jit", "strategy"):
         setattr(args, key, config["fast_paths"][key])
     args.dataset, args.seed, args.init = config["dataset"], config["seed"], config.get("init")

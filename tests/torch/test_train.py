@@ -114,8 +114,10 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert len(runs.read_metrics(out)) == 1 and not (out / runs.RESULTS).exists()
-    out_text = run_module("pytorch_impl.train", "--resume", str(out), "--workers", "1", "--no-progress").stdout
-    assert "resuming at epoch 2" in out_text
+    # a conflicting --epochs is reported and ignored: the run continues exactly as it was started
+    proc = run_module("pytorch_impl.train", "--resume", str(out), "--epochs", "5", "--workers", "1", "--no-progress")
+    assert "resuming at epoch 2" in proc.stdout
+    assert "note: --epochs 5 ignored" in proc.stderr and "epochs 2" in proc.stderr
     resumed, full = runs.read_run(out), runs.read_run(full_run)
     keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
     assert [{k: r[k] for k in keys} for r in resumed["metrics"]] == [{k: r[k] for k in keys} for r in full["metrics"]]
