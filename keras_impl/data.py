@@ -11,7 +11,6 @@ writes batches for the cross-framework tests.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
-from shared.data import augmentation, check_split, epoch_plan, norm_constants  # noqa: E402
+from shared.data import augmentation, check_split, epoch_plan, loader_arg_parser, norm_constants  # noqa: E402
 
 
 def augment(xb: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, flip: tf.Tensor, pad: int) -> tf.Tensor:
@@ -97,19 +96,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
 def main(argv: list[str] | None = None) -> int:
     from datasets import DataError, load_prepared, read_prepared
 
-    parser = argparse.ArgumentParser(prog="python -m keras_impl.data", description="dump or time the pipeline")
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--prepared", default=None, help="a prepared folder (instead of --dataset/--data-dir)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--train", action="store_true", help="shuffle + augment")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epoch", type=int, default=0)
-    parser.add_argument("--batches", type=int, default=None, help="at most this many batches")
-    parser.add_argument("--dump", default=None, help="write x0, y0, x1, y1, ... to this .npz (NHWC)")
-    parser.add_argument("--bench", action="store_true", help="print images/s as JSON")
-    parser.add_argument("--device", default="cpu")
+    parser = loader_arg_parser("python -m keras_impl.data", "dump or time the pipeline")
     args = parser.parse_args(argv)
     try:
         prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)

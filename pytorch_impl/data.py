@@ -12,7 +12,6 @@ writes batches for the cross-framework tests.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.data import augmentation, check_split, epoch_plan, norm_constants
+from shared.data import augmentation, check_split, epoch_plan, loader_arg_parser, norm_constants
 
 
 class Loader:
@@ -127,19 +126,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
 def main(argv: list[str] | None = None) -> int:
     from datasets import DataError, load_prepared, read_prepared
 
-    parser = argparse.ArgumentParser(prog="python -m pytorch_impl.data", description="dump or time the loader")
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--prepared", default=None, help="a prepared folder (instead of --dataset/--data-dir)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--train", action="store_true", help="shuffle + augment")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epoch", type=int, default=0)
-    parser.add_argument("--batches", type=int, default=None, help="at most this many batches")
-    parser.add_argument("--dump", default=None, help="write x0, y0, x1, y1, ... to this .npz (NHWC)")
-    parser.add_argument("--bench", action="store_true", help="print images/s as JSON")
-    parser.add_argument("--device", default="cpu")
+    parser = loader_arg_parser("python -m pytorch_impl.data", "dump or time the loader")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for --bench")
     args = parser.parse_args(argv)
     try:

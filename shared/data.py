@@ -21,6 +21,7 @@ This module imports neither torch nor tensorflow.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,3 +175,21 @@ def reference_batches(x: np.ndarray, y: np.ndarray, manifest: dict, batch_size: 
         if train:
             xb = augment_reference(xb, dy, dx, flip, pad)
         yield normalize(xb, mean, std), y[idx].astype(np.int64)
+
+
+def loader_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags of ``python -m pytorch_impl.data`` and ``python -m keras_impl.data`` (dump or time a loader)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--prepared", default=None, help="a prepared folder (instead of --dataset/--data-dir)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train", action="store_true", help="shuffle + augment")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epoch", type=int, default=0)
+    parser.add_argument("--batches", type=int, default=None, help="at most this many batches")
+    parser.add_argument("--dump", default=None, help="write x0, y0, x1, y1, ... to this .npz (NHWC)")
+    parser.add_argument("--bench", action="store_true", help="print images/s as JSON")
+    parser.add_argument("--device", default="cpu")
+    return parser
