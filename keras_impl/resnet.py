@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import keras
 from keras import layers
@@ -25,6 +26,9 @@ def ResNet(spec: ModelSpec, input_shape: tuple | None = None) -> keras.Model:
 
     ``input_shape`` defaults to (None, None, C): any spatial size, as in PyTorch.
     """
+    # Keras walks the functional graph recursively (a few frames per layer); ResNet-1202 has ~4,200
+    # layers, far past Python's default limit of 1,000 frames.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000 + 20 * len(spec.blocks())))
     inputs = keras.Input(shape=input_shape or (None, None, spec.in_channels), name="input")
     w = spec.stem_width
     if spec.stem == "imagenet":
