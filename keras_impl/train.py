@@ -42,7 +42,7 @@ from keras_impl.optim import make_sgd  # noqa: E402
 from keras_impl.resnet import build_model as build_resnet  # noqa: E402
 from keras_impl.weights import get_weights, set_weights  # noqa: E402
 from shared import runs  # noqa: E402
-from shared.io import atomic_write, load_weights, save_weights  # noqa: E402
+from shared.io import atomic_write, load_weights  # noqa: E402
 from shared.recipes import Plan  # noqa: E402
 from shared.spec import ModelSpec  # noqa: E402
 from shared.training import (  # noqa: E402
@@ -51,7 +51,7 @@ from shared.training import (  # noqa: E402
     Progress,
     RunSetup,
     check_finite,
-    epoch_line,
+    end_of_epoch,
     fail,
     metrics_row,
     nonfinite_message,
@@ -60,7 +60,6 @@ from shared.training import (  # noqa: E402
     seed_python,
     setup_run,
     train_arg_parser,
-    weights_metadata,
     write_steps,
 )
 
@@ -275,16 +274,6 @@ def tensorboard_writer(run_dir: Path) -> TensorBoardWriter:
     return TensorBoardWriter(run_dir)
 
 
-def _log_epoch(writer, row: dict[str, Any]) -> None:
-    e = row["epoch"]
-    for split in ("train", "val"):
-        writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], e)
-        writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], e)
-    writer.add_scalar("lr", row["lr"], e)
-    writer.add_scalar("images_per_s", row["images_per_s"], e)
-    writer.flush()
-
-
 def _device_description(device: str, ctx: Context) -> dict[str, Any]:
     desc: dict[str, Any] = {"type": "cuda" if device.startswith("cuda") else "cpu", "name": device,
                             "replicas": ctx.replicas, "strategy": type(ctx.strategy).__name__,
@@ -297,19 +286,9 @@ def _device_description(device: str, ctx: Context) -> dict[str, Any]:
 
 def _end_of_epoch(setup: RunSetup, model: keras.Model, optimizer, progress: Progress, row: dict, ctx: Context,
                   writer) -> None:
-    """Metrics row, weights, checkpoint (in this order, each written atomically), TensorBoard, summary line."""
-    run_dir, spec = setup.run_dir, setup.spec
-    improved = progress.finish_epoch(row)
-    runs.write_metrics(run_dir, progress.rows)
-    arrays = get_weights(model, spec)
-    save_weights(run_dir / runs.LAST, arrays, weights_metadata(spec, FRAMEWORK, progress.epoch))
-    if improved:
-        save_weights(run_dir / runs.BEST, arrays,
-                     weights_metadata(spec, FRAMEWORK, progress.epoch, val_acc=row["val_acc"]))
-    save_checkpoint(run_dir / runs.CHECKPOINTS[FRAMEWORK], model, optimizer, progress, ctx)
-    _log_epoch(writer, row)
-    tqdm.write(epoch_line(row, setup.plan.epochs, progress), file=sys.stdout)
-    sys.stdout.flush()
+    """Metrics, weights, checkpoint, TensorBoard and the summary line (``shared.training.end_of_epoch``)."""
+    end_of_epoch(setup, FRAMEWORK, progress, row, get_weights(model, setup.spec),
+                 lambda path: save_checkpoint(path, model, optimizer, progress, ctx), writer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model as build_resnet
 from pytorch_impl.weights import get_weights, set_weights
 from shared import runs
-from shared.io import atomic_write, load_weights, save_weights
+from shared.io import atomic_write, load_weights
 from shared.recipes import Plan
 from shared.spec import ModelSpec
 from shared.training import (
@@ -49,7 +49,7 @@ from shared.training import (
     Progress,
     RunSetup,
     check_finite,
-    epoch_line,
+    end_of_epoch,
     fail,
     metrics_row,
     nonfinite_message,
@@ -58,7 +58,6 @@ from shared.training import (
     seed_python,
     setup_run,
     train_arg_parser,
-    weights_metadata,
     write_steps,
 )
 
@@ -270,16 +269,6 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir))
 
 
-def _log_epoch(writer, row: dict[str, Any]) -> None:
-    e = row["epoch"]
-    for split in ("train", "val"):
-        writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], e)
-        writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], e)
-    writer.add_scalar("lr", row["lr"], e)
-    writer.add_scalar("images_per_s", row["images_per_s"], e)
-    writer.flush()
-
-
 def _device_description(device: torch.device, ctx: Context) -> dict[str, Any]:
     desc: dict[str, Any] = {"type": device.type, "name": str(device), "world_size": ctx.world,
                             "threads": torch.get_num_threads()}
@@ -290,19 +279,9 @@ def _device_description(device: torch.device, ctx: Context) -> dict[str, Any]:
 
 def _end_of_epoch(setup: RunSetup, raw: nn.Module, optimizer, progress: Progress, row: dict, ctx: Context,
                   writer) -> None:
-    """Metrics row, weights, checkpoint (in this order, each written atomically), TensorBoard, summary line."""
-    run_dir, spec = setup.run_dir, setup.spec
-    improved = progress.finish_epoch(row)
-    runs.write_metrics(run_dir, progress.rows)
-    arrays = get_weights(raw, spec)
-    save_weights(run_dir / runs.LAST, arrays, weights_metadata(spec, FRAMEWORK, progress.epoch))
-    if improved:
-        save_weights(run_dir / runs.BEST, arrays,
-                     weights_metadata(spec, FRAMEWORK, progress.epoch, val_acc=row["val_acc"]))
-    save_checkpoint(run_dir / runs.CHECKPOINTS[FRAMEWORK], raw, optimizer, progress, ctx)
-    _log_epoch(writer, row)
-    tqdm.write(epoch_line(row, setup.plan.epochs, progress), file=sys.stdout)
-    sys.stdout.flush()
+    """Metrics, weights, checkpoint, TensorBoard and the summary line (``shared.training.end_of_epoch``)."""
+    end_of_epoch(setup, FRAMEWORK, progress, row, get_weights(raw, setup.spec),
+                 lambda path: save_checkpoint(path, raw, optimizer, progress, ctx), writer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -321,6 +321,35 @@ def weights_metadata(spec: ModelSpec, framework: str, epoch: int, **extra: Any) 
             **{k: str(v) for k, v in extra.items()}}
 
 
+def end_of_epoch(setup: RunSetup, framework: str, progress: Progress, row: dict[str, Any],
+                 arrays: dict[str, Any], save_checkpoint: Any, writer: Any) -> None:
+    """Close an epoch the same way in both frameworks: the metrics row, the last (and, when val
+    accuracy improved, best) canonical weights, then the framework's resume checkpoint
+    (``save_checkpoint(path)``), each written atomically and in this order; then TensorBoard scalars
+    and the summary line."""
+    from tqdm import tqdm
+
+    from shared.io import save_weights
+
+    run_dir, spec = setup.run_dir, setup.spec
+    improved = progress.finish_epoch(row)
+    runs.write_metrics(run_dir, progress.rows)
+    save_weights(run_dir / runs.LAST, arrays, weights_metadata(spec, framework, progress.epoch))
+    if improved:
+        save_weights(run_dir / runs.BEST, arrays,
+                     weights_metadata(spec, framework, progress.epoch, val_acc=row["val_acc"]))
+    save_checkpoint(run_dir / runs.CHECKPOINTS[framework])
+    e = row["epoch"]
+    for split in ("train", "val"):
+        writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], e)
+        writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], e)
+    writer.add_scalar("lr", row["lr"], e)
+    writer.add_scalar("images_per_s", row["images_per_s"], e)
+    writer.flush()
+    tqdm.write(epoch_line(row, setup.plan.epochs, progress), file=sys.stdout)
+    sys.stdout.flush()
+
+
 def results_dict(test_loss: float, test_acc: float, progress: Progress, plan: Plan) -> dict[str, Any]:
     """``results.json``: the test split evaluated once, with the best (validation) weights."""
     return {"test_acc": float(test_acc), "test_loss": float(test_loss), "best_epoch": progress.best_epoch,
