@@ -93,13 +93,11 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
 def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
     """Export a float32 model with ``keras_impl.export.export_onnx`` for ONNX Runtime.
 
-    Returns ``{"path", "layout", "seconds"}`` or ``{"error": reason}`` (e.g. exporter missing).
+    Returns ``{"path", "layout", "seconds"}`` or ``{"error": reason}`` when the export fails.
     """
-    try:
-        from keras_impl.export import export_onnx, exporter_version
-        from shared.onnx_meta import Source, build_metadata
-    except ImportError as e:
-        return {"error": f"keras_impl.export.export_onnx is not available ({first_line(e)})"}
+    from keras_impl.export import export_onnx, exporter_version
+    from shared.onnx_meta import Source, build_metadata
+
     try:
         keras.utils.set_random_seed(0)
         model = build_model(spec)

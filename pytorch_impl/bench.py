@@ -96,13 +96,11 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
 def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
     """Export a float32 eval-mode model with ``pytorch_impl.export.export_onnx`` for ONNX Runtime.
 
-    Returns ``{"path", "layout", "seconds"}`` or ``{"error": reason}`` (e.g. exporter missing).
+    Returns ``{"path", "layout", "seconds"}`` or ``{"error": reason}`` when the export fails.
     """
-    try:
-        from pytorch_impl.export import export_onnx, exporter_version
-        from shared.onnx_meta import Source, build_metadata
-    except ImportError as e:
-        return {"error": f"pytorch_impl.export.export_onnx is not available ({first_line(e)})"}
+    from pytorch_impl.export import export_onnx, exporter_version
+    from shared.onnx_meta import Source, build_metadata
+
     try:
         torch.manual_seed(0)
         model = build_model(spec).eval()
