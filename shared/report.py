@@ -1,15 +1,17 @@
 """Results of a set of training runs as a table (Markdown + JSON) and plots (PNG). Framework-neutral.
 
-Everything here is read from the run folders of contract 2 (``config.json``, ``metrics.csv``,
-``results.json``, ``best.safetensors``/``last.safetensors``); nothing is re-computed by a framework.
+Everything here is read from the run folders that both trainers write (``shared/runs.py``:
+``config.json``, ``metrics.csv``, ``results.json``, ``best.safetensors``/``last.safetensors``); nothing
+is re-computed by a framework.
 
 * best validation accuracy and its epoch: the maximum of ``val_acc`` in ``metrics.csv`` (first epoch
   reaching it), cross-checked against ``results.json``;
 * test accuracy and training time: ``results.json`` (``test_acc``, ``wall_time_s``);
 * parameters: counted from the shapes stored in the run's weight file, i.e. the model that was trained.
 
-The plots follow He et al. 2015, Fig. 6: error (1 - accuracy) per epoch, thin = training, bold =
-validation, dashed = plain, solid = residual, one panel per depth; and a training-loss panel.
+The plots follow He et al. 2015, Fig. 6: error (1 - accuracy) per epoch, plain nets in the left panel
+and residual nets in the right one on a shared y-axis, thin dashed = training, bold = validation,
+one colour per depth; and the training loss laid out the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from shared.names import count_params
 from shared.runs import read_run
 from shared.spec import ModelSpec
 
-FRAMEWORK_COLORS = {"torch": "tab:red", "keras": "tab:blue"}
+FRAMEWORK_MARKERS = {"torch": "o", "keras": "s"}
 # Two accuracies closer than this are "the same" when a finding compares them (one image in 10,000).
 TIE = 1e-4
 
@@ -244,6 +246,37 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return atomic_write(path, write)
 
 
+PANELS = ("plain", "residual")
+
+
+def curve_lines(
+    cells: Sequence[tuple[dict[str, Any], Sequence[dict[str, float]]]], *, kind: str
+) -> dict[str, list[dict[str, Any]]]:
+    """What each panel of the Fig. 6 plot draws: ``{"plain": [line, ...], "residual": [...]}``.
+
+    As in He et al. 2015, Fig. 6, plain nets go in the left panel and residual nets in the right one,
+    so "deeper plain is worse, deeper residual is better" reads off each panel. Colour = depth (the
+    same depth has the same colour in both panels); ``kind="error"`` draws training error thin and
+    dashed and validation error bold, ``kind="loss"`` the training loss. Frameworks differ by marker.
+    Each line is ``{"label", "x", "y", "depth", "framework", "what"}``.
+    """
+    if kind not in ("error", "loss"):
+        raise ValueError(f"unknown plot kind {kind!r}; valid choices: error, loss")
+    series = (("train", "train_acc", True), ("val", "val_acc", True)) if kind == "error" else (
+        ("train loss", "train_loss", False),)
+    panels: dict[str, list[dict[str, Any]]] = {p: [] for p in PANELS}
+    for row, metrics in sorted(cells, key=lambda c: (c[0]["depth"], c[0]["framework"])):
+        if not metrics:
+            continue
+        for what, key, error in series:
+            x, y = _series(metrics, key, error)
+            panels[row["layout"]].append({"label": f"{row['model']} {row['framework']} {what}", "x": x, "y": y,
+                                          "depth": row["depth"], "framework": row["framework"], "what": what})
+    if not any(panels.values()):
+        raise ValueError("nothing to plot: no run has a finished epoch")
+    return panels
+
+
 def plot_curves(
     cells: Sequence[tuple[dict[str, Any], Sequence[dict[str, float]]]],
     path: str | os.PathLike,
@@ -251,46 +284,36 @@ def plot_curves(
     kind: str,
     title: str,
 ) -> Path:
-    """One PNG, one panel per depth. ``kind="error"``: train (thin) and validation (bold) error in %;
-    ``kind="loss"``: the training loss. Plain dashed, residual solid, one colour per framework."""
+    """One PNG laid out as the paper's Fig. 6: plain nets left, residual nets right, a shared y-axis
+    (see :func:`curve_lines` for what is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    if kind not in ("error", "loss"):
-        raise ValueError(f"unknown plot kind {kind!r}; valid choices: error, loss")
-    depths = sorted({row["depth"] for row, metrics in cells if metrics})
-    if not depths:
-        raise ValueError("nothing to plot: no run has a finished epoch")
-    fig, axes = plt.subplots(1, len(depths), figsize=(5.5 * len(depths), 4.2), squeeze=False)
-    for ax, depth in zip(axes[0], depths):
+    panels = curve_lines(cells, kind=kind)
+    depths = sorted({line["depth"] for lines in panels.values() for line in lines})
+    colors = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(depths)}
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(11, 4.2), sharey=True, squeeze=False)
+    for ax, layout in zip(axes[0], PANELS):
         epochs: set[int] = set()
-        for row, metrics in cells:
-            if row["depth"] != depth or not metrics:
-                continue
-            style = dict(color=FRAMEWORK_COLORS.get(row["framework"], "black"),
-                         linestyle="--" if row["layout"] == "plain" else "-")
-            label = f"{row['model']} {row['framework']}"
-            if kind == "error":
-                ax.plot(*_series(metrics, "train_acc", True), linewidth=0.9, marker="o", markersize=2.5,
-                        label=f"{label} train", **style)
-                ax.plot(*_series(metrics, "val_acc", True), linewidth=2.4, marker="s", markersize=5,
-                        label=f"{label} val", **style)
-            else:
-                ax.plot(*_series(metrics, "train_loss", False), linewidth=1.6, marker="o", markersize=3,
-                        label=label, **style)
-            epochs.update(r["epoch"] for r in metrics)
-        ax.set_title(f"depth {depth}")
-        if len(epochs) <= 12:  # few epochs: one tick each (a single epoch would get fractional ticks)
+        for line in panels[layout]:
+            bold = line["what"] == "val"
+            ax.plot(line["x"], line["y"], color=colors[line["depth"]], linestyle="-" if bold else "--",
+                    linewidth=2.4 if bold else 1.0, marker=FRAMEWORK_MARKERS.get(line["framework"], "o"),
+                    markersize=5 if bold else 2.5, label=line["label"])
+            epochs.update(line["x"])
+        ax.set_title(f"{layout} nets" if panels[layout] else f"{layout} nets (no run)")
+        if 0 < len(epochs) <= 12:  # few epochs: one tick each (a single epoch would get fractional ticks)
             ax.set_xticks(sorted(epochs))
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("error (%)" if kind == "error" else "training loss")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if panels[layout]:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("error (%)" if kind == "error" else "training loss")
     fig.suptitle(title)
     try:
         return _save_figure(fig, Path(path))
@@ -365,7 +388,7 @@ def write_report(
         title = f"{report['ablation']} cells on {report['dataset']}" if report.get("ablation") else report["dataset"]
         if report["synthetic"] and report["dataset"] != "synthetic":
             title += " (synthetic data)"
-        for kind, what in (("error", "training (thin) / validation (bold) error"), ("loss", "training loss")):
+        for kind, what in (("error", "training (dashed) / validation (bold) error"), ("loss", "training loss")):
             name = f"{stem}-{kind}.png"
             paths[kind] = plot_curves(curves, out_dir / name, kind=kind, title=f"{title}: {what}")
             report["plots"][kind] = name

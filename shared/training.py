@@ -43,7 +43,7 @@ def parse_bool(value: str | bool) -> bool:
 
 
 def train_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
-    """The flags both training CLIs accept (contract 2); a few are honoured by one framework only."""
+    """The flags both training CLIs accept (one command line for both); a few are honoured by one framework only."""
     p = argparse.ArgumentParser(
         prog=prog, description=f"Train a ResNet with {framework} (the paper's recipe by default).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -1,4 +1,4 @@
-"""Run folders for the export tests, in the contract-2 layout, with randomized weights.
+"""Run folders for the export tests, in the run-folder layout of shared/runs.py, with randomized weights.
 
 ``python -m tests.export_helpers --framework torch|keras --model resnet20 --out DIR [--data-dir D]``
 builds the model in that framework (in this process: call it as a subprocess), randomizes every BN

@@ -1,4 +1,4 @@
-"""Test fixtures for the ablation: hand-made run folders in the contract-2 layout, and a stand-in trainer.
+"""Test fixtures for the ablation: hand-made run folders (the layout of shared/runs.py) and a stand-in trainer.
 
 Nothing here is a result. The run folders have made-up metrics; their weight files have the right
 shapes (so parameter counting can be checked against the oracles) and zero values. The stand-in

@@ -75,7 +75,7 @@ def test_tiny_ablation_table_plots_and_rerun(tmp_path):
         assert (f"| {row['model']} | {row['layout']} | {row['framework']} | A | {RESNET8_PARAMS:,} "
                 f"| {100 * row['best_val_acc']:.2f}% | {row['best_epoch']} | {100 * row['test_acc']:.2f}% |") in md
     for kind in ("error", "loss"):
-        assert imread(out / f"{STEM}-{kind}.png").shape[0] > 100
+        assert imread(out / f"{STEM}-{kind}.png").shape[1] > 2 * imread(out / f"{STEM}-{kind}.png").shape[0]
 
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()
               and p.name != "ablation-state.json"}

@@ -5,7 +5,15 @@ import json
 import pytest
 from matplotlib.image import imread
 
-from shared.report import best_epoch, build_report, findings, format_seconds, summarize_run, write_report
+from shared.report import (
+    best_epoch,
+    build_report,
+    curve_lines,
+    findings,
+    format_seconds,
+    summarize_run,
+    write_report,
+)
 from shared.runs import write_metrics
 from shared.spec import get_spec
 from tests.oracles import CIFAR, IMAGENET
@@ -85,4 +93,27 @@ def test_report_files_from_fixture_runs(tmp_path):
     assert "![error](ablation-cifar10-synthetic-error.png)" in md
     for kind in ("error", "loss"):
         img = imread(paths[kind])
-        assert img.shape[1] > 2 * img.shape[0]  # two depth panels side by side
+        assert img.shape[1] > 2 * img.shape[0]  # the plain and residual panels side by side
+
+
+def test_plot_panels_are_the_papers_fig6_layout(tmp_path):
+    """Plain nets left, residual nets right (He et al. 2015, Fig. 6): each panel holds only its layout's
+    runs, every depth of that layout, and the curves are the runs' own metrics (error = 1 - accuracy)."""
+    runs = tmp_path / "runs"
+    accs = {"plain20": [0.4, 0.6], "plain56": [0.3, 0.5], "resnet20": [0.45, 0.65], "resnet56": [0.5, 0.7]}
+    cells = []
+    for model, val in accs.items():
+        write_run(runs / model, get_spec(model), "torch", val, test_acc=val[-1])
+        cells.append((model, "torch", runs / model))
+    _, curves = build_report(cells, dataset="synthetic", epochs=2, seed=0, batch_size=None, hardware=[],
+                             git_commit=None, generated="now")
+    panels = curve_lines(curves, kind="error")
+    assert list(panels) == ["plain", "residual"]
+    assert {line["label"].split()[0] for line in panels["plain"]} == {"plain20", "plain56"}
+    assert {line["label"].split()[0] for line in panels["residual"]} == {"resnet20", "resnet56"}
+    val56 = next(line for line in panels["plain"] if line["label"] == "plain56 torch val")
+    assert val56["x"] == [1, 2] and val56["y"] == pytest.approx([70.0, 50.0])
+    loss = curve_lines(curves, kind="loss")
+    assert [line["what"] for line in loss["residual"]] == ["train loss", "train loss"]
+    with pytest.raises(ValueError, match="valid choices: error, loss"):
+        curve_lines(curves, kind="accuracy")
