@@ -27,7 +27,7 @@ def test_seed_shape_checks_nhwc():
     assert apply_block(ShortcutProjection(16, 32, 2), (4, 32, 32, 16)).shape == (4, 16, 16, 32)
     assert apply_block(BasicBlock(16, 32, 2, shortcut="zeropad"), (2, 32, 32, 16)).shape == (2, 16, 16, 32)
     assert apply_block(Bottleneck(64, 16, 2, shortcut="projection"), (2, 32, 32, 64)).shape == (2, 16, 16, 64)
-    assert build_model(cifar_spec(20)) is not None
+    assert counts(build_model(cifar_spec(20)))[0] == CIFAR["resnet20"]  # the paper's 0.27M, Table 6
     with pytest.raises(ValueError, match="6n"):
         build_model(cifar_spec(21))
     assert build_model("resnet56")(np.zeros((4, 32, 32, 3), "float32")).shape == (4, 10)

@@ -78,7 +78,15 @@ def test_cifar10_cli_and_val_fraction(tmp_path, run):
     write_cifar10_python(tmp_path, PER_BATCH, TEST, seed=1)
     proc = run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--val-size", "0.2", "--no-download")
     assert "prepared cifar10" in proc.stdout and "train 80, val 20, test 30" in proc.stdout
-    assert run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--check").returncode == 0
+    check = run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--check")
+    assert "train 80, val 20, test 30" in check.stdout
+    # --check reads every array back against its checksum: one flipped byte makes it fail, naming the file
+    val_x = tmp_path / "prepared" / "cifar10" / "val_x.npy"
+    data = bytearray(val_x.read_bytes())
+    data[-1] ^= 0xFF
+    val_x.write_bytes(bytes(data))
+    bad = run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--check", check=False)
+    assert bad.returncode == 1 and "checksum mismatch" in bad.stderr and "val_x.npy" in bad.stderr
 
 
 def test_truncated_archive_is_named_and_leaves_nothing(tmp_path, run):

@@ -25,7 +25,7 @@ def test_seed_shape_checks():
     assert blk(torch.randn(2, 16, 32, 32)).shape == (2, 32, 16, 16)
     bott = Bottleneck(64, 16, 2, shortcut="projection")
     assert bott(torch.randn(2, 64, 32, 32)).shape == (2, 64, 16, 16)
-    assert build_model(cifar_spec(20)) is not None
+    assert n_params(build_model(cifar_spec(20))) == CIFAR["resnet20"]  # the paper's 0.27M, Table 6
     with pytest.raises(ValueError, match="6n"):
         build_model(cifar_spec(21))
     assert build_model("resnet56")(torch.randn(4, 3, 32, 32)).shape == (4, 10)
