@@ -46,7 +46,7 @@ TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) --data-dir $(DATA_DIR) \
 	$(call opt,--device,$(DEVICE)) $(call opt,--amp,$(AMP)) $(call opt,--compile,$(COMPILE)) \
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
 
-.PHONY: help setup test test-all test-slow lint format summary compare compare-all convert data \
+.PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
 	bench-data train-torch train-keras export infer parity ablation bench clean
 
 help: ## list the targets
@@ -179,3 +179,10 @@ bench: $(STAMP) ## speed per framework and fast path: make bench [MODEL=resnet20
 	$(PY) -m shared.bench --model $(MODEL) --out $(BENCH_OUT) $(call opt,--batch-size,$(BATCH_SIZE)) \
 		$(call opt,--device,$(DEVICE)) $(call opt,--iters,$(BENCH_ITERS)) $(call opt,--repeats,$(REPEATS)) \
 		$(call opt,--variants,$(BENCH_VARIANTS))
+
+# Mutant suite (tests/mutants.py): each curated mutant breaks one cross-framework convention in a copy
+# of the tree and must make its named test fail -> results/mutants.md/.json. MUTANTS=name,... runs a subset.
+MUTANTS ?=
+
+test-mutants: $(STAMP) ## slow: every curated mutant must be killed by its test: results/mutants.md [MUTANTS=a,b]
+	$(PY) -m tests.mutants $(call opt,--only,$(MUTANTS))

@@ -1,0 +1,195 @@
+"""Mutant suite: each entry breaks one cross-framework convention in a copy of the tree, and the test
+named next to it must then fail. It proves the harness is sensitive to the mistakes it claims to catch.
+
+``python -m tests.mutants [--only NAME,...] [--out results]`` (``make test-mutants``):
+
+1. copies the tracked tree (``git ls-files``) to a temporary folder;
+2. runs every named test there unmutated: it must pass, or a "kill" would prove nothing;
+3. for each mutant, replaces ``old`` by ``new`` in ``path`` (``old`` must occur exactly once), runs the
+   named test in its own pytest process, and restores the file. The mutant is *killed* when pytest
+   reports a failing test (exit status 1); an import or collection error (status 2-4) means the edit
+   broke the code rather than the convention, and counts as not killed;
+4. writes ``mutants.md`` and ``mutants.json`` (mutant -> killed by which test) to ``--out`` and exits 1
+   unless every mutant was killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+COMPARE_E2E = "tests/shared/test_compare.py::test_make_compare_resnet20_end_to_end"
+SGD_RULE = "tests/shared/test_train_parity.py::test_update_rule_matches_torch_sgd_across_an_lr_drop"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    covers: str  # the convention it breaks
+    path: str
+    old: str
+    new: str
+    test: str  # the pytest node id that must fail
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("stride2-same-padding", "stride-2 padding: TF 'same' pads bottom/right only, torch pads symmetrically",
+           "keras_impl/blocks.py", "    if stride == 1 or pad == 0:\n", "    if True:\n", COMPARE_E2E),
+    Mutant("bn-epsilon-keras-default", "BN epsilon 1e-5 (Keras' default is 1e-3)",
+           "keras_impl/blocks.py", "BN_EPSILON = 1e-5", "BN_EPSILON = 1e-3", COMPARE_E2E),
+    Mutant("bn-momentum-keras-default", "BN momentum: Keras 0.9 = 1 - torch's 0.1 (Keras' default is 0.99)",
+           "keras_impl/blocks.py", "BN_MOMENTUM = 0.9 ", "BN_MOMENTUM = 0.99 ", COMPARE_E2E),
+    Mutant("running-var-biased-prediction", "running-variance estimator: torch's unbiased n/(n-1) update",
+           "shared/parity.py", "predicted = (b - (1 - BN_MOMENTUM) * old) / (n - 1)",
+           "predicted = (b - (1 - BN_MOMENTUM) * old) / n",
+           "tests/shared/test_compare.py::test_parity_within_bound"),
+    Mutant("weight-decay-decoupled", "weight decay: torch couples it into the gradient before momentum",
+           "keras_impl/optim.py",
+           "            g = ops.add(g, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable))",
+           "            self.assign_sub(variable, ops.multiply(ops.multiply(lr, ops.cast(self.coupled_weight_decay, "
+           "variable.dtype)), variable))", SGD_RULE),
+    Mutant("momentum-dampened", "momentum form: torch's buf = mu*buf + g (no dampening)",
+           "keras_impl/optim.py", "new_buf = ops.add(ops.multiply(buf, mu), g)",
+           "new_buf = ops.add(ops.multiply(buf, mu), ops.multiply(g, 1 - mu))", SGD_RULE),
+    Mutant("lr-milestones-shifted", "lr milestones at 50% and 75% of the run (32k/48k of 64k)",
+           "shared/recipes.py", 'schedule="step", milestones=(0.5, 0.75)', 'schedule="step", milestones=(0.5, 0.8)',
+           "tests/shared/test_recipes.py::test_paper_cifar_recipe_in_iterations"),
+    Mutant("warmup-shortened", "ResNet-110 warm-up: lr 0.01 for 400 iterations",
+           "shared/recipes.py", "WARMUP_ITERS = 400", "WARMUP_ITERS = 40",
+           "tests/shared/test_recipes.py::test_deep_cifar_models_warm_up_at_lr_over_10_for_400_iterations"),
+    Mutant("option-a-zeros-first", "option A: zero channels appended after the input's channels",
+           "keras_impl/blocks.py", "x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, pad]])",
+           "x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [pad, 0]])", COMPARE_E2E),
+    Mutant("kernel-transpose-swapped", "conv kernel transpose torch (out,in,kh,kw) -> Keras (kh,kw,in,out)",
+           "shared/names.py", '_TO_KERAS = {"conv": (2, 3, 1, 0)', '_TO_KERAS = {"conv": (3, 2, 1, 0)', COMPARE_E2E),
+    Mutant("beta-not-transferred", "BN beta (and every bias) transferred across frameworks",
+           "keras_impl/weights.py", "        var.assign(value.astype(var.dtype))",
+           "        if w.key.endswith(\".bias\"):\n            continue\n        var.assign(value.astype(var.dtype))",
+           COMPARE_E2E),
+    Mutant("normalize-mean-std-swapped", "normalization (x/255 - mean)/std in the torch loader",
+           "pytorch_impl/data.py", "x = (xb.float() / 255.0 - self.mean) / self.std",
+           "x = (xb.float() / 255.0 - self.std) / self.mean",
+           "tests/shared/test_data_frameworks.py::test_frameworks_give_identical_batches"),
+    Mutant("dataset-std-sample", "normalization constants: population std of the training split",
+           "datasets/prepared.py", "std = np.sqrt(np.maximum(ss / count - mean * mean, 0.0))",
+           "std = np.sqrt(np.maximum(ss / (count - 1) - mean * mean, 0.0))",
+           "tests/shared/test_data.py::test_cifar10_manifest"),
+    Mutant("crop-offsets-narrowed", "random crop offsets uniform over 0..2*pad",
+           "shared/data.py", "dy = rng.integers(0, 2 * pad + 1, size=m)", "dy = rng.integers(0, 2 * pad, size=m)",
+           "tests/shared/test_data_frameworks.py::test_augmentation_statistics_agree"),
+)
+
+
+def tracked_files(root: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
+                         capture_output=True, check=True).stdout
+    return [f for f in out.decode().split("\0") if f and (root / f).is_file()]
+
+
+def copy_tree(root: Path, dest: Path) -> None:
+    for rel in tracked_files(root):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+
+
+def check_applies(mutant: Mutant, root: Path = ROOT) -> str:
+    """The mutated text of ``mutant.path``; ``old`` must occur exactly once (else the list is stale)."""
+    text = (root / mutant.path).read_text()
+    n = text.count(mutant.old)
+    if n != 1:
+        raise ValueError(f"mutant {mutant.name!r}: {mutant.old!r} occurs {n} times in {mutant.path}; "
+                         "update the mutant to the current code")
+    return text.replace(mutant.old, mutant.new)
+
+
+def run_test(tree: Path, node: str, timeout: int) -> tuple[int, float, str]:
+    start = time.perf_counter()
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"), "MPLBACKEND": "Agg",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", node, "-x", "-q", "-p", "no:cacheprovider",
+                               "-m", "not slow or slow"], cwd=tree, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        rc, tail = proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()[-1:]
+    except subprocess.TimeoutExpired:
+        rc, tail = -1, ["timed out"]
+    return rc, time.perf_counter() - start, tail[0] if tail else ""
+
+
+def markdown(rows: list[dict]) -> str:
+    killed = sum(r["killed"] for r in rows)
+    lines = ["# Mutant suite", "", f"{killed} of {len(rows)} mutants killed (`make test-mutants`).", "",
+             "| mutant | convention it breaks | edited file | killed by | result | s |", "|---|---|---|---|---|---:|"]
+    for r in rows:
+        verdict = "killed" if r["killed"] else f"**survived** ({r['detail']})"
+        lines.append(f"| {r['name']} | {r['covers']} | `{r['path']}` | `{r['test']}` | {verdict} "
+                     f"| {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default=None, help="comma-separated mutant names (default: all)")
+    p.add_argument("--out", default="results", help="folder for mutants.md/.json (default: results)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per pytest process")
+    args = p.parse_args(argv)
+    chosen = list(MUTANTS)
+    if args.only:
+        names = {m.name for m in MUTANTS}
+        wanted = args.only.split(",")
+        bad = [n for n in wanted if n not in names]
+        if bad:
+            p.error(f"unknown mutant {bad[0]!r}; valid choices: {', '.join(sorted(names))}")
+        chosen = [m for m in MUTANTS if m.name in wanted]
+    for m in chosen:
+        check_applies(m)
+    from shared.io import atomic_write_json, atomic_write_text
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
+        tree = Path(tmp)
+        copy_tree(ROOT, tree)
+        for node in dict.fromkeys(m.test for m in chosen):
+            rc, secs, tail = run_test(tree, node, args.timeout)
+            print(f"baseline {node}: exit {rc} in {secs:.0f}s", flush=True)
+            if rc != 0:
+                raise SystemExit(f"error: {node} fails on the unmutated tree ({tail}); a mutant it 'kills' proves "
+                                 "nothing. Fix the test first.")
+        for i, m in enumerate(chosen, 1):
+            target = tree / m.path
+            original = target.read_text()
+            target.write_text(check_applies(m, tree))
+            try:
+                rc, secs, tail = run_test(tree, m.test, args.timeout)
+            finally:
+                target.write_text(original)
+            killed = rc == 1
+            survived = {0: "the test still passes", -1: "timed out"}
+            detail = tail if killed else survived.get(rc, f"pytest exit {rc}: {tail}")
+            rows.append({**asdict(m), "killed": killed, "exit": rc, "seconds": secs, "detail": detail})
+            print(f"[{i}/{len(chosen)}] {m.name}: {'killed' if killed else 'SURVIVED'} by {m.test} "
+                  f"({secs:.0f}s; {detail})", flush=True)
+    out = Path(args.out)
+    for r in rows:
+        r.pop("old"), r.pop("new")
+    atomic_write_json(out / "mutants.json", {"mutants": rows, "killed": sum(r["killed"] for r in rows),
+                                             "total": len(rows)})
+    atomic_write_text(out / "mutants.md", markdown(rows))
+    print(f"wrote {out / 'mutants.md'}")
+    survived = [r["name"] for r in rows if not r["killed"]]
+    if survived:
+        print(f"survived: {', '.join(survived)}", file=sys.stderr)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
