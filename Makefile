@@ -14,6 +14,7 @@ FRAMEWORK   ?= torch
 NUM_CLASSES ?=
 SHORTCUT    ?=
 DATASET     ?= cifar10
+LABELS      ?=
 DATA_DIR    ?= data
 EPOCHS      ?=
 ITERS       ?=
@@ -39,7 +40,7 @@ PYTEST_ARGS ?=
 opt = $(if $(2),$(1) $(2))
 MODEL_ARGS = --model $(MODEL) $(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT))
 FW_PKG = $(if $(filter keras,$(FRAMEWORK)),keras_impl,$(if $(filter torch,$(FRAMEWORK)),pytorch_impl,$(error FRAMEWORK must be torch or keras; got '$(FRAMEWORK)')))
-TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) --data-dir $(DATA_DIR) \
+TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
 	$(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT)) \
 	$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
 	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) $(call opt,--resume,$(RESUME)) \
@@ -147,7 +148,7 @@ ABLATION_TRAIN_ARGS = $(strip $(call opt,--device,$(DEVICE)) $(call opt,--amp,$(
 	$(call opt,--compile,$(COMPILE)) $(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) \
 	$(call opt,--workers,$(WORKERS)))
 
-ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION=cifar10|cats_vs_dogs EPOCHS=N [FRAMEWORKS=torch]
+ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION=cifar10|cifar100|cats_vs_dogs EPOCHS=N [FRAMEWORKS=torch]
 	$(PY) -m shared.ablation --ablation $(ABLATION) --frameworks $(FRAMEWORKS) --data-dir $(DATA_DIR) \
 		--out $(ABLATION_OUT) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET)) \
 		$(call opt,--models,$(ABLATION_MODELS)) $(call opt,--shortcut,$(SHORTCUT)) \
@@ -157,12 +158,13 @@ ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION
 
 # Data (datasets/): prepare once into data/prepared/<name>/ (uint8 arrays + checksummed manifest).
 # VAL_SIZE: validation images carved from the training set (count, or fraction < 1); NO_DOWNLOAD=1 stays offline.
+# LABELS=coarse: CIFAR-100's 20 superclasses, prepared (and trained) as the dataset cifar100_coarse.
 VAL_SIZE    ?=
 NO_DOWNLOAD ?=
 
-data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cats_vs_dogs|synthetic [DATA_DIR=data] [NO_DOWNLOAD=1]
-	$(PY) -m datasets.prepare --dataset $(DATASET) --data-dir $(DATA_DIR) $(call opt,--val-size,$(VAL_SIZE)) \
-		$(if $(NO_DOWNLOAD),--no-download)
+data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|synthetic [LABELS=fine|coarse] [NO_DOWNLOAD=1]
+	$(PY) -m datasets.prepare --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
+		$(call opt,--val-size,$(VAL_SIZE)) $(if $(NO_DOWNLOAD),--no-download)
 
 bench-data: $(STAMP) ## images/s of each framework's input pipeline (CIFAR-10-shaped batches of 128): results/bench/data.*
 	$(PY) -m datasets.bench --data-dir $(DATA_DIR)

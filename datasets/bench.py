@@ -74,12 +74,12 @@ def bench_dataset(data_dir: Path, tmp: Path) -> tuple[Path, str]:
     if (real / "manifest.json").is_file():
         read_prepared(real)
         return real, f"CIFAR-10 prepared in {real}"
-    from datasets import cifar10
+    from datasets import cifar
     from datasets.fixtures import write_cifar10_python
 
     print("CIFAR-10 is not prepared here: benchmarking 50,000 random images in CIFAR-10's format", flush=True)
     write_cifar10_python(tmp, 10_000, 10_000, seed=0)
-    prepared = cifar10.prepare(tmp, download=False)
+    prepared = cifar.prepare(tmp, "cifar10", download=False)
     return prepared.path, ("random uint8 images in CIFAR-10's python format (50,000 training images -> "
                            "45,000 train after the 5,000 validation split; CIFAR-10 itself is not available here)")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from datasets import synthetic
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared, write_prepared
-from shared.data import check_dataset
+from shared.data import CIFAR_DATASETS, check_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,11 +24,11 @@ def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool =
     check_dataset(name)
     if name == "synthetic":
         return write_prepared(prepared_dir(name, data_dir), synthetic.splits(seed), synthetic.meta(seed))
-    if name == "cifar10":
-        from datasets import cifar10
+    if name in CIFAR_DATASETS:
+        from datasets import cifar
 
-        return cifar10.prepare(data_dir, val_size=cifar10.VAL_SIZE if val_size is None else val_size,
-                               download=download)
+        return cifar.prepare(data_dir, name, val_size=cifar.VAL_SIZE if val_size is None else val_size,
+                             download=download)
     # cats_vs_dogs needs tensorflow_datasets: run it in its own process unless tensorflow is already here
     if in_process or "tensorflow" in sys.modules:
         from datasets import cats_vs_dogs

@@ -1,4 +1,6 @@
-"""``python -m datasets.prepare --dataset cifar10|cats_vs_dogs|synthetic --data-dir DIR``: prepare once.
+"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|synthetic [--labels coarse] --data-dir DIR``.
+
+Prepares a dataset once.
 
 Prints where the prepared arrays are and their manifest summary. Errors (unknown dataset, data
 missing offline, corrupt archive, checksum mismatch) end the command with one ``error:`` line.
@@ -11,7 +13,7 @@ import sys
 
 from datasets.loading import prepare
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared
-from shared.data import DATASETS
+from shared.data import DATASETS, LABELS, with_labels
 
 
 def _summary(p: Prepared) -> str:
@@ -26,15 +28,22 @@ def _summary(p: Prepared) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasets.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--labels", default=None,
+                        help=f"which label set: {', '.join(LABELS['cifar100'])} (cifar100 only; default fine): "
+                             "cifar100 --labels coarse prepares cifar100_coarse")
     parser.add_argument("--data-dir", default="data", help="where sources are looked for and prepared/ is written")
     parser.add_argument("--val-size", type=float, default=None,
                         help="validation split carved from the training images: a count, or a fraction when < 1 "
-                             "(cifar10: 5000; cats_vs_dogs: 0.1)")
+                             "(cifar10, cifar100: 5000; cats_vs_dogs: 0.1)")
     parser.add_argument("--no-download", action="store_true", help="never touch the network")
     parser.add_argument("--check", action="store_true", help="only verify an existing preparation's checksums")
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
         parser.error(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
+    try:
+        args.dataset = with_labels(args.dataset, args.labels)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         if args.check:
             p = read_prepared(prepared_dir(args.dataset, args.data_dir))

@@ -2,7 +2,8 @@
 
 ``python -m shared.ablation --ablation cifar10`` trains plain20, resnet20, plain56 and resnet56 (option A)
 with ``python -m pytorch_impl.train`` and ``python -m keras_impl.train``, one subprocess per cell, all
-with the same recipe, epochs and seed; ``--ablation cats_vs_dogs`` does plain34, resnet34, plain50 and
+with the same recipe, epochs and seed; ``--ablation cifar100`` does the same on CIFAR-100 (``--dataset
+cifar100_coarse`` for its 20 superclasses); ``--ablation cats_vs_dogs`` does plain34, resnet34, plain50 and
 resnet50 (ImageNet stems, option B). Each cell trains into a fixed folder
 ``<runs-dir>/<model>-<framework>/``, so a re-run skips finished cells (``results.json`` with
 ``finished: true``), resumes an interrupted one from its checkpoint (``--resume``) and restarts a
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.data import DATASETS
 from shared.io import atomic_write_json
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
 from shared.report import build_report, format_seconds, write_report
@@ -41,6 +43,13 @@ PAPER_CIFAR = (
     "net is worse — plain-56 has higher training and test error than plain-20 — while the deeper residual "
     "net is better: ResNet-20 8.75% and ResNet-56 6.97% test error. At a few epochs or on another dataset "
     "the numbers above are not comparable to these; the direction is what the ablation checks."
+)
+PAPER_CIFAR100 = (
+    "He et al. 2015 train no CIFAR-100 model. Public reimplementations of the same CIFAR ResNets report "
+    "CIFAR-100 top-1 test accuracy of ResNet-20 68.83% and ResNet-56 72.63% (chenyaofo/pytorch-cifar-models, "
+    "option-B shortcuts) and ResNet-110 71.14% (28.86% error, bearpaw/pytorch-classification); see docs/data.md. "
+    "The paper's question (the deeper plain net is worse, the deeper residual net better) is what the ablation "
+    "checks here."
 )
 PAPER_IMAGENET = (
     "He et al. 2015, Table 2 and 3 (ImageNet, top-1 10-crop validation error): plain-18 27.94%, plain-34 "
@@ -63,6 +72,7 @@ class Ablation:
 
 ABLATIONS = {
     "cifar10": Ablation("cifar10", "cifar10", ("plain20", "resnet20", "plain56", "resnet56"), "A", PAPER_CIFAR),
+    "cifar100": Ablation("cifar100", "cifar100", ("plain20", "resnet20", "plain56", "resnet56"), "A", PAPER_CIFAR100),
     "cats_vs_dogs": Ablation(
         "cats_vs_dogs", "cats_vs_dogs", ("plain34", "resnet34", "plain50", "resnet50"), "B", PAPER_IMAGENET
     ),
@@ -270,6 +280,8 @@ def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Nam
             parser.error(f"--{name.replace('_', '-')} must be >= 1; got {value}")
     if args.epochs is not None and args.iters is not None:
         parser.error("give --epochs or --iters, not both")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        parser.error(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
     dataset = args.dataset or ab.dataset
     stem = report_stem(ab.name, dataset)
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path("runs") / "ablation" / stem.removeprefix("ablation-")

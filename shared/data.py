@@ -26,7 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DATASETS = ("cifar10", "cats_vs_dogs", "synthetic")
+# CIFAR-100's two label sets are two datasets with their own prepared folders (datasets/cifar.py says why):
+# cifar100 (100 fine classes) and cifar100_coarse (20 superclasses); LABELS picks one (`make data LABELS=coarse`).
+DATASETS = ("cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "synthetic")
+CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100_coarse")
+LABELS = {"cifar100": {"fine": "cifar100", "coarse": "cifar100_coarse"}}
 SPLITS = ("train", "val", "test")
 FLIP_PROB = 0.5
 
@@ -45,7 +49,7 @@ class Augment:
 
 
 AUGMENT: dict[str, Augment] = {
-    "cifar10": Augment(pad=4),
+    **{name: Augment(pad=4) for name in CIFAR_DATASETS},
     "synthetic": Augment(pad=4),
     "cats_vs_dogs": Augment(pad=16),
 }
@@ -56,6 +60,20 @@ def check_dataset(name: str) -> str:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
     return name
+
+
+def with_labels(name: str, labels: str | None) -> str:
+    """The dataset that holds ``name``'s ``labels`` (``cifar100`` + ``coarse`` -> ``cifar100_coarse``).
+
+    ``labels`` None leaves ``name`` as it is; a dataset with one label set knows only ``fine``.
+    """
+    check_dataset(name)
+    if labels is None:
+        return name
+    family = next((kinds for kinds in LABELS.values() if name in kinds.values()), {"fine": name})
+    if labels not in family:
+        raise ValueError(f"unknown labels {labels!r} for dataset {name}; valid choices: {', '.join(family)}")
+    return family[labels]
 
 
 def check_split(split: str) -> str:

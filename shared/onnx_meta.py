@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.data import CIFAR_DATASETS
 from shared.spec import ModelSpec, get_spec
 
 FRAMEWORKS = ("torch", "keras")
@@ -37,9 +38,9 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
 RESIZE_MODES = ("crop", "stretch")
-# How each dataset's preparation made its square images (datasets/): CIFAR-10 and the synthetic set are
+# How each dataset's preparation made its square images (datasets/): CIFAR-10/100 and the synthetic set are
 # square already; cats_vs_dogs is resized (shorter side) and centre-cropped. Without a dataset: by stem.
-DATASET_RESIZE = {"cifar10": "stretch", "synthetic": "stretch", "cats_vs_dogs": "crop"}
+DATASET_RESIZE = {**{name: "stretch" for name in CIFAR_DATASETS}, "synthetic": "stretch", "cats_vs_dogs": "crop"}
 REQUIRED_KEYS = ("framework", "model", "spec", "layout", "input_size", "class_names", "normalization")
 # Random-weight exports have no dataset: pixels are only scaled to [0, 1].
 IDENTITY_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}

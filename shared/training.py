@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import runs
-from shared.data import DATASETS, augmentation
+from shared.data import DATASETS, LABELS, augmentation, with_labels
 from shared.machine import library_versions
 from shared.recipes import Plan, make_plan, recipe_for
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
@@ -51,6 +51,8 @@ def train_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="resnet20", help="registry name (resnet20, resnet110, resnet34, plain20, ...)")
     g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="prepared dataset")
+    g.add_argument("--labels", default=None, choices=tuple(LABELS["cifar100"]),
+                   help="cifar100's label set: fine (100 classes) or coarse (20 superclasses: cifar100_coarse)")
     g.add_argument("--data-dir", default="data", help="where datasets are prepared (python -m datasets.prepare)")
     g.add_argument("--num-classes", type=int, default=None, help="default: the dataset's class count")
     g.add_argument("--shortcut", choices=SHORTCUTS, default=None, help="override the model's shortcut option")
@@ -120,6 +122,10 @@ def setup_run(args: argparse.Namespace, framework: str) -> RunSetup:
         return _resume_setup(args, framework)
     if args.epochs is not None and args.iters is not None:
         raise fail(f"give --epochs or --iters, not both; got --epochs {args.epochs} --iters {args.iters}")
+    try:
+        args.dataset = with_labels(args.dataset, args.labels)
+    except ValueError as e:
+        raise fail(str(e)) from e
     prepared = load_data(args.dataset, args.data_dir)
     manifest = prepared.manifest
     if args.num_classes is not None and args.num_classes != manifest["num_classes"]:

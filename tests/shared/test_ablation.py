@@ -52,7 +52,7 @@ def test_train_command_carries_the_shared_settings(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--ablation", "imagenet"], "unknown ablation 'imagenet'; valid choices: cifar10, cats_vs_dogs"),
+    (["--ablation", "imagenet"], "unknown ablation 'imagenet'; valid choices: cifar10, cifar100, cats_vs_dogs"),
     (["--frameworks", "torch,jax"], "unknown framework(s) ['jax']; valid choices: torch, keras"),
     (["--models", "resnet21"], "unknown model 'resnet21'"),
     (["--epochs", "0"], "--epochs must be >= 1; got 0"),

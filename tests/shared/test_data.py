@@ -3,18 +3,26 @@ set, manifests and checksums, and the error paths (unknown name, offline, corrup
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
+import re
 import sys
 
 import numpy as np
 import pytest
 
-from datasets import DataError, load_prepared, prepare, prepared_dir, read_prepared, synthetic
-from datasets import cifar10 as cifar
-from datasets.fixtures import LABEL_NAMES, write_cifar10_python
-from shared.data import DATASETS, augmentation, epoch_plan, reference_batches
+from datasets import DataError, cifar, load_prepared, prepare, prepared_dir, read_prepared, synthetic
+from datasets.fixtures import (
+    CIFAR100_COARSE_NAMES,
+    CIFAR100_FINE_NAMES,
+    CIFAR100_FINE_TO_COARSE,
+    LABEL_NAMES,
+    write_cifar10_python,
+    write_cifar100_python,
+)
+from shared.data import DATASETS, augmentation, epoch_plan, reference_batches, with_labels
 
 PER_BATCH, TEST = 20, 30  # 100 training images (90 train + 10 val), 30 test
 
@@ -32,8 +40,8 @@ def cifar_folder(tmp_path_factory):
 def test_cifar10_pixels_follow_the_official_row_layout(cifar_folder):
     """Prepared pixel [r, c, ch] is raw row value [ch*1024 + r*32 + c] (the format's definition), for every image."""
     prepared, _ = cifar_folder
-    src = prepared.path.parent.parent / cifar.FOLDER
-    raw = [pickle.loads((src / b).read_bytes(), encoding="bytes") for b in cifar.TRAIN_BATCHES]
+    src = prepared.path.parent.parent / cifar.CIFAR10.folder
+    raw = [pickle.loads((src / b).read_bytes(), encoding="bytes") for b in cifar.CIFAR10.train]
     data = np.concatenate([np.asarray(b[b"data"]) for b in raw])
     labels = np.concatenate([b[b"labels"] for b in raw])
     r, c, ch = np.meshgrid(np.arange(32), np.arange(32), np.arange(3), indexing="ij")
@@ -69,7 +77,7 @@ def test_cifar10_manifest(cifar_folder):
 def test_cifar10_archive_gives_the_same_arrays(cifar_folder, tmp_path):
     folder, _ = cifar_folder
     archived, _ = _prepare_fixture(tmp_path, archive=True)
-    assert not (tmp_path / cifar.FOLDER).exists()  # read from the .tar.gz, never extracted
+    assert not (tmp_path / cifar.CIFAR10.folder).exists()  # read from the .tar.gz, never extracted
     assert archived.manifest["checksums"] == folder.manifest["checksums"]
     assert archived.manifest["official_archive"] is False and len(archived.manifest["source_md5"]) == 32
 
@@ -91,7 +99,7 @@ def test_cifar10_cli_and_val_fraction(tmp_path, run):
 
 def test_truncated_archive_is_named_and_leaves_nothing(tmp_path, run):
     write_cifar10_python(tmp_path, PER_BATCH, TEST, archive=True)
-    path = tmp_path / cifar.ARCHIVE
+    path = tmp_path / cifar.CIFAR10.archive
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError, match=r"cifar-10-python\.tar\.gz is truncated or corrupt"):
         cifar.prepare(tmp_path, val_size=10, download=False)
@@ -103,21 +111,22 @@ def test_truncated_archive_is_named_and_leaves_nothing(tmp_path, run):
 
 def test_corrupt_batch_file_is_named(tmp_path):
     write_cifar10_python(tmp_path, PER_BATCH, TEST)
-    (tmp_path / cifar.FOLDER / "data_batch_3").write_bytes(b"not a pickle")
+    (tmp_path / cifar.CIFAR10.folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match=r"data_batch_3 is corrupt"):
         cifar.prepare(tmp_path, val_size=10, download=False)
 
 
-def test_missing_offline_says_where_and_how(tmp_path, monkeypatch):
+def test_missing_offline_says_where_and_how(tmp_path):
     with pytest.raises(DataError) as e:
         cifar.prepare(tmp_path, download=False)
     msg = str(e.value)
-    assert str((tmp_path / cifar.FOLDER).resolve()) in msg and str((tmp_path / cifar.ARCHIVE).resolve()) in msg
-    assert cifar.URL in msg and "make data DATASET=cifar10" in msg
-    monkeypatch.setattr(cifar, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens there
+    assert str((tmp_path / cifar.CIFAR10.folder).resolve()) in msg
+    assert str((tmp_path / cifar.CIFAR10.archive).resolve()) in msg
+    assert cifar.CIFAR10.url in msg and cifar.CIFAR10.md5 in msg and "make data DATASET=cifar10" in msg
+    offline = dataclasses.replace(cifar.CIFAR10, url="http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
     with pytest.raises(DataError, match="could not download") as e:
-        cifar.prepare(tmp_path)
-    assert str((tmp_path / cifar.ARCHIVE).resolve()) in str(e.value)
+        cifar.prepare(tmp_path, offline)
+    assert str((tmp_path / cifar.CIFAR10.archive).resolve()) in str(e.value)
     assert not list(tmp_path.iterdir())  # no .part file left behind
 
 
@@ -148,11 +157,12 @@ def test_a_failed_preparation_leaves_no_folder(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_choices(tmp_path, run):
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; valid choices: cifar10, cats_vs_dogs, synthetic"):
+    choices = "valid choices: cifar10, cifar100, cifar100_coarse, cats_vs_dogs, synthetic"
+    with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {choices}"):
         load_prepared("mnist", tmp_path)
     proc = run("datasets.prepare", "--dataset", "mnist", "--data-dir", tmp_path, check=False)
-    assert proc.returncode == 2 and "valid choices: cifar10, cats_vs_dogs, synthetic" in proc.stderr
-    assert set(DATASETS) == {"cifar10", "cats_vs_dogs", "synthetic"}
+    assert proc.returncode == 2 and choices in proc.stderr
+    assert set(DATASETS) == {"cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "synthetic"}
 
 
 def test_synthetic_is_deterministic_cached_and_named(tmp_path):
@@ -247,19 +257,17 @@ def http_server(tmp_path):
     server.shutdown()
 
 
-def test_download_checks_md5_then_prepares(tmp_path, http_server, monkeypatch):
+def test_download_checks_md5_then_prepares(tmp_path, http_server):
     root, url = http_server
     write_cifar10_python(root, PER_BATCH, TEST, seed=3, archive=True)
-    md5 = hashlib.md5((root / cifar.ARCHIVE).read_bytes()).hexdigest()
-    monkeypatch.setattr(cifar, "URL", f"{url}/{cifar.ARCHIVE}")
+    md5 = hashlib.md5((root / cifar.CIFAR10.archive).read_bytes()).hexdigest()
+    served = dataclasses.replace(cifar.CIFAR10, url=f"{url}/{cifar.CIFAR10.archive}", md5="0" * 32)
     data = tmp_path / "data"
-    monkeypatch.setattr(cifar, "MD5", "0" * 32)
     with pytest.raises(DataError, match="download is corrupt"):
-        cifar.prepare(data, val_size=10)
+        cifar.prepare(data, served, val_size=10)
     assert list(data.iterdir()) == []  # the .part file is gone, nothing looks downloaded
-    monkeypatch.setattr(cifar, "MD5", md5)
-    prepared = cifar.prepare(data, val_size=10)
-    assert (data / cifar.ARCHIVE).is_file() and prepared.manifest["official_archive"] is True
+    prepared = cifar.prepare(data, dataclasses.replace(served, md5=md5), val_size=10)
+    assert (data / cifar.CIFAR10.archive).is_file() and prepared.manifest["official_archive"] is True
     assert prepared.manifest["splits"] == {"train": 90, "val": 10, "test": TEST}
 
 
@@ -282,3 +290,161 @@ def test_cats_vs_dogs_prepares_in_its_own_process(tmp_path):
     assert "is not there and downloading is off" in str(e.value)
     assert f"{(tmp_path / 'tfds').resolve()}/cats_vs_dogs/4.0.1/" in str(e.value)
     assert "tensorflow" not in sys.modules and "torch" not in sys.modules
+
+
+# CIFAR-100 ------------------------------------------------------------------------------------------
+C100_TRAIN, C100_TEST = 200, 100  # every fine class twice in train, once in test
+
+
+@pytest.fixture(scope="module")
+def cifar100(tmp_path_factory):
+    """The CIFAR-100 fixture (folder) prepared twice, fine and coarse, as the real code path does it."""
+    root = tmp_path_factory.mktemp("cifar100")
+    arrays = write_cifar100_python(root, C100_TRAIN, C100_TEST, seed=4)
+    fine = prepare("cifar100", root, val_size=20, download=False)
+    coarse = cifar.prepare(root, "cifar100_coarse", val_size=20, download=False)
+    raw = {name: pickle.loads((root / cifar.CIFAR100.folder / name).read_bytes(), encoding="bytes")
+           for name in cifar.CIFAR100.files}
+    return fine, coarse, raw, arrays
+
+
+def test_cifar100_labels_round_trip_from_the_pickles(cifar100):
+    """Every prepared label is the pickle's label of the same image: fine in cifar100, coarse in cifar100_coarse."""
+    fine, coarse, raw, _ = cifar100
+    r, c, ch = np.meshgrid(np.arange(32), np.arange(32), np.arange(3), indexing="ij")
+    train_images = np.asarray(raw["train"][b"data"])[:, ch * 1024 + r * 32 + c]
+    for prepared, key in ((fine, b"fine_labels"), (coarse, b"coarse_labels")):
+        by_image = {img.tobytes(): lab for img, lab in zip(train_images, raw["train"][key])}
+        x = np.concatenate([prepared.arrays("train")[0], prepared.arrays("val")[0]])
+        y = np.concatenate([prepared.arrays("train")[1], prepared.arrays("val")[1]])
+        assert len(by_image) == C100_TRAIN == len(x)
+        assert [by_image[img.tobytes()] for img in x] == y.tolist()
+        x_te, y_te = prepared.arrays("test")
+        np.testing.assert_array_equal(x_te, np.asarray(raw["test"][b"data"])[:, ch * 1024 + r * 32 + c])
+        np.testing.assert_array_equal(y_te, raw["test"][key])
+    # one seeded split for both label sets: the same images in the same order
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(fine.arrays(split)[0], coarse.arrays(split)[0])
+
+
+def test_cifar100_manifests_classes_and_fine_to_coarse(cifar100):
+    fine, coarse, raw, _ = cifar100
+    meta = raw["meta"]
+    mf, mc = fine.manifest, coarse.manifest
+    assert (mf["name"], mf["num_classes"], mf["labels"]) == ("cifar100", 100, "fine_labels")
+    assert (mc["name"], mc["num_classes"], mc["labels"]) == ("cifar100_coarse", 20, "coarse_labels")
+    assert mf["class_names"] == [n.decode() for n in meta[b"fine_label_names"]] == CIFAR100_FINE_NAMES
+    assert mc["class_names"] == [n.decode() for n in meta[b"coarse_label_names"]] == CIFAR100_COARSE_NAMES
+    assert mf["splits"] == mc["splits"] == {"train": 180, "val": 20, "test": C100_TEST}
+    assert mf["version"] == "cifar-100-python (Krizhevsky 2009)" and mf["synthetic"] is False
+    # The fine -> coarse table, read back from the pickles' (fine_labels, coarse_labels) pairs
+    pairs = {(f, k) for name in ("train", "test")
+             for f, k in zip(raw[name][b"fine_labels"], raw[name][b"coarse_labels"])}
+    assert len(pairs) == 100 and sorted(pairs) == sorted(enumerate(mf["fine_to_coarse"]))
+    assert mf["fine_to_coarse"] == mc["fine_to_coarse"] == CIFAR100_FINE_TO_COARSE
+    assert np.bincount(mf["fine_to_coarse"]).tolist() == [5] * 20  # five fine classes per superclass
+    assert CIFAR100_COARSE_NAMES[mf["fine_to_coarse"][0]] == "fruit_and_vegetables"
+    table = np.asarray(mf["fine_to_coarse"])
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(table[fine.arrays(split)[1]], coarse.arrays(split)[1])
+
+
+def test_cifar100_archive_gives_the_same_arrays(cifar100, tmp_path):
+    fine, coarse, _, _ = cifar100
+    write_cifar100_python(tmp_path, C100_TRAIN, C100_TEST, seed=4, archive=True)
+    for folder in (fine, coarse):
+        archived = cifar.prepare(tmp_path, folder.name, val_size=20, download=False)
+        assert archived.manifest["checksums"] == folder.manifest["checksums"]
+        assert archived.manifest["official_archive"] is False
+    assert not (tmp_path / cifar.CIFAR100.folder).exists()  # read from the .tar.gz, never extracted
+
+
+def test_cifar100_cli_labels(tmp_path, run):
+    write_cifar100_python(tmp_path, C100_TRAIN, C100_TEST)
+    base = ("datasets.prepare", "--dataset", "cifar100", "--data-dir", tmp_path)
+    proc = run(*base, "--labels", "coarse", "--val-size", "0.1", "--no-download")
+    assert "prepared cifar100_coarse in" in proc.stdout and "train 180, val 20, test 100" in proc.stdout
+    assert "; 20 classes;" in proc.stdout
+    assert "; 100 classes;" in run(*base, "--val-size", "20", "--no-download").stdout  # fine by default
+    assert run(*base, "--labels", "coarse", "--check").returncode == 0
+    assert run("datasets.prepare", "--dataset", "cifar100_coarse", "--data-dir", tmp_path, "--check").returncode == 0
+    bad = run(*base, "--labels", "medium", check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].endswith("unknown labels 'medium' for dataset cifar100; "
+                                                        "valid choices: fine, coarse")
+    bad = run("datasets.prepare", "--dataset", "cifar10", "--labels", "coarse", "--data-dir", tmp_path, check=False)
+    assert "unknown labels 'coarse' for dataset cifar10; valid choices: fine" in bad.stderr
+
+
+def test_with_labels():
+    assert with_labels("cifar100", None) == "cifar100" and with_labels("cifar100", "fine") == "cifar100"
+    assert with_labels("cifar100", "coarse") == with_labels("cifar100_coarse", None) == "cifar100_coarse"
+    assert with_labels("cifar100_coarse", "fine") == "cifar100" and with_labels("cifar10", "fine") == "cifar10"
+    with pytest.raises(ValueError, match="unknown dataset 'cifar20'; valid choices: cifar10, cifar100"):
+        with_labels("cifar20", "coarse")
+    assert set(cifar.SOURCES) == {"cifar10", "cifar100", "cifar100_coarse"} <= set(DATASETS)
+
+
+def _one_error_line(run, dataset, data_dir) -> str:
+    proc = run("datasets.prepare", "--dataset", dataset, "--data-dir", data_dir, "--no-download", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_cifar10_archive_given_as_cifar100_is_named(tmp_path, run):
+    write_cifar10_python(tmp_path, PER_BATCH, TEST, archive=True)
+    wrong = tmp_path / cifar.CIFAR100.archive
+    (tmp_path / cifar.CIFAR10.archive).rename(wrong)
+    line = _one_error_line(run, "cifar100", tmp_path)
+    assert line == (f"error: {wrong.resolve()} holds cifar-10-batches-py/: that is CIFAR-10, not CIFAR-100; put the "
+                    f"CIFAR-100 archive cifar-100-python.tar.gz there ({cifar.CIFAR100.url}, md5 "
+                    f"{cifar.CIFAR100.md5}), or prepare it as `make data DATASET=cifar10`")
+
+
+def test_cifar100_folder_given_as_cifar10_is_named(tmp_path, run):
+    write_cifar100_python(tmp_path, C100_TRAIN, C100_TEST)
+    wrong = tmp_path / cifar.CIFAR10.folder
+    (tmp_path / cifar.CIFAR100.folder).rename(wrong)
+    line = _one_error_line(run, "cifar10", tmp_path)
+    assert line.startswith(f"error: {wrong.resolve()} holds train, test, meta: that is CIFAR-100, not CIFAR-10; ")
+    assert "put the CIFAR-10 folder cifar-10-batches-py/ there" in line and "DATASET=cifar100`" in line
+
+
+def test_cifar100_archive_given_as_cifar10_and_cifar10_batches_given_as_cifar100(tmp_path):
+    write_cifar100_python(tmp_path / "a", C100_TRAIN, C100_TEST, archive=True)
+    wrong = tmp_path / "a" / cifar.CIFAR10.archive
+    (tmp_path / "a" / cifar.CIFAR100.archive).rename(wrong)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(wrong.resolve()))} holds cifar-100-python/: that is "
+                                        "CIFAR-100, not CIFAR-10"):
+        cifar.prepare(tmp_path / "a", "cifar10", download=False)
+    # CIFAR-10 batches under CIFAR-100's file names: the pickle's keys say what it is
+    write_cifar10_python(tmp_path / "b", PER_BATCH, TEST)
+    src, dst = tmp_path / "b" / cifar.CIFAR10.folder, tmp_path / "b" / cifar.CIFAR100.folder
+    dst.mkdir()
+    for a, b in (("data_batch_1", "train"), ("test_batch", "test"), ("batches.meta", "meta")):
+        (dst / b).write_bytes((src / a).read_bytes())
+    with pytest.raises(DataError, match=r"cifar-100-python/train has no 'fine_labels' entry \(it has 'labels': "
+                                        r"a CIFAR-10 batch\): not a CIFAR-100 python batch"):
+        cifar.prepare(tmp_path / "b", "cifar100", download=False)
+
+
+def test_cifar100_offline_error_is_cifar10s_with_this_archive(tmp_path, run):
+    """The same one-line error as CIFAR-10, with CIFAR-100's folder, archive, URL and md5 in it."""
+    c10, c100 = _one_error_line(run, "cifar10", tmp_path), _one_error_line(run, "cifar100", tmp_path)
+    for field in ("url", "md5", "archive", "folder", "title"):
+        assert getattr(cifar.CIFAR100, field) in c100
+        c100 = c100.replace(getattr(cifar.CIFAR100, field), getattr(cifar.CIFAR10, field))
+    assert c100.replace("DATASET=cifar100 ", "DATASET=cifar10 ") == c10
+    assert "DATASET=cifar100_coarse" in _one_error_line(run, "cifar100_coarse", tmp_path)
+
+
+def test_make_data_passes_labels():
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(["make", "-n", "--no-print-directory", "data", "DATASET=cifar100", "LABELS=coarse",
+                          "DATA_DIR=/x"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = " ".join(out.replace("\\\n", " ").split()).split("-m datasets.prepare", 1)[1]
+    assert line.split() == ["--dataset", "cifar100", "--labels", "coarse", "--data-dir", "/x"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from datasets import cifar10
+from datasets import cifar
 from datasets.bench import render, verdict
 from datasets.fixtures import write_cifar10_python
 
@@ -28,7 +28,7 @@ def test_verdict_compares_pipeline_with_training():
 @pytest.mark.slow
 def test_bench_data_command(tmp_path, run):
     write_cifar10_python(tmp_path, 100, 50)
-    cifar10.prepare(tmp_path, val_size=100, download=False)  # 400 training images
+    cifar.prepare(tmp_path, "cifar10", val_size=100, download=False)  # 400 training images
     out = tmp_path / "bench"
     proc = run("datasets.bench", "--data-dir", tmp_path, "--batches", "5", "--skip-training", "--out", out)
     assert "wrote" in proc.stdout

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from datasets import cifar10 as cifar
+from datasets import cifar
 from datasets.fixtures import write_cifar10_python
 from datasets.prepared import write_prepared
 from shared.data import augmentation, epoch_plan, norm_constants, reference_batches
@@ -38,7 +38,7 @@ def probe_images(n: int) -> np.ndarray:
 def dumps(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frameworks")
     write_cifar10_python(tmp, 40, 50, seed=2)
-    fixture = cifar.prepare(tmp, val_size=40, download=False)  # train 160, val 40, test 50
+    fixture = cifar.prepare(tmp, "cifar10", val_size=40, download=False)  # train 160, val 40, test 50
     probe_x = probe_images(PROBE_N)
     probe_y = np.arange(PROBE_N) % 10
     splits = {s: (probe_x, probe_y) for s in ("train", "val", "test")}

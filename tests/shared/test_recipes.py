@@ -67,5 +67,5 @@ def test_bad_overrides_are_refused(kwargs, match):
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(ValueError, match="valid choices: cifar10, synthetic, cats_vs_dogs"):
+    with pytest.raises(ValueError, match="valid choices: cifar10, cifar100, cifar100_coarse, synthetic, cats_vs_dogs"):
         recipe_for("imagenet", get_spec("resnet50"))

@@ -22,7 +22,7 @@ from tests.shared.test_train_parity import INIT, _python
 
 @pytest.fixture(scope="module")
 def cifar_runs(tmp_path_factory) -> dict[str, Path]:
-    from datasets.cifar10 import prepare
+    from datasets.cifar import prepare
     from datasets.fixtures import LABEL_NAMES, write_cifar10_python
 
     tmp = tmp_path_factory.mktemp("cifar")
