@@ -37,6 +37,9 @@ def test_default_cells_are_the_issue_sets(tmp_path):
     cells = ablation.plan_cells(s["models"], s["frameworks"], tmp_path)
     assert [c.name for c in cells][:3] == ["plain20-torch", "plain20-keras", "resnet20-torch"]
     assert len(cells) == 8 and cells[0].path == tmp_path / "plain20-torch"
+    s, _ = ablation.parse_settings(["--ablation", "cifar100", "--dataset", "cifar100_coarse"])
+    assert (s["dataset"], s["shortcut"], s["stem"]) == ("cifar100_coarse", "A", "ablation-cifar100-cifar100_coarse")
+    assert s["models"] == ["plain20", "resnet20", "plain56", "resnet56"]
 
 
 def test_train_command_carries_the_shared_settings(tmp_path):
@@ -56,6 +59,7 @@ def test_train_command_carries_the_shared_settings(tmp_path):
     (["--frameworks", "torch,jax"], "unknown framework(s) ['jax']; valid choices: torch, keras"),
     (["--models", "resnet21"], "unknown model 'resnet21'"),
     (["--epochs", "0"], "--epochs must be >= 1; got 0"),
+    (["--dataset", "cifar20"], "unknown dataset 'cifar20'; valid choices: cifar10, cifar100, cifar100_coarse, "),
 ])
 def test_bad_arguments_are_clear_errors(argv, message):
     proc = run_module("shared.ablation", *argv, "--dry-run", check=False)

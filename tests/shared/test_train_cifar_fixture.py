@@ -68,6 +68,67 @@ def test_same_augmented_batches_in_both_frameworks(cifar_runs):
     np.testing.assert_allclose(k["loss"][:3], t["loss"][:3], rtol=1e-3)
 
 
+@pytest.fixture(scope="module")
+def cifar100_runs(tmp_path_factory) -> dict[str, Path]:
+    """CIFAR-100 from its python-format fixture: coarse labels in both frameworks (one initial weight file,
+    asked for as ``cifar100 --labels coarse`` in torch and as ``cifar100_coarse`` in Keras), fine labels in torch."""
+    from datasets.cifar import prepare
+    from datasets.fixtures import write_cifar100_python
+
+    tmp = tmp_path_factory.mktemp("cifar100")
+    write_cifar100_python(tmp / "data", train_images=200, test_images=100)
+    for name in ("cifar100", "cifar100_coarse"):
+        prepare(tmp / "data", name, val_size=40, download=False)
+    init = tmp / "init20.safetensors"
+    _python(INIT.replace("get_spec(sys.argv[1])", "get_spec(sys.argv[1], num_classes=int(sys.argv[3]))"),
+            "resnet8", str(init), "20")
+    common = ["--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "32", "--epochs", "1",
+              "--trace-steps", "5", "--workers", "1", "--no-progress"]
+    out = {name: tmp / name for name in ("coarse-torch", "coarse-keras", "fine-torch")}
+    run_module("pytorch_impl.train", "--dataset", "cifar100", "--labels", "coarse", "--init", str(init), *common,
+               "--out", str(out["coarse-torch"]))
+    run_module("keras_impl.train", "--dataset", "cifar100_coarse", "--init", str(init), *common,
+               "--out", str(out["coarse-keras"]))
+    run_module("pytorch_impl.train", "--dataset", "cifar100", *common, "--out", str(out["fine-torch"]))
+    return out
+
+
+def test_cifar100_runs_take_classes_from_the_data(cifar100_runs):
+    from datasets.fixtures import CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES
+
+    for key, path in cifar100_runs.items():
+        c = runs.read_run(path)["config"]
+        fine = key.startswith("fine")
+        assert c["dataset"] == ("cifar100" if fine else "cifar100_coarse")
+        assert c["spec"]["num_classes"] == (100 if fine else 20)
+        assert c["class_names"] == (CIFAR100_FINE_NAMES if fine else CIFAR100_COARSE_NAMES)
+        assert c["recipe"]["recipe"] == "cifar-paper" and c["augmentation"] == {"pad": 4, "crop": 32, "hflip": True}
+        assert c["data"]["splits"] == {"train": 160, "val": 40, "test": 100}
+    t = json.loads((cifar100_runs["coarse-torch"] / "steps.json").read_text())
+    k = json.loads((cifar100_runs["coarse-keras"] / "steps.json").read_text())
+    assert len(t["loss"]) == len(k["loss"]) == 5  # 160 // 32 iterations
+    # One initial weight file, the same augmented first batch of coarse labels: the same first loss.
+    np.testing.assert_allclose(k["loss"][0], t["loss"][0], rtol=1e-5)
+
+
+def test_cifar100_class_names_land_in_the_onnx_metadata(cifar100_runs, tmp_path):
+    from PIL import Image
+
+    from datasets.fixtures import CIFAR100_FINE_NAMES
+    from export import infer
+
+    run = cifar100_runs["fine-torch"]
+    run_module("export.onnx_export", "--run", str(run))
+    model = infer.load(run / "model.onnx")
+    assert model.meta["class_names"] == CIFAR100_FINE_NAMES and model.meta["dataset"] == "cifar100"
+    assert model.meta["resize"] == "stretch"
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(img)
+    out = run_module("export.infer", str(run / "model.onnx"), str(img), "--topk", "100").stdout
+    ranked = [line.split()[1] for line in out.splitlines() if line.startswith(("  ", " ")) and ". " in line]
+    assert sorted(ranked) == sorted(CIFAR100_FINE_NAMES)  # 100 outputs, each named from the meta file
+
+
 @pytest.mark.slow
 def test_cats_vs_dogs_recipe_with_an_imagenet_resnet(tmp_path):
     """A prepared cats_vs_dogs folder (random 128x128 images): ResNet-18, 2 classes, the cosine recipe."""
