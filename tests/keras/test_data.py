@@ -119,3 +119,28 @@ def test_cats_vs_dogs_offline_error_names_the_tfds_layout(tmp_path):
     assert not (tmp_path / "prepared" / "cats_vs_dogs").exists()
     with pytest.raises(DataError, match="nonexistent.invalid is unreachable"):
         cats_vs_dogs.check_network(tmp_path, host="nonexistent.invalid", timeout=5)
+
+
+@pytest.mark.parametrize("name,key", [("cifar100", b"fine_labels"), ("cifar100_coarse", b"coarse_labels")])
+def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
+    """The real preparation of the CIFAR-100 fixture, then the dataset: the pickle's labels and pixels come out."""
+    import pickle
+    import tarfile
+
+    from datasets import cifar
+    from datasets.fixtures import write_cifar100_python
+
+    write_cifar100_python(tmp_path, 200, 100, seed=5, archive=True)
+    prepared = cifar.prepare(tmp_path, name, val_size=40, download=False)
+    with tarfile.open(tmp_path / cifar.CIFAR100.archive) as tar:
+        test = pickle.loads(tar.extractfile(f"{cifar.CIFAR100.folder}/test").read(), encoding="bytes")
+    batches = list(make_dataset(prepared, "test", 32, train=False))
+    y = np.concatenate([b[1].numpy() for b in batches])
+    assert y.tolist() == list(test[key]) and int(y.max()) < prepared.manifest["num_classes"]
+    mean, std = norm_constants(prepared.manifest)
+    pixels = np.asarray(test[b"data"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # the format's CHW rows
+    expected = (tf.cast(pixels, tf.float32) / 255.0 - mean) / std
+    assert np.array_equal(np.concatenate([b[0].numpy() for b in batches]), expected.numpy())
+    x, yb = next(iter(make_dataset(prepared, "train", 32, train=True, seed=1)))
+    assert tuple(x.shape) == (32, 32, 32, 3)
+    assert set(yb.numpy().tolist()) <= set(range(prepared.manifest["num_classes"]))

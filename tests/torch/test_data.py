@@ -96,3 +96,27 @@ def test_cuda_resident_loader_matches_cpu(synthetic):
     gpu = make_loader(synthetic, "train", 64, train=True, seed=2, device="cuda")
     for (a, ya), (b, yb) in zip(cpu, gpu):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu())
+
+
+@pytest.mark.parametrize("name,key", [("cifar100", b"fine_labels"), ("cifar100_coarse", b"coarse_labels")])
+def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
+    """The real preparation of the CIFAR-100 fixture, then the loader: the pickle's labels and pixels come out."""
+    import pickle
+    import tarfile
+
+    from datasets import cifar
+    from datasets.fixtures import write_cifar100_python
+
+    write_cifar100_python(tmp_path, 200, 100, seed=5, archive=True)
+    prepared = cifar.prepare(tmp_path, name, val_size=40, download=False)
+    with tarfile.open(tmp_path / cifar.CIFAR100.archive) as tar:
+        test = pickle.loads(tar.extractfile(f"{cifar.CIFAR100.folder}/test").read(), encoding="bytes")
+    batches = list(make_loader(prepared, "test", 32, train=False))
+    y = torch.cat([b[1] for b in batches])
+    assert y.tolist() == list(test[key]) and int(y.max()) < prepared.manifest["num_classes"]
+    mean, std = norm_constants(prepared.manifest)
+    pixels = torch.from_numpy(np.asarray(test[b"data"]).reshape(-1, 3, 32, 32))  # the format's CHW rows
+    expected = TF.normalize(pixels.float() / 255.0, mean.tolist(), std.tolist())
+    assert torch.equal(torch.cat([b[0] for b in batches]), expected)
+    x, yb = next(iter(make_loader(prepared, "train", 32, train=True, seed=1)))
+    assert x.shape == (32, 3, 32, 32) and set(yb.tolist()) <= set(range(prepared.manifest["num_classes"]))
