@@ -57,3 +57,21 @@ def test_progress_tracks_best_and_round_trips():
     assert not p.finish_epoch({"epoch": 2, "val_acc": 0.4})
     assert (p.epoch, p.best_epoch, p.best_val_acc) == (2, 1, 0.5)
     assert Progress.from_dict(p.to_dict()) == p
+
+
+def test_labels_pick_the_cifar100_dataset(tmp_path):
+    """``--labels coarse`` trains cifar100_coarse; a label set the dataset lacks is a one-line error."""
+    from datasets.cifar import prepare
+    from datasets.fixtures import write_cifar100_python
+    from shared.training import setup_run
+
+    write_cifar100_python(tmp_path, 200, 100)
+    prepare(tmp_path, "cifar100_coarse", val_size=40, download=False)
+    p = train_arg_parser("t", "torch")
+    args = p.parse_args(["--dataset", "cifar100", "--labels", "coarse", "--data-dir", str(tmp_path), "--model",
+                         "resnet8", "--epochs", "1", "--out", str(tmp_path / "run")])
+    run = setup_run(args, "torch")
+    assert (run.config["dataset"], run.spec.num_classes, run.plan.recipe) == ("cifar100_coarse", 20, "cifar-paper")
+    args = p.parse_args(["--dataset", "cifar10", "--labels", "coarse", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="^error: unknown labels 'coarse' for dataset cifar10; valid choices: fine$"):
+        setup_run(args, "torch")
