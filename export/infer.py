@@ -7,7 +7,7 @@ Everything the preprocessing needs is read from the file's metadata (``shared/on
 the image is decoded with Pillow and converted to RGB (grayscale, palette and RGBA images are
 converted, and the output says so), resized to the model's ``input_size`` (``resize=crop``: the
 shorter side to ``input_size`` then a center crop, keeping the aspect ratio; ``resize=stretch``:
-both sides to ``input_size``; as the training data was prepared: cats_vs_dogs ``crop``, CIFAR-10 and
+both sides to ``input_size``; as the training data was prepared: cats_vs_dogs ``crop``, CIFAR-10/100 and
 the synthetic set ``stretch``, random-weight exports by stem), scaled to ``[0, 1]``, normalized
 with the file's ``mean``/``std`` and laid out as the file's ``layout`` (NCHW or NHWC).
 The probabilities are the softmax of the logits. This module imports neither torch nor tensorflow.

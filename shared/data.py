@@ -9,7 +9,7 @@ those arrays and apply exactly what is defined here:
   bit-identical between frameworks (tested).
 * **Augmentation** (training only): zero-pad by ``pad`` pixels on every side (in uint8, i.e. black,
   as torchvision's ``RandomCrop(padding=...)``), take a random ``image_size`` crop (offsets uniform
-  over ``0..2*pad`` in each axis), flip horizontally with probability 0.5. CIFAR-10 and the synthetic
+  over ``0..2*pad`` in each axis), flip horizontally with probability 0.5. CIFAR-10, CIFAR-100 and the synthetic
   set use pad 4 on 32x32 images (He et al. 2015, Sec. 4.2); cats_vs_dogs pads its 128x128 images by 16,
   the same 1/8 of the side.
 * **The plan of an epoch** (shuffle order, crop offsets, flips) is drawn here with numpy from
