@@ -51,7 +51,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("running-var-biased-prediction", "running-variance estimator: torch's unbiased n/(n-1) update",
            "shared/parity.py", "predicted = (b - (1 - BN_MOMENTUM) * old) / (n - 1)",
            "predicted = (b - (1 - BN_MOMENTUM) * old) / n",
-           "tests/shared/test_compare.py::test_parity_within_bound"),
+           "tests/shared/test_compare.py::test_running_variance_gap_is_predicted_from_torchs_unbiased_update"),
     Mutant("weight-decay-decoupled", "weight decay: torch couples it into the gradient before momentum",
            "keras_impl/optim.py",
            "            g = ops.add(g, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable))",

@@ -163,3 +163,41 @@ def test_parity_ok_eval_always_train_step_on_request():
     assert parity_ok(good_eval) and not parity_ok(good_eval, strict_train_step=True)
     assert not parity_ok({"eval": {"ok": False}, "train": {"ok": True}, "ok": False})
     assert not parity_ok({"error": "worker crashed", "ok": False}) and parity_ok(None)
+
+
+@pytest.mark.parametrize("torch_rule", ["unbiased", "biased"])
+def test_running_variance_gap_is_predicted_from_torchs_unbiased_update(tmp_path, torch_rule):
+    """The train-step check accounts for exactly torch's n/(n-1) running-variance update, computed here from
+    the BN definition (running = (1 - m) * running + m * var, m = 0.1): the gap it predicts matches an
+    unbiased torch side, and a torch side that used the biased estimate (no gap) is reported as a failure."""
+    from shared.io import save_weights
+    from shared.names import canonical_weights
+    from shared.parity import StepConfig, compare_train_step
+    from tests.shared.ablation_fixtures import fixture_shapes
+
+    spec = get_spec("resnet8")
+    rng = np.random.default_rng(0)
+    w0 = {k: rng.uniform(0.5, 2.0, s).astype(np.float32) for k, s in fixture_shapes(spec).items()}
+    n = 8  # values per channel: small, so the unbiased factor 8/7 is far from 1
+    w_t, w_k, counts = {}, {}, {}
+    for w in canonical_weights(spec):
+        layer, leaf = w.key.rsplit(".", 1)
+        if leaf == "running_var":
+            var = rng.uniform(0.5, 2.0, w0[w.key].shape)
+            torch_var = var * n / (n - 1) if torch_rule == "unbiased" else var
+            w_t[w.key] = (0.9 * w0[w.key] + 0.1 * torch_var).astype(np.float32)
+            w_k[w.key] = (0.9 * w0[w.key] + 0.1 * var).astype(np.float32)
+            counts[layer] = n
+        else:
+            step = rng.normal(0, 1e-2, w0[w.key].shape)
+            w_t[w.key] = w_k[w.key] = (w0[w.key] + step).astype(np.float32)
+    save_weights(tmp_path / "t.safetensors", w_t)
+    save_weights(tmp_path / "k.safetensors", w_k)
+    reports = {fw: {"train_step": {"loss": 2.0, "bn_counts": counts}} for fw in ("torch", "keras")}
+    rv = compare_train_step(spec, w0, str(tmp_path / "t.safetensors"), str(tmp_path / "k.safetensors"), reports,
+                            StepConfig())["running_var"]
+    if torch_rule == "unbiased":
+        assert rv["ok"] and rv["max_residual"] < 1e-6
+        assert rv["max_rel_raw"] == pytest.approx(rv["max_rel_predicted"], rel=1e-4)
+    else:
+        assert not rv["ok"] and rv["max_rel_raw"] == 0
