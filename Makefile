@@ -1,12 +1,20 @@
 # ResNet across frameworks: every user-facing command. Each target that needs Python depends on the
 # virtual environment, which is created (or updated when requirements.txt changes) on first use.
+# SYSTEM_PYTHON=1 uses the interpreter on PATH ($(PYTHON3)) instead, e.g. a GPU container's own PyTorch:
+# no venv is built or touched, and each target first checks only the imports it needs (shared/requires.py).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV    ?= .venv
+PYTHON3 ?= python3
+SYSTEM_PYTHON ?=
+ifneq ($(filter-out 0 no false,$(SYSTEM_PYTHON)),)
+PY      := $(PYTHON3)
+STAMP   := system-python
+else
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-PYTHON3 ?= python3
+endif
 
 # Model / data / training knobs shared by several targets (empty = the command's own default).
 MODEL       ?= resnet20
@@ -53,12 +61,19 @@ TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
+ifeq ($(STAMP),system-python)
+.PHONY: system-python
+system-python:
+	@$(PY) -m shared.requires $(filter-out system-python,$(MAKECMDGOALS)) --framework $(FRAMEWORK) \
+		$(call opt,--variants,$(BENCH_VARIANTS)) $(call opt,--backend,$(BACKEND))
+else
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	@$(PY) -c "import torch, tensorflow, keras, onnxruntime; print('installed: torch', torch.__version__, '| tensorflow', tensorflow.__version__, '| keras', keras.__version__, '| onnxruntime', onnxruntime.__version__)" 2>/dev/null
 	@touch $@
+endif
 
 setup: $(STAMP) ## create/update the virtual environment (.venv) from requirements.txt
 	@echo "environment ready: $(VENV) (requirements.txt unchanged since the last install)"
@@ -130,7 +145,7 @@ parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/..
 # NPROC=N runs torch under torchrun with DDP on N processes; STRATEGY=mirrored forces Keras' MirroredStrategy.
 NPROC    ?=
 STRATEGY ?=
-TORCH_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC),$(PY))
+TORCH_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC),$(PY))
 
 train-torch: $(STAMP) ## train with PyTorch: make train-torch MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [NPROC=2]
 	$(TORCH_LAUNCH) -m pytorch_impl.train $(TRAIN_ARGS)

@@ -43,6 +43,9 @@ def framework_cli(framework: str, *args: str, timeout: float | None = None) -> s
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
         raise ExportError(f"{framework} export subprocess failed (exit {proc.returncode}): {last}")
+    for line in proc.stderr.splitlines():  # the subprocess's notes (e.g. which exporter ran) reach the user
+        if line.startswith("note:"):
+            print(line, file=sys.stderr)
     return proc.stdout
 
 

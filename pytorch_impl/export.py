@@ -2,13 +2,20 @@
 
 ``python -m pytorch_impl.export onnx|predict|bench ...`` is what the framework-neutral drivers in
 ``export/`` run in a subprocess (this process must never import tensorflow: torch.export crashes).
+
+The dynamo exporter needs the ``onnxscript`` package; where it is missing (many GPU containers),
+the export falls back to torch's TorchScript-based exporter (``dynamo=False``) with a one-line note.
+Both write the same graph contract (input ``input`` NCHW, output ``logits``, symbolic batch) and are
+checked against torch by the same parity tests.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,28 +38,46 @@ FRAMEWORK = "torch"
 LAYOUT = "NCHW"
 
 
+def dynamo_available() -> bool:
+    """True when torch.onnx's dynamo exporter can run (it needs the ``onnxscript`` package)."""
+    return importlib.util.find_spec("onnxscript") is not None
+
+
 def exporter_version() -> str:
     """The exporter that writes this framework's files, with its version."""
-    return f"torch {torch.__version__} torch.onnx dynamo"
+    kind = "dynamo" if dynamo_available() else "torchscript"
+    return f"torch {torch.__version__} torch.onnx {kind}"
 
 
-def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metadata: dict[str, str]) -> Path:
+def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metadata: dict[str, str],
+                dynamo: bool | None = None) -> Path:
     """Export ``model`` (eval mode) to ``path``: input ``input`` NCHW, output ``logits``, symbolic batch.
 
-    ``onnx.checker`` runs before the file is written (atomically); ``metadata`` goes to metadata_props.
+    ``dynamo`` picks the exporter (default: dynamo when onnxscript is installed, else the TorchScript
+    one, with a note on stderr). ``onnx.checker`` runs before the file is written (atomically);
+    ``metadata`` goes to metadata_props.
     """
     check_metadata(metadata)
+    if dynamo is None:
+        dynamo = dynamo_available()
+        if not dynamo:
+            print("note: onnxscript is not installed; exporting with torch's TorchScript-based ONNX exporter "
+                  "(torch.onnx.export(dynamo=False))", file=sys.stderr, flush=True)
     model = model.eval()
     device = next(model.parameters()).device
     example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size, device=device)
-    batch = torch.export.Dim("batch", min=1)
+    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
-        program = torch.onnx.export(
-            model, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), external_data=False, verbose=False,
-        )
-        program.save(str(raw), external_data=False)
+        if dynamo:
+            program = torch.onnx.export(model, (example,), None, dynamo=True, **names, external_data=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
+            program.save(str(raw), external_data=False)
+        else:
+            with warnings.catch_warnings():  # its deprecation and constant-folding chatter: the note says it all
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(raw), dynamo=False, **names,
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         return finalize_onnx(raw, path, metadata)
 
 

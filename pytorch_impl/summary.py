@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(dump(summary))
     else:
-        import torchinfo
-
+        try:
+            import torchinfo
+        except ImportError:
+            raise SystemExit("error: the summary table needs the torchinfo package, which is not installed "
+                             "(pip install torchinfo); --json prints the project's summary without it") from None
         print(torchinfo.summary(
             model, input_size=tuple(summary["input_shape"]), depth=3, verbose=0,
             col_names=("output_size", "num_params"), row_settings=("var_names",),

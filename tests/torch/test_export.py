@@ -11,9 +11,11 @@ import torch
 from pytorch_impl.export import export_onnx, load_model, predict
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
-from shared.onnx_meta import REQUIRED_KEYS, Source, build_metadata
+from shared.onnx_meta import REQUIRED_KEYS, Source, build_metadata, resolve_source
 from shared.spec import MODEL_NAMES, get_spec
-from tests.export_helpers import assert_logits_match, fixture_images, randomize_bn
+from tests.blocked_imports import blocked_env
+from tests.conftest import run_module
+from tests.export_helpers import assert_logits_match, fixture_images, make_run, randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +23,12 @@ def images(tmp_path_factory):
     return fixture_images(tmp_path_factory.mktemp("data"), n=64)
 
 
-def _export(spec, path, seed=0):
+def _export(spec, path, seed=0, dynamo=True):
     torch.manual_seed(seed)
     model = build_model(spec)
     set_weights(model, spec, randomize_bn(get_weights(model, spec), seed))
     model.eval()
-    export_onnx(model, spec, path, build_metadata(Source(spec=spec, seed=seed), "torch", "test"))
+    export_onnx(model, spec, path, build_metadata(Source(spec=spec, seed=seed), "torch", "test"), dynamo=dynamo)
     return model
 
 
@@ -36,12 +38,14 @@ def _ort_logits(path, x_nhwc):
 
 
 # resnet50 at 32 px: the ImageNet stem and bottlenecks (export ~25 s; the graph does not depend on the size).
-@pytest.mark.parametrize("name", ["resnet20", "plain20", "resnet50"])
-def test_export_matches_torch_on_fixture_set(name, images, tmp_path):
+# The TorchScript exporter (dynamo=False) is the fallback where onnxscript is missing: the same contract.
+@pytest.mark.parametrize("name,dynamo", [("resnet20", True), ("plain20", True), ("resnet50", True),
+                                         ("resnet20", False)])
+def test_export_matches_torch_on_fixture_set(name, dynamo, images, tmp_path):
     x, y = images
     spec = get_spec(name, num_classes=10, input_size=32)
     path = tmp_path / f"{name}.onnx"
-    model = _export(spec, path)
+    model = _export(spec, path, dynamo=dynamo)
 
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -59,6 +63,22 @@ def test_export_matches_torch_on_fixture_set(name, images, tmp_path):
     assert_logits_match(native, _ort_logits(path, x), y)
     for batch in (1, 5):  # the batch dimension is symbolic
         assert_logits_match(native[:batch], _ort_logits(path, x[:batch]))
+
+
+def test_without_onnxscript_the_torchscript_exporter_takes_over(images, tmp_path):
+    x, y = images
+    run = make_run("torch", "resnet20", tmp_path / "run", tmp_path / "data")
+    path = tmp_path / "fallback.onnx"
+    proc = run_module("pytorch_impl.export", "onnx", "--run", run, "--out", path,
+                      env=blocked_env(tmp_path / "block", ("onnxscript",)))
+    notes = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert notes == ["note: onnxscript is not installed; exporting with torch's TorchScript-based ONNX exporter "
+                     "(torch.onnx.export(dynamo=False))"]  # one line, no warnings or traceback
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["exporter"] == f"torch {torch.__version__} torch.onnx torchscript"
+    native = predict(load_model(resolve_source(str(run))), x)
+    assert_logits_match(native, _ort_logits(path, x), y)
+    assert_logits_match(native[:3], _ort_logits(path, x[:3]))  # symbolic batch
 
 
 def test_random_weights_are_seeded():
