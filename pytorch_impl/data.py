@@ -3,8 +3,8 @@
 Implements ``shared/data.py`` exactly: the epoch plan (order, crop offsets, flips) comes from
 ``shared.data.epoch_plan(seed, epoch)``; the crop and the flip are one gather into the zero-padded
 uint8 batch; normalization is ``(x / 255 - mean) / std`` in float32. On CUDA the whole split is
-uploaded once as uint8 (airbench style) and nothing crosses the bus but indices; on the CPU batches
-are gathered straight from the memory-mapped arrays.
+uploaded once as uint8 (airbench style) and each epoch's plan once per epoch; on the CPU batches are
+gathered straight from the memory-mapped arrays. A batch costs no host-device transfer.
 
 ``python -m pytorch_impl.data --dataset synthetic --bench`` measures images/s; ``--dump FILE.npz``
 writes batches for the cross-framework tests.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,39 +26,45 @@ from shared.data import augmentation, check_split, epoch_plan, loader_arg_parser
 
 
 class Loader:
-    """One split of a prepared dataset as batches of (x float32 NCHW normalized, y int64) on ``device``."""
+    """One split of a prepared dataset as batches of (x float32 NCHW normalized, y int64) on ``device``.
+
+    The whole split is one uint8 tensor: memory-mapped on the CPU (no copy), resident on an
+    accelerator (150 MB for CIFAR-10). ``set_epoch`` computes the epoch's plan on the host and sends
+    it to the device once; every batch is then a slice of it, so after ``set_epoch`` iterating makes
+    no host-device transfer and no synchronisation. ``channels_last`` yields ``x`` in
+    ``torch.channels_last`` memory (what such a model wants), written that way by :meth:`normalize`.
+    """
 
     def __init__(self, prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", channels_last: bool = False) -> None:
         check_split(split)
         self.x_np, self.y_np = prepared.arrays(split)
         self.manifest = prepared.manifest
         self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, 0
-        self.device = torch.device(device)
+        self.device, self.channels_last = torch.device(device), channels_last
         self.pad = augmentation(self.manifest["name"]).pad
         mean, std = norm_constants(self.manifest)
         self.mean = torch.from_numpy(mean).to(self.device)
         self.std = torch.from_numpy(std).to(self.device)
         self.size = int(self.x_np.shape[1])
-        self.x_dev = None
-        if self.device.type != "cpu":  # resident on the accelerator as uint8: 150 MB for CIFAR-10
-            self.x_dev = torch.from_numpy(np.ascontiguousarray(self.x_np)).to(self.device)
-        self.y_dev = torch.from_numpy(np.asarray(self.y_np, dtype=np.int64)).to(self.device)
-        self._plan = epoch_plan(len(self.x_np), batch_size, train=train, pad=self.pad, seed=seed, epoch=0)
+        with warnings.catch_warnings():  # the memory map is read-only, and only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.x = torch.from_numpy(self.x_np).to(self.device)
+        self.y = torch.from_numpy(np.asarray(self.y_np, dtype=np.int64)).to(self.device)
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next iteration produces."""
+        """Select the epoch whose order and augmentation the next iteration produces (one upload)."""
         self.epoch = int(epoch)
         self._plan = epoch_plan(len(self.x_np), self.batch_size, train=self.train, pad=self.pad,
                                 seed=self.seed, epoch=self.epoch)
+        plan = self._plan
+        self._index, self._dy, self._dx, self._flip = (
+            torch.from_numpy(a).to(self.device) for a in (plan.index, plan.dy.astype(np.int64),
+                                                           plan.dx.astype(np.int64), plan.flip))
 
     def __len__(self) -> int:
         return len(self._plan)
-
-    def _gather(self, idx: np.ndarray) -> torch.Tensor:
-        if self.x_dev is not None:
-            return self.x_dev[torch.from_numpy(idx).to(self.device)]
-        return torch.from_numpy(self.x_np[idx])
 
     def augment(self, xb: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """Zero-pad, crop at (dy, dx) and flip where ``flip``: uint8 NHWC in and out (one gather).
@@ -74,26 +81,31 @@ class Loader:
         return torch.gather(padded, 1, flat.expand(n, s * s, 3)).reshape(n, s, s, 3)
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> float32 NCHW, ``(x / 255 - mean) / std``."""
-        x = (xb.float() / 255.0 - self.mean) / self.std
-        return x.permute(0, 3, 1, 2).contiguous()
+        """uint8 NHWC -> float32 NCHW, ``(x / 255 - mean) / std``.
+
+        The arithmetic runs in NHWC; the NCHW view of that result already is ``channels_last``
+        memory, so that layout costs nothing, and the NCHW-contiguous one costs one copy.
+        """
+        x = xb.float()
+        x = x.div_(255.0).sub_(self.mean).div_(self.std).permute(0, 3, 1, 2)
+        return x if self.channels_last else x.contiguous()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan = self._plan
-        for i in range(len(plan)):
-            idx, dy, dx, flip = plan.batch(i)
-            xb = self._gather(idx).to(self.device, non_blocking=True)
+        bs = self.batch_size
+        for i in range(len(self)):
+            s = slice(i * bs, (i + 1) * bs)
+            idx = self._index[s]
+            xb = self.x.index_select(0, idx)  # 20x faster on CPU than self.x[idx] (advanced indexing)
             if self.train:
-                t = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
-                xb = self.augment(xb, t(dy.astype(np.int64)), t(dx.astype(np.int64)), t(flip))
-            yield self.normalize(xb), self.y_dev[torch.from_numpy(idx).to(self.device)]
+                xb = self.augment(xb, self._dy[s], self._dx[s], self._flip[s])
+            yield self.normalize(xb), self.y.index_select(0, idx)
 
 
 def make_loader(prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                device: str | torch.device = "cpu") -> Loader:
+                device: str | torch.device = "cpu", channels_last: bool = False) -> Loader:
     """Batches of one split: shuffled, augmented and without the last incomplete batch when ``train``;
     in order and complete otherwise. Order and augmentation are a function of (seed, epoch)."""
-    return Loader(prepared, split, batch_size, train=train, seed=seed, device=device)
+    return Loader(prepared, split, batch_size, train=train, seed=seed, device=device, channels_last=channels_last)
 
 
 def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = True,

@@ -10,7 +10,11 @@ import torch
 
 
 def make_sgd(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
-             nesterov: bool = False) -> torch.optim.SGD:
-    """``torch.optim.SGD`` over every parameter of ``model`` (BN and biases included, as torchvision)."""
+             nesterov: bool = False, fused: bool | None = None) -> torch.optim.SGD:
+    """``torch.optim.SGD`` over every parameter of ``model`` (BN and biases included, as torchvision).
+
+    ``fused=True`` (the trainer's choice on CUDA) runs the update as one kernel and lets GradScaler
+    unscale and skip inside it, without the host sync of its ``.item()`` check.
+    """
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov)
+                           nesterov=nesterov, fused=fused)

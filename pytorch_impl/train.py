@@ -13,6 +13,14 @@ and per-iteration lr schedule, run folder, metrics, best tracking, NaN guard) ar
 * Checkpoints (``checkpoint.pt``) hold model, optimizer (momentum buffers), grad scaler, progress
   (epoch, global iteration, best so far, metrics rows, wall time) and RNG states; written atomically
   at the end of every epoch and read back with ``torch.load(weights_only=True)``.
+* No host synchronisation per step on CUDA: the loader uploads each epoch's plan once and slices it
+  on the device, image counts are kept on the host, SGD is fused (GradScaler then skips its
+  ``.item()``), and the loss/accuracy sums stay on the device until the host check every
+  ``CHECK_EVERY`` steps (progress bar and NaN guard), the loop's one sync.
+* ``--compile`` compiles with static shapes (``dynamic=False``), ``--compile-mode reduce-overhead``
+  replays CUDA graphs. Evaluation pads its last, shorter batch to the batch size (eval-mode BN treats
+  each image alone, and the padded rows are dropped), so one eval graph serves every batch of every
+  split: no recompilation for a new shape, and CUDA graphs need static shapes anyway.
 * DDP: ``--batch-size`` stays the global batch; every rank builds the same global batch (the plan is
   a function of seed and epoch) and trains on its contiguous slice, so a run on N processes takes
   the same steps with the same lr as a run on one (BN statistics are per process, as usual in DDP).
@@ -73,12 +81,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 class Context:
     """Device, precision and process-group facts of this process."""
 
-    def __init__(self, device: torch.device, amp: bool, channels_last: bool, rank: int = 0, world: int = 1):
+    def __init__(self, device: torch.device, amp: bool, channels_last: bool, rank: int = 0, world: int = 1,
+                 amp_dtype: str = "auto", cuda_graphs: bool = False):
         self.device, self.amp, self.channels_last = device, amp, channels_last
-        self.rank, self.world = rank, world
-        # bf16 on CPU (no loss scaling needed), fp16 + GradScaler on CUDA.
-        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        self.rank, self.world, self.cuda_graphs = rank, world, cuda_graphs
+        self.amp_dtype = autocast_dtype(device, amp_dtype)
+        # Loss scaling only for float16; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and self.amp_dtype == torch.float16)
 
     @property
     def main(self) -> bool:
@@ -90,16 +99,39 @@ class Context:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch in the model's layout: a no-op for the loader's batches, which come in it."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def step_begins(self) -> None:
+        """Tell torch.compile's CUDA graphs that a new step starts (the last step's outputs are consumed)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+
+def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """--amp-dtype: auto is bfloat16 on the CPU and float16 on CUDA; bfloat16 needs a GPU that has it."""
+    if requested == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if requested == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise fail(f"--amp-dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16; "
+                   "valid choices here: auto, float16")
+    return getattr(torch, requested)
 
 
 def init_distributed(requested: str) -> tuple[torch.device, int, int]:
     """(device, rank, world size); joins the torchrun process group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    name = resolve_device_name(requested, torch.cuda.device_count())
+    gpus = torch.cuda.device_count()
+    name = resolve_device_name(requested, gpus)
     if world == 1:
         return torch.device(name), 0, 1
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if name.startswith("cuda") and local_world > gpus:
+        # every process would otherwise die with "invalid device ordinal"; the first one says why
+        raise fail(f"{local_world} processes (NPROC={local_world}) but {gpus} CUDA GPU(s) visible "
+                   f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use NPROC <= {gpus}, "
+                   "or --device cpu (DEVICE=cpu) for gloo processes on the CPU") if local_rank == 0 else SystemExit(1)
     if name.startswith("cuda"):
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -125,9 +157,10 @@ def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = Non
     return model
 
 
-def build_optimizer(model: nn.Module, plan: Plan) -> torch.optim.Optimizer:
-    """torch SGD with momentum and coupled weight decay on every parameter (the recipe's)."""
-    return make_sgd(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov)
+def build_optimizer(model: nn.Module, plan: Plan, ctx: Context) -> torch.optim.Optimizer:
+    """torch SGD with momentum and coupled weight decay on every parameter (the recipe's); fused on CUDA."""
+    return make_sgd(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov,
+                    fused=True if ctx.device.type == "cuda" else None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -150,21 +183,33 @@ def _all_reduce(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     return t
 
 
+def host_totals(sums: torch.Tensor, ctx: Context) -> list[float]:
+    """The loop's one host synchronisation: the device sums (over every rank) as Python floats."""
+    return _all_reduce(sums, ctx).tolist()
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, plan: Plan, epoch: int,
                     progress: Progress, ctx: Context, trace: dict[str, list] | None = None,
                     show_progress: bool = True) -> tuple[EpochLog, float]:
-    """One epoch of SGD steps with the per-iteration lr; returns (train loss/acc sums, last lr)."""
+    """One epoch of SGD steps with the per-iteration lr; returns (train loss/acc sums, last lr).
+
+    A step queues its work and returns: the sums stay on the device and the image count on the
+    host, until the host check every ``CHECK_EVERY`` steps and after the last one.
+    """
     model.train()
     loader.set_epoch(epoch)
     steps = plan.iters_in_epoch(epoch)
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss * n, correct, n
+    sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss * n, correct
+    seen, total = 0, [0.0, 0.0]  # images over every rank (each trains an equal slice)
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="it", leave=False, dynamic_ncols=True,
                disable=not (show_progress and ctx.main), file=sys.stderr)
     lr = plan.lr_at(progress.iteration)
     for i, (x, y) in zip(range(steps), loader):
         x, y = ctx.prepare_input(_shard(x, ctx)), _shard(y, ctx)
+        n = len(y)  # the shape: known on the host
         lr = plan.lr_at(progress.iteration)
         set_lr(optimizer, lr)
+        ctx.step_begins()
         with ctx.autocast():
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -173,36 +218,42 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
         progress.iteration += 1
+        seen += n * ctx.world
         with torch.no_grad():
-            sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
-        if trace is not None and len(trace["loss"]) < trace["limit"]:  # the global batch's mean loss
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
+        if trace is not None and len(trace["loss"]) < trace["limit"]:  # opt-in: syncs on the traced steps
             trace["loss"].append(_all_reduce(loss.detach(), ctx).item() / ctx.world)
             trace["lr"].append(lr)
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
-            total = _all_reduce(sums, ctx).tolist()
+            total = host_totals(sums, ctx)
             check_finite(total[0], epoch, progress.iteration, lr)
-            bar.set_postfix(loss=f"{total[0] / total[2]:.4f}", acc=f"{total[1] / total[2]:.3f}", lr=f"{lr:.3g}")
+            bar.set_postfix(loss=f"{total[0] / seen:.4f}", acc=f"{total[1] / seen:.3f}", lr=f"{lr:.3g}")
             bar.update((i + 1) - bar.n)
     bar.close()
-    total = _all_reduce(sums, ctx).tolist()
-    log = EpochLog(total[0], int(total[1]), int(total[2]))
-    return log, lr
+    return EpochLog(total[0], int(total[1]), seen), lr
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, ctx: Context) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode over every batch of ``loader``."""
+def evaluate(model: nn.Module, loader, ctx: Context, pad_to: int | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode over every batch of ``loader``.
+
+    ``pad_to`` (a compiled model's batch size) pads a shorter batch with zero images whose logits are
+    dropped, so the compiled graph sees one shape (eval-mode BN treats each image on its own).
+    """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
     n = 0
     for x, y in loader:
+        k = len(y)
+        if pad_to is not None and k < pad_to:
+            x = torch.cat([x, x.new_zeros((pad_to - k, *x.shape[1:]))])
+        ctx.step_begins()
         with ctx.autocast():
-            logits = model(ctx.prepare_input(x))
+            logits = model(ctx.prepare_input(x))[:k]
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
-        n += len(y)
+        n += k
     return float(loss_sum) / max(n, 1), int(correct) / max(n, 1)
 
 
@@ -294,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jit:
         print("note: --jit is the Keras XLA switch; for torch use --compile", file=sys.stderr)
     device, rank, world = init_distributed(args.device)
-    ctx = Context(device, args.amp, args.channels_last, rank, world)
+    cuda_graphs = bool(args.compile) and device.type == "cuda" and args.compile_mode in ("reduce-overhead",
+                                                                                          "max-autotune")
+    ctx = Context(device, args.amp, args.channels_last, rank, world, args.amp_dtype, cuda_graphs)
     plan, spec = setup.plan, setup.spec
     if plan.batch_size % world:
         raise fail(f"--batch-size {plan.batch_size} must be divisible by the {world} processes")
@@ -303,20 +356,22 @@ def main(argv: list[str] | None = None) -> int:
     seed_python(args.seed)
 
     raw = build_model(spec, ctx, args.seed, None if setup.resumed else args.init)
-    optimizer = build_optimizer(raw, plan)
+    optimizer = build_optimizer(raw, plan, ctx)
     progress = Progress()
     if setup.resumed:
         progress = load_checkpoint(setup.run_dir / runs.CHECKPOINTS[FRAMEWORK], raw, optimizer, ctx)
     net: nn.Module = raw
     if world > 1:
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        net = torch.compile(net)
+    if args.compile:  # static shapes: training drops the last short batch, evaluation pads it
+        net = torch.compile(net, mode=None if args.compile_mode == "default" else args.compile_mode, dynamic=False)
     eval_net = raw if world > 1 else net  # DDP's forward syncs buffers across ranks: evaluate on rank 0 alone
+    eval_pad = plan.batch_size if args.compile and world == 1 else None
 
+    loader_args = {"device": device, "channels_last": ctx.channels_last}
     train_loader = make_loader(setup.prepared, "train", plan.batch_size, train=not args.no_augment, seed=args.seed,
-                               device=device)
-    val_loader = make_loader(setup.prepared, "val", plan.batch_size, train=False, device=device)
+                               **loader_args)
+    val_loader = make_loader(setup.prepared, "val", plan.batch_size, train=False, **loader_args)
     writer = None
     if ctx.main:
         setup.run_dir.mkdir(parents=True, exist_ok=True)
@@ -342,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(nonfinite_message(e, setup.run_dir, progress.epoch)) from None
             train_s = time.perf_counter() - t0
             if ctx.main:
-                val_loss, val_acc = evaluate(eval_net, val_loader, ctx)
+                val_loss, val_acc = evaluate(eval_net, val_loader, ctx, eval_pad)
                 seconds = time.perf_counter() - t0
                 row = metrics_row(epoch + 1, log, val_loss, val_acc, lr, seconds)
                 row["images_per_s"] = log.seen / train_s
@@ -357,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.main:
             arrays, _ = load_weights(setup.run_dir / runs.BEST)
             set_weights(raw, spec, arrays)
-            test_loader = make_loader(setup.prepared, "test", plan.batch_size, train=False, device=device)
+            test_loader = make_loader(setup.prepared, "test", plan.batch_size, train=False, **loader_args)
             test_loss, test_acc = evaluate(raw, test_loader, ctx)
             results = results_dict(test_loss, test_acc, progress, plan)
             runs.write_results(setup.run_dir, results)

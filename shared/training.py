@@ -26,6 +26,11 @@ from shared.recipes import Plan, make_plan, recipe_for
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
 TRUE = ("1", "true", "yes", "on", "y")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+FAST_PATHS = ("amp", "compile", "channels_last", "jit", "strategy", "amp_dtype", "compile_mode")
+# What runs saved before a fast path existed mean by it.
+FAST_PATH_DEFAULTS = {"amp_dtype": "auto", "compile_mode": "default"}
 FALSE = ("0", "false", "no", "off", "n", "")
 
 
@@ -79,6 +84,11 @@ def train_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
                        ("--channels-last", "channels_last memory format (torch)"),
                        ("--jit", "XLA jit_compile the train/eval steps (keras)")):
         g.add_argument(flag, type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL", help=text)
+    g.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPES,
+                   help="torch --amp dtype: auto = bfloat16 on CPU, float16 + loss scaling on CUDA; bfloat16 on "
+                        "GPUs that have it needs no loss scaling")
+    g.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode for --compile; reduce-overhead replays CUDA graphs on GPUs")
     g.add_argument("--workers", type=int, default=None,
                    help="CPU threads for the framework's ops (default: the framework's own choice)")
     g.add_argument("--strategy", default="auto", choices=("auto", "default", "mirrored"),
@@ -160,7 +170,7 @@ def setup_run(args: argparse.Namespace, framework: str) -> RunSetup:
         "data": {"data_dir": str(args.data_dir), "splits": manifest["splits"], "source": manifest.get("source"),
                  "version": manifest.get("version")},
         "init": args.init,
-        "fast_paths": {k: getattr(args, k) for k in ("amp", "compile", "channels_last", "jit", "strategy")},
+        "fast_paths": {k: getattr(args, k) for k in FAST_PATHS},
         "versions": library_versions(),
         "git_commit": runs.git_commit(),
         "device": None,  # filled in by the framework once the device is known
@@ -194,8 +204,8 @@ def _resume_setup(args: argparse.Namespace, framework: str) -> RunSetup:
         if given is not None and value is not None and given != value:
             print(f"note: --{key.replace('_', '-')} {given} ignored: resuming {args.resume}, which runs with "
                   f"{key} {value}", file=sys.stderr)
-    for key in ("amp", "compile", "channels_last", "jit", "strategy"):
-        setattr(args, key, config["fast_paths"][key])
+    for key in FAST_PATHS:
+        setattr(args, key, config["fast_paths"].get(key, FAST_PATH_DEFAULTS.get(key)))
     args.dataset, args.seed, args.init = config["dataset"], config["seed"], config.get("init")
     args.no_augment = config.get("augmentation") is None
     args.data_dir = args.data_dir if args.data_dir != "data" else config["data"]["data_dir"]
