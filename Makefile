@@ -142,13 +142,13 @@ parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/..
 		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
-# NPROC=N runs torch under torchrun with DDP on N processes; STRATEGY=mirrored forces Keras' MirroredStrategy.
+# NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU);
+# STRATEGY=mirrored forces Keras' MirroredStrategy.
 NPROC    ?=
 STRATEGY ?=
-TORCH_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC),$(PY))
 
 train-torch: $(STAMP) ## train with PyTorch: make train-torch MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [NPROC=2]
-	$(TORCH_LAUNCH) -m pytorch_impl.train $(TRAIN_ARGS)
+	$(PY) -m pytorch_impl.train $(TRAIN_ARGS) $(call opt,--nproc,$(NPROC))
 
 train-keras: $(STAMP) ## train with Keras: make train-keras MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [JIT=1]
 	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY))

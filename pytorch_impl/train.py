@@ -1,7 +1,8 @@
 """Train a ResNet with PyTorch: the paper's recipe, a self-explaining run folder, exact resume.
 
     python -m pytorch_impl.train --model resnet20 --dataset cifar10 [--epochs E | --iters N] ...
-    torchrun --nproc_per_node 2 -m pytorch_impl.train ...      # DDP (nccl on GPUs, gloo on CPU)
+    python -m pytorch_impl.train --nproc 2 ...                 # DDP (nccl on GPUs, gloo on CPU)
+    torchrun --nproc_per_node 2 -m pytorch_impl.train ...      # the same, started by hand
 
 Mirrors ``keras_impl/train.py`` function for function. The framework-neutral parts (flags, recipe
 and per-iteration lr schedule, run folder, metrics, best tracking, NaN guard) are in ``shared/``.
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import os
 import random
+import subprocess
 import sys
 import time
 import types
@@ -118,6 +120,30 @@ def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype
     return getattr(torch, requested)
 
 
+def check_nproc(nproc: int, device_name: str, gpus: int) -> None:
+    """One CUDA process per visible GPU at most (more would die with "invalid device ordinal")."""
+    if nproc < 1:
+        raise fail(f"--nproc must be >= 1; got {nproc}")
+    if device_name.startswith("cuda") and nproc > gpus:
+        raise fail(f"{nproc} processes (NPROC={nproc}) but {gpus} CUDA GPU(s) visible "
+                   f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use NPROC <= {gpus}, "
+                   "or --device cpu (DEVICE=cpu) for gloo processes on the CPU")
+
+
+def launch(nproc: int, requested: str, argv: list[str]) -> int:
+    """``--nproc N``: check, then start this command N times through ``python -m torch.distributed.run``."""
+    gpus = torch.cuda.device_count()
+    check_nproc(nproc, resolve_device_name(requested, gpus), gpus)
+    rest, skip = [], False  # the processes run without --nproc (torchrun would take it for its own option)
+    for arg in argv:
+        if not skip and not arg.startswith("--nproc"):
+            rest.append(arg)
+        skip = arg == "--nproc"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "pytorch_impl.train", *rest]
+    return subprocess.call(cmd)
+
+
 def init_distributed(requested: str) -> tuple[torch.device, int, int]:
     """(device, rank, world size); joins the torchrun process group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -126,12 +152,12 @@ def init_distributed(requested: str) -> tuple[torch.device, int, int]:
     if world == 1:
         return torch.device(name), 0, 1
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if name.startswith("cuda") and local_world > gpus:
-        # every process would otherwise die with "invalid device ordinal"; the first one says why
-        raise fail(f"{local_world} processes (NPROC={local_world}) but {gpus} CUDA GPU(s) visible "
-                   f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use NPROC <= {gpus}, "
-                   "or --device cpu (DEVICE=cpu) for gloo processes on the CPU") if local_rank == 0 else SystemExit(1)
+    try:  # started by hand with torchrun: every process would die with "invalid device ordinal"
+        check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world)), name, gpus)
+    except SystemExit:
+        if local_rank:  # the first process says why
+            raise SystemExit(1) from None
+        raise
     if name.startswith("cuda"):
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -337,6 +363,8 @@ def _end_of_epoch(setup: RunSetup, raw: nn.Module, optimizer, progress: Progress
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.nproc != 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, args.device, sys.argv[1:] if argv is None else list(argv))
     if args.workers is not None:
         if args.workers < 1:
             raise fail(f"--workers must be >= 1; got {args.workers}")

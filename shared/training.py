@@ -91,6 +91,9 @@ def train_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
                    help="torch.compile mode for --compile; reduce-overhead replays CUDA graphs on GPUs")
     g.add_argument("--workers", type=int, default=None,
                    help="CPU threads for the framework's ops (default: the framework's own choice)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="torch: N DDP processes on this machine, started through torch.distributed.run "
+                        "(one per GPU; gloo processes with --device cpu)")
     g.add_argument("--strategy", default="auto", choices=("auto", "default", "mirrored"),
                    help="keras: tf.distribute strategy (auto = mirrored when more than one GPU is visible)")
     return p

@@ -134,7 +134,7 @@ def test_make_infer_classifies_images_from_trained_synthetic_run(tmp_path, data_
 
     run = tmp_path / "run"
     run_module("pytorch_impl.train", "--model", "resnet20", "--dataset", "synthetic", "--data-dir", data_dir,
-               "--iters", "4", "--batch-size", "32", "--out", run, "--no-progress")
+               "--iters", "4", "--batch-size", "32", "--out", run, "--no-progress", "--device", "cpu")
     make = ["make", "-s", "-o", ".venv/.installed", f"PY={sys.executable}"]
     env = {**os.environ, "MAKEFLAGS": ""}
     subprocess.run([*make, "export", f"RUN={run}"], cwd=ROOT, check=True, capture_output=True, env=env)

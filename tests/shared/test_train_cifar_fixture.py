@@ -33,7 +33,8 @@ def cifar_runs(tmp_path_factory) -> dict[str, Path]:
     init = tmp / "init.safetensors"
     _python(INIT, "resnet8", str(init))
     args = ["--dataset", "cifar10", "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "32",
-            "--epochs", "2", "--init", str(init), "--trace-steps", "10", "--workers", "1", "--no-progress"]
+            "--epochs", "2", "--init", str(init), "--trace-steps", "10", "--workers", "1", "--no-progress",
+            "--device", "cpu"]
     out = {}
     for fw, module in (("torch", "pytorch_impl.train"), ("keras", "keras_impl.train")):
         out[fw] = tmp / fw
@@ -141,7 +142,8 @@ def test_cats_vs_dogs_recipe_with_an_imagenet_resnet(tmp_path):
     write_prepared(prepared_dir("cats_vs_dogs", tmp_path / "data"), splits,
                    {"name": "cats_vs_dogs", "class_names": ["cat", "dog"], "source": "fixture", "version": "4.0.1"})
     args = ["--dataset", "cats_vs_dogs", "--data-dir", str(tmp_path / "data"), "--model", "resnet18",
-            "--batch-size", "8", "--iters", "3", "--trace-steps", "3", "--workers", "1", "--no-progress"]
+            "--batch-size", "8", "--iters", "3", "--trace-steps", "3", "--workers", "1", "--no-progress",
+            "--device", "cpu"]
     for fw, module in (("torch", "pytorch_impl.train"), ("keras", "keras_impl.train")):
         run_module(module, *args, "--out", str(tmp_path / fw))
         run = runs.read_run(tmp_path / fw)

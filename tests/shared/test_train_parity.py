@@ -122,7 +122,7 @@ def parity_runs(tmp_path_factory) -> dict[str, Path]:
     _python(INIT, "resnet8", str(init))
     args = ["--dataset", "synthetic", "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "32",
             "--iters", str(STEPS), "--init", str(init), "--no-augment", "--trace-steps", str(STEPS),
-            "--workers", "1", "--no-progress"]
+            "--workers", "1", "--no-progress", "--device", "cpu"]
     out = {"init": init}
     for fw, module in (("torch", "pytorch_impl.train"), ("keras", "keras_impl.train")):
         out[fw] = tmp / fw

@@ -80,7 +80,10 @@ def test_a_missing_package_is_one_line_naming_it(container, target, extra, missi
     assert f"needs the package(s) {missing}," in errors[0] and "Traceback" not in proc.stderr
 
 
-def test_make_without_system_python_still_uses_the_venv():
-    proc = subprocess.run(["make", "-n", "-C", str(ROOT), "train-torch", "NPROC=2"], capture_output=True,
-                          text=True, timeout=60)
-    assert ".venv/bin/python -m torch.distributed.run --standalone --nproc_per_node 2" in proc.stdout
+def test_make_without_system_python_still_uses_the_venv(container):
+    env, system = container
+    plain = subprocess.run(["make", "-n", "-C", str(ROOT), "train-torch", "NPROC=2"], capture_output=True,
+                           text=True, timeout=60)
+    assert ".venv/bin/python -m pytorch_impl.train" in plain.stdout and "--nproc 2" in plain.stdout
+    system_py = make(env, "-n", "train-torch", "NPROC=2", *system)
+    assert "python3 -m pytorch_impl.train" in system_py.stdout and ".venv" not in system_py.stdout

@@ -39,7 +39,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",
-            "--workers", "1", "--no-progress", "--out", str(out), *extra]
+            "--workers", "1", "--no-progress", "--device", "cpu", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir
     assert proc.returncode == -signal.SIGKILL
     assert len(runs.read_metrics(out)) == 1 and not (out / runs.RESULTS).exists()
     # a conflicting --epochs is reported and ignored: the run continues exactly as it was started
-    proc = run_module("pytorch_impl.train", "--resume", str(out), "--epochs", "5", "--workers", "1", "--no-progress")
+    proc = run_module("pytorch_impl.train", "--resume", str(out), "--epochs", "5", "--workers", "1", "--no-progress",
+                      "--device", "cpu")
     assert "resuming at epoch 2" in proc.stdout
     assert "note: --epochs 5 ignored" in proc.stderr and "epochs 2" in proc.stderr
     resumed, full = runs.read_run(out), runs.read_run(full_run)
@@ -152,9 +153,9 @@ def test_torch_compile(data_dir, tmp_path):
 
 
 def test_ddp_two_cpu_processes_with_gloo(data_dir, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m",
-           "pytorch_impl.train", *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6")]
+    out = tmp_path / "ddp"  # --nproc starts the processes through python -m torch.distributed.run
+    cmd = [sys.executable, "-m", "pytorch_impl.train", "--nproc", "2",
+           *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in proc.stdout
@@ -167,7 +168,8 @@ def test_ddp_two_cpu_processes_with_gloo(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--device", "cuda"], "no CUDA GPU is visible"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
     (["--model", "resnet21"], "unknown model 'resnet21'"),
     (["--epochs", "1", "--iters", "5"], "not both"),
     (["--num-classes", "3"], "does not match synthetic, which has 10 classes"),
@@ -178,6 +180,18 @@ def test_user_errors_are_one_line(data_dir, tmp_path, extra, match):
     with pytest.raises(SystemExit, match=match) as e:
         main(base_args(data_dir, tmp_path / "x", *extra))
     assert str(e.value.code).startswith("error: ")
+
+
+@pytest.mark.parametrize("gpus,nproc", [(1, 2), (0, 2), (2, 3)])
+def test_more_processes_than_gpus_is_one_line(data_dir, tmp_path, monkeypatch, gpus, nproc):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)  # what a GPU machine reports
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(base_args(data_dir, tmp_path / "x", "--nproc", str(nproc), "--device", "cuda"))
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert (f"{nproc} processes (NPROC={nproc}) but {gpus} CUDA GPU(s) visible" in message if gpus
+            else "no CUDA GPU is visible" in message)
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -205,5 +219,5 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(data_dir,
     assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["iteration"] == 20
     assert load_weights(out / runs.LAST)[1]["epoch"] == "1" and not (out / runs.RESULTS).exists()
     monkeypatch.setattr(train, "train_one_epoch", real)
-    assert main(["--resume", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert main(["--resume", str(out), "--workers", "1", "--no-progress", "--device", "cpu"]) == 0
     assert runs.read_run(out)["finished"] and len(runs.read_metrics(out)) == 2
