@@ -186,8 +186,10 @@ bench-data: $(STAMP) ## images/s of each framework's input pipeline (CIFAR-10-sh
 
 # Speed benchmark (shared/bench.py): training/inference images/s and batch-1 latency per framework and fast
 # path, each framework in its own process, ONNX Runtime on both exports -> $(BENCH_OUT)/bench-<model>-<device>.md/.json.
-# BENCH_ITERS batches per timed block, REPEATS timed blocks (median, min-max); BENCH_VARIANTS e.g. torch,keras:graph.
+# BENCH_ITERS batches per timed block (more until a block lasts BENCH_MIN_TIME s, default 1), REPEATS timed
+# blocks (median, min-max); BENCH_VARIANTS e.g. torch,keras:graph.
 BENCH_ITERS    ?=
+BENCH_MIN_TIME ?=
 REPEATS        ?=
 BENCH_VARIANTS ?=
 BENCH_OUT      ?= results/bench
@@ -195,7 +197,7 @@ BENCH_OUT      ?= results/bench
 bench: $(STAMP) ## speed per framework and fast path: make bench [MODEL=resnet20] [BATCH_SIZE=128] [DEVICE=cpu|cuda]
 	$(PY) -m shared.bench --model $(MODEL) --out $(BENCH_OUT) $(call opt,--batch-size,$(BATCH_SIZE)) \
 		$(call opt,--device,$(DEVICE)) $(call opt,--iters,$(BENCH_ITERS)) $(call opt,--repeats,$(REPEATS)) \
-		$(call opt,--variants,$(BENCH_VARIANTS))
+		$(call opt,--min-time,$(BENCH_MIN_TIME)) $(call opt,--variants,$(BENCH_VARIANTS))
 
 # Mutant suite (tests/mutants.py): each curated mutant breaks one cross-framework convention in a copy
 # of the tree and must make its named test fail -> results/mutants.md/.json. MUTANTS=name,... runs a subset.

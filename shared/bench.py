@@ -11,7 +11,9 @@ framework) starts them, computes each row's ratio to PyTorch eager and writes
 What is measured, for every variant, after warm-up and with the device synchronized around each
 timed block: training images/s (forward + loss + backward + SGD step, train mode), inference
 images/s (eval mode, no gradient) at the batch size, and the median batch-1 latency. Each figure is
-the median of ``repeats`` timed blocks (``iters`` steps each) with its min-max spread. The input is
+the median of ``repeats`` timed blocks with its min-max spread; a block is ``iters`` steps, or more
+so that it lasts at least ``min_time`` seconds (a GPU runs 3 steps of ResNet-20 in ~15 ms, which is
+noise), and the report says how many steps each block timed. The input is
 one random batch resident on the device, so data loading is not part of any figure. A variant that
 fails is reported with the first line of its error, never dropped.
 
@@ -66,6 +68,7 @@ DESCRIPTIONS = {
 METRICS = ("train", "infer", "latency_ms")
 BASELINE = ("torch", "eager")
 DEFAULTS = {"batch_size": 128, "iters": 3, "repeats": 5, "warmup": 2, "latency_iters": 20}
+MIN_TIME = 1.0  # seconds per timed throughput block (command-line default)
 # Environment variables that change threading (recorded in the report when set).
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
               "TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES")
@@ -137,19 +140,23 @@ class Workload:
 
 @dataclass(frozen=True)
 class Settings:
-    """How long to measure: ``iters`` batches per timed block, ``repeats`` blocks, after ``warmup`` calls."""
+    """How long to measure: ``iters`` batches per timed block (more when a block would last less than
+    ``min_time`` seconds; 0 = exactly ``iters``), ``repeats`` blocks, after ``warmup`` calls."""
 
     batch_size: int = DEFAULTS["batch_size"]
     iters: int = DEFAULTS["iters"]
     repeats: int = DEFAULTS["repeats"]
     warmup: int = DEFAULTS["warmup"]
     latency_iters: int = DEFAULTS["latency_iters"]
+    min_time: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "iters", "repeats", "warmup", "latency_iters"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if not (isinstance(self.min_time, int | float) and 0 <= self.min_time <= 600):
+            raise ValueError(f"min_time must be seconds between 0 and 600; got {self.min_time!r}")
 
 
 def _warm_up(step: Callable[[], Any], sync: Callable[[], None], calls: int) -> float:
@@ -165,23 +172,41 @@ def _warm_up(step: Callable[[], Any], sync: Callable[[], None], calls: int) -> f
     return first
 
 
+def _timed_block(step: Callable[[], Any], sync: Callable[[], None], steps: int) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t0
+
+
+def block_steps(step: Callable[[], Any], sync: Callable[[], None], settings: Settings) -> int:
+    """Steps per timed block: ``settings.iters``, scaled up from one untimed trial block until a block
+    lasts ``settings.min_time`` seconds (at most 100,000 steps)."""
+    steps = settings.iters
+    while settings.min_time > 0 and steps < 100_000:
+        seconds = _timed_block(step, sync, steps)
+        if seconds >= settings.min_time:
+            break
+        # aim 10% over, and at most 100x per trial (a first block can be too quick to extrapolate)
+        steps = min(100_000, steps * 100, math.ceil(steps * 1.1 * settings.min_time / max(seconds, 1e-6)))
+    return steps
+
+
 def time_throughput(step: Callable[[], Any], sync: Callable[[], None], settings: Settings,
-                    images_per_step: int) -> tuple[list[float], float]:
-    """Images/s of each timed block (``settings.iters`` steps), and the first call's seconds."""
+                    images_per_step: int) -> tuple[list[float], float, int]:
+    """Images/s of each timed block, the first call's seconds, and the steps per block (:func:`block_steps`)."""
     first = _warm_up(step, sync, settings.warmup)
-    values = []
-    for _ in range(settings.repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(settings.iters):
-            step()
-        sync()
-        values.append(images_per_step * settings.iters / (time.perf_counter() - t0))
-    return values, first
+    steps = block_steps(step, sync, settings)
+    values = [images_per_step * steps / _timed_block(step, sync, steps) for _ in range(settings.repeats)]
+    return values, first, steps
 
 
-def time_latency(step: Callable[[], Any], sync: Callable[[], None], settings: Settings) -> tuple[list[float], float]:
-    """Median milliseconds of single calls, per timed block (``settings.latency_iters`` calls)."""
+def time_latency(step: Callable[[], Any], sync: Callable[[], None],
+                 settings: Settings) -> tuple[list[float], float, int]:
+    """Median milliseconds of single calls per timed block, the first call's seconds, and the calls per block
+    (``settings.latency_iters``: each call is timed alone, so a block needs no minimum duration)."""
     first = _warm_up(step, sync, settings.warmup)
     values = []
     for _ in range(settings.repeats):
@@ -193,7 +218,7 @@ def time_latency(step: Callable[[], Any], sync: Callable[[], None], settings: Se
             sync()
             times.append((time.perf_counter() - t0) * 1e3)
         values.append(statistics.median(times))
-    return values, first
+    return values, first, settings.latency_iters
 
 
 def measure_workload(build: Callable[[], Workload], settings: Settings) -> dict[str, Any]:
@@ -205,6 +230,7 @@ def measure_workload(build: Callable[[], Workload], settings: Settings) -> dict[
     """
     row: dict[str, Any] = {m: None for m in METRICS}
     row["first_call_s"] = {}
+    row["steps"] = {}  # steps per timed block, per figure
     row["error"] = None
     try:
         work = build()
@@ -223,9 +249,10 @@ def measure_workload(build: Callable[[], Workload], settings: Settings) -> dict[
             if step is None:
                 continue
             try:
-                values, first = timer(step)
+                values, first, steps = timer(step)
                 row[metric] = summarize(values)
                 row["first_call_s"][metric] = first
+                row["steps"][metric] = steps
             except Exception as e:  # e.g. an XLA or inductor failure on this device: report it
                 row[metric] = {"error": first_line(e)}
                 row["error"] = row["error"] or row[metric]["error"]
@@ -272,6 +299,7 @@ def worker_parser(prog: str, framework: str) -> argparse.ArgumentParser:
                    help=f"comma-separated subset of: {', '.join(VARIANTS[framework])} (empty: none)")
     for name, default in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    p.add_argument("--min-time", type=float, default=MIN_TIME, help="seconds per timed block, at least")
     p.add_argument("--json-out", required=True, help="where to write the measurements (JSON)")
     return p
 
@@ -286,7 +314,7 @@ def parse_worker_args(parser: argparse.ArgumentParser, framework: str,
             parser.error(f"unknown {framework} variant {v!r}; valid choices: {', '.join(VARIANTS[framework])}")
     try:
         get_spec(args.model)
-        settings = Settings(**{k: getattr(args, k) for k in DEFAULTS})
+        settings = Settings(**{k: getattr(args, k) for k in DEFAULTS}, min_time=args.min_time)
     except ValueError as e:
         parser.error(str(e))
     return args, settings, variants
@@ -386,7 +414,7 @@ def crash_reason(code: int, stderr_tail: str) -> str:
 def failed_rows(framework: str, variants: Iterable[str], reason: str) -> list[dict[str, Any]]:
     """Rows for variants that could not be measured at all, each carrying ``reason``."""
     return [{"framework": framework, "variant": v, **{m: {"error": reason} for m in METRICS},
-             "first_call_s": {}, "error": reason} for v in variants]
+             "first_call_s": {}, "steps": {}, "error": reason} for v in variants]
 
 
 def resolve_device(requested: str | None) -> tuple[str, dict[str, Any]]:
@@ -427,7 +455,7 @@ def _worker_cmd(framework: str, cfg: BenchConfig, variants: list[str], json_out:
     return [sys.executable, "-m", MODULES[framework], "--model", cfg.model, "--device", cfg.device,
             "--variants", ",".join(variants), "--batch-size", str(s.batch_size), "--iters", str(s.iters),
             "--repeats", str(s.repeats), "--warmup", str(s.warmup), "--latency-iters", str(s.latency_iters),
-            "--json-out", str(json_out)]
+            "--min-time", str(s.min_time), "--json-out", str(json_out)]
 
 
 def run_framework(framework: str, cfg: BenchConfig, variants: list[str], workdir: Path,
@@ -526,15 +554,18 @@ def _variant_label(row: dict[str, Any]) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The per-row table: medians with their min–max spread, ratios to PyTorch eager, failure reasons."""
     head = ("| Framework | Variant | Train img/s | Infer img/s | Batch-1 latency ms | Train × eager "
-            "| Infer × eager | Compile / first calls s | Note |")
-    lines = [head, "|" + "---|" * 9]
+            "| Infer × eager | Compile / first calls s | Steps per block (train, infer) | Note |")
+    lines = [head, "|" + "---|" * 10]
     for row in report["rows"]:
         first = row.get("first_call_s") or {}
+        steps = row.get("steps") or {}
         note = f"failed: {row['error']}" if row.get("error") else ""
         lines.append("| " + " | ".join([
             row["framework"], _variant_label(row), _cell(row.get("train")), _cell(row.get("infer")),
             _cell(row.get("latency_ms"), 2), _ratio_cell(row["ratio"]["train"]), _ratio_cell(row["ratio"]["infer"]),
-            f"{sum(first.values()):.1f}" if first else "—", note.replace("|", "\\|"),
+            f"{sum(first.values()):.1f}" if first else "—",
+            ", ".join(str(steps.get(m, "—")) for m in ("train", "infer")) if steps else "—",
+            note.replace("|", "\\|"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -554,7 +585,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"- Machine: {m['cpu']}, {m['cores']} cores, GPU: {gpu}; {m['os']}; load average (1/5/15 min) "
         f"{_load(m['load_average']['start'])} at the start, {_load(m['load_average']['end'])} at the end",
         f"- Versions: {versions}",
-        f"- Settings: batch {s['batch_size']}, {s['iters']} batches per timed block, {s['repeats']} repeats "
+        f"- Settings: batch {s['batch_size']}, {s['iters']} batches per timed block or more, to last at least "
+        f"{s.get('min_time', 0):g} s (the steps each block timed are in the table), {s['repeats']} repeats "
         f"after {s['warmup']} warm-up call(s), batch-1 latency over {s['latency_iters']} calls per repeat; "
         f"{s['input']}; {s['optimizer']}; threading environment: "
         f"{', '.join(f'{k}={v}' for k, v in s['env'].items()) or 'library defaults'}",
@@ -605,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="untimed calls before timing")
     p.add_argument("--latency-iters", type=int, default=DEFAULTS["latency_iters"],
                    help="batch-1 calls per timed block")
+    p.add_argument("--min-time", type=float, default=MIN_TIME,
+                   help="seconds a timed throughput block lasts at least (more steps than --iters if needed; 0: off)")
     p.add_argument("--variants", default="all",
                    help="comma-separated framework or framework:variant, e.g. torch,keras:graph "
                         f"(default all: {_ALL_VARIANTS})")
@@ -613,14 +647,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         get_spec(args.model)
-        settings = Settings(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters)
+        settings = Settings(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)
         variants = parse_variants(args.variants)
         device, _ = resolve_device(args.device)
     except ValueError as e:
         p.error(str(e))
     cfg = BenchConfig(args.model, device, settings, variants, Path(args.out), args.timeout)
-    print(f"bench {args.model} on {device}: batch {settings.batch_size}, {settings.iters} iters x "
-          f"{settings.repeats} repeats", file=sys.stderr, flush=True)
+    print(f"bench {args.model} on {device}: batch {settings.batch_size}, {settings.iters} iters (or >= "
+          f"{settings.min_time:g} s) x {settings.repeats} repeats", file=sys.stderr, flush=True)
     report = run_bench(cfg)
     md, js = write_report(report, cfg.out)
     print(markdown_table(report))

@@ -88,14 +88,34 @@ def test_throughput_and_latency_time_known_sleeps():
         time.sleep(0.3 if len(calls) == 1 else 0.02)  # the first call stands for compilation
 
     s = Settings(batch_size=8, iters=3, repeats=2, warmup=2, latency_iters=3)
-    values, first = bench.time_throughput(step, lambda: None, s, images_per_step=8)
+    values, first, steps = bench.time_throughput(step, lambda: None, s, images_per_step=8)
+    assert steps == s.iters  # min_time 0: exactly iters
     assert len(calls) == s.warmup + s.iters * s.repeats
     assert first >= 0.3
     assert len(values) == 2 and all(250 < v <= 8 / 0.02 for v in values)  # 400 img/s at most
     calls.clear()
-    values, _ = bench.time_latency(step, lambda: None, s)
+    values, _, _ = bench.time_latency(step, lambda: None, s)
     assert len(calls) == s.warmup + s.latency_iters * s.repeats
     assert all(20 <= v < 80 for v in values)  # milliseconds per call
+
+
+def test_blocks_grow_to_the_minimum_time_and_say_how_many_steps_they_timed():
+    calls = []
+
+    def step():  # 5 ms a step: 3 steps would be a 15 ms block (a GPU's ResNet-20)
+        calls.append(1)
+        time.sleep(0.005)
+
+    s = Settings(batch_size=4, iters=3, repeats=2, warmup=1, latency_iters=1, min_time=0.25)
+    values, _, steps = bench.time_throughput(step, lambda: None, s, images_per_step=4)
+    assert 50 <= steps <= 80  # 0.25 s / 5 ms = 50 steps, aimed 10% over (sleep overshoots, so fewer)
+    assert all(v <= 4 / 0.005 for v in values)  # each block timed `steps` steps of >= 5 ms
+    trial = len(calls) - s.warmup - s.repeats * steps  # the untimed trial blocks that found `steps`
+    assert 3 <= trial <= 3 + 300
+    row = bench.measure_workload(lambda: Workload(step, step, step), s)
+    assert row["steps"]["train"] >= 50 and row["steps"]["latency_ms"] == 1
+    with pytest.raises(ValueError, match="min_time must be seconds between 0 and 600; got -1"):
+        Settings(min_time=-1)
 
 
 def test_sync_is_called_around_timed_blocks():
@@ -213,7 +233,7 @@ def _check_report(report: dict, expected: dict[str, list[str]]) -> None:
 def test_tiny_bench_through_the_cli(tmp_path):
     variants = "torch:eager,torch:channels_last,torch:autocast,keras:eager,keras:graph,onnxruntime"
     proc = run_module("shared.bench", "--model", "resnet8", "--device", "cpu", "--batch-size", "4",
-                      "--iters", "2", "--repeats", "2", "--warmup", "1", "--latency-iters", "2",
+                      "--iters", "2", "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--min-time", "0.05",
                       "--variants", variants, "--out", tmp_path, timeout=600)
     md, js = tmp_path / "bench-resnet8-cpu.md", tmp_path / "bench-resnet8-cpu.json"
     report = json.loads(js.read_text())
@@ -223,6 +243,8 @@ def test_tiny_bench_through_the_cli(tmp_path):
     # The fast paths this machine supports are measured, not failed (ONNX Runtime needs the exporters).
     for row in report["rows"]:
         assert row["error"] is None, (row["framework"], row["variant"], row["error"])
+        assert row["steps"]["infer"] >= 2 and row["steps"].get("latency_ms") == 2  # >= --iters, reported
+    assert report["settings"]["min_time"] == 0.05
     text = md.read_text()
     assert "| Framework | Variant | Train img/s |" in text and f"{report['machine']['cores']} cores" in text
     assert sum(line.startswith("|") for line in proc.stdout.splitlines()) == 2 + len(report["rows"])  # printed
@@ -232,7 +254,8 @@ def test_tiny_bench_through_the_cli(tmp_path):
 @pytest.mark.slow
 def test_tiny_bench_every_variant(tmp_path):
     run_module("shared.bench", "--model", "resnet8", "--device", "cpu", "--batch-size", "4", "--iters", "2",
-               "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--out", tmp_path, timeout=1800)
+               "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--min-time", "0", "--out", tmp_path,
+               timeout=1800)
     report = json.loads((tmp_path / "bench-resnet8-cpu.json").read_text())
     _check_report(report, {fw: list(v) for fw, v in bench.VARIANTS.items()})
 
