@@ -76,7 +76,7 @@ $(STAMP): requirements.txt
 endif
 
 setup: $(STAMP) ## create/update the virtual environment (.venv) from requirements.txt
-	@echo "environment ready: $(VENV) (requirements.txt unchanged since the last install)"
+	@echo "environment ready: $(if $(filter system-python,$(STAMP)),$(PY) (SYSTEM_PYTHON=1),$(VENV) (requirements.txt unchanged since the last install))"
 
 test: $(STAMP) ## fast test suite (each framework in its own pytest process)
 	$(PY) -m tests.run -m "not slow" $(PYTEST_ARGS)
