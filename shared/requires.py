@@ -69,6 +69,7 @@ def needed(target: str, framework: str = "torch", variants: str | None = None,
         "test": (*both, *ONNX, "pytest"),
         "test-all": (*both, *ONNX, "pytest"),
         "test-slow": (*both, *ONNX, "pytest"),
+        "test-mutants": (*both, *ONNX, "pytest"),
     }
     if target == "bench":
         return (*COMMON, *bench_modules(variants, backend))
