@@ -54,9 +54,13 @@ def test_parity_within_bound(fast_parity, name, direction):
     assert abs(tr["loss"]["torch"] - tr["loss"]["keras"]) < 1e-4 * max(1, tr["loss"]["torch"])
     assert tr["params"]["max_update"] > 1e-3  # the step moved the weights...
     assert tr["params"]["rel_update_error"] <= 0.1  # ...by the same amount on both sides
-    if name in ("resnet20", "plain20"):  # shallow nets: gradients well conditioned, agreement is tight
-        assert tr["params"]["rel_update_error"] < 1e-4
-        assert tr["params"]["max_abs"] < 1e-4 * tr["params"]["max_update"]
+    if name in ("resnet20", "plain20"):  # shallow nets: gradients well conditioned, agreement is close
+        # Not float32-tight: with ~1e6 ReLU inputs per step, one that lies within rounding of 0 can take
+        # different sides in the two frameworks and move one tensor's gradient. Measured: resnet20
+        # keras->torch at seed 1 gives 4.0e-3 on one CPU and 1e-6 on another; seeds 0, 2, 3, 4 give ~1e-6.
+        # The update rule itself is checked at float32 precision by test_train_parity.py.
+        assert tr["params"]["rel_update_error"] < 1e-2
+        assert tr["params"]["max_abs"] < 0.1 * tr["params"]["max_update"]
     rv = tr["running_var"]
     # torch's unbiased variance: the raw gap is real and equals m * var / (n - 1) up to float error
     assert rv["max_rel_raw"] > 1e-4
