@@ -128,14 +128,18 @@ convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras
 # only when given explicitly (the run's own framework by default; the other one exports its weights too).
 INPUT_SIZE   ?=
 PARITY_LIMIT ?=
+PROVIDER     ?=
 EXPORT_FW = $(if $(RUN),$(if $(filter-out file default,$(origin FRAMEWORK)),--framework $(FRAMEWORK)),--framework $(FRAMEWORK))
 
 export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx], or MODEL=.. FRAMEWORK=..
 	$(PY) -m export.onnx_export $(if $(RUN),--run $(RUN),$(MODEL_ARGS)) $(EXPORT_FW) \
 		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT))
 
-infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg b.png" [TOPK=5]
-	$(PY) -m export.infer $(if $(ONNX),$(ONNX),$(if $(RUN),$(RUN)/model.onnx)) $(IMAGES) $(call opt,--topk,$(TOPK))
+# IMAGES: files, folders (recursive) and glob patterns, each quoted so that Python (not the shell) expands them.
+infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg dir/ 'x/*.png'" [OUT=p.csv]
+	$(PY) -m export.infer $(if $(ONNX),$(ONNX),$(if $(RUN),$(RUN)/model.onnx)) $(foreach i,$(IMAGES),'$(i)') \
+		$(call opt,--topk,$(TOPK)) $(call opt,--out,$(OUT)) $(call opt,--batch-size,$(BATCH_SIZE)) \
+		$(call opt,--provider,$(PROVIDER))
 
 parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
