@@ -129,11 +129,13 @@ convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras
 INPUT_SIZE   ?=
 PARITY_LIMIT ?=
 PROVIDER     ?=
+OPSET        ?=
 EXPORT_FW = $(if $(RUN),$(if $(filter-out file default,$(origin FRAMEWORK)),--framework $(FRAMEWORK)),--framework $(FRAMEWORK))
 
-export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx], or MODEL=.. FRAMEWORK=..
+export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx] [OPSET=18], or MODEL=..
 	$(PY) -m export.onnx_export $(if $(RUN),--run $(RUN),$(MODEL_ARGS)) $(EXPORT_FW) \
-		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT))
+		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) \
+		$(call opt,--opset,$(OPSET))
 
 # IMAGES: files, folders (recursive) and glob patterns, each quoted so that Python (not the shell) expands them.
 infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg dir/ 'x/*.png'" [OUT=p.csv]
@@ -143,7 +145,7 @@ infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx
 
 parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
-		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT))
+		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT)) $(call opt,--opset,$(OPSET))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
 # NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU);

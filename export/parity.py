@@ -13,8 +13,8 @@ mean/std, no augmentation) it compares:
   frameworks on this CPU.
 
 The file under test is ``--onnx`` or ``<run>/model.onnx``; the other framework's export is
-``<run>/model-<framework>.onnx``; missing files, or files older than the run's weights, are exported
-first (``export/onnx_export.py``).
+``<run>/model-<framework>.onnx``; missing files, files older than the run's weights, or files of
+another opset than ``--opset`` (default 18) are exported first (``export/onnx_export.py``).
 The report is ``parity.json`` + ``parity.md`` in ``--out`` (default: the run folder). The command
 exits 1 when a check fails (after writing the report). This process imports neither framework.
 """
@@ -35,7 +35,7 @@ from export.infer import OnnxModel, load
 from export.onnx_export import export, framework_cli
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import machine_info
-from shared.onnx_meta import FRAMEWORKS, Source, default_onnx_path, resolve_source
+from shared.onnx_meta import DEFAULT_OPSET, FRAMEWORKS, Source, check_opset, default_onnx_path, resolve_source
 from shared.runs import read_run
 
 REL_TOL = 1e-4
@@ -108,9 +108,20 @@ def evaluation_set(source: Source, data_dir: str, split: str | None, limit: int 
     return normalize(x, mean, std), y.astype(np.int64), split, prepared.manifest
 
 
+def _needs_export(path: Path, source: Source, opset: int) -> bool:
+    """Missing, older than the weights (e.g. the run resumed since), or of another opset."""
+    if not path.is_file() or path.stat().st_mtime < source.weights.stat().st_mtime:
+        return True
+    try:
+        return load(path).meta.get("opset") != opset
+    except ValueError:  # unreadable: export it again
+        return True
+
+
 def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str | None = None,
-           limit: int | None = None, bench: bool = True) -> dict[str, Any]:
+           limit: int | None = None, bench: bool = True, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Every number of the report (see the module docstring)."""
+    check_opset(opset)
     source = resolve_source(run)
     if source.framework is None or source.run_dir is None:
         raise ValueError(f"{run}: parity needs a run folder (config.json with framework and dataset)")
@@ -126,9 +137,8 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     for fw in FRAMEWORKS:
         if fw not in files:
             path = default_onnx_path(source, fw)
-            # Missing, or older than the weights (e.g. the run resumed since): export it now.
-            if not path.is_file() or path.stat().st_mtime < source.weights.stat().st_mtime:
-                path = export(fw, run)
+            if _needs_export(path, source, opset):
+                path = export(fw, run, opset=opset)
                 exported.append(str(path))
             files[fw] = path
     models = {fw: load(path) for fw, path in files.items()}
@@ -151,6 +161,7 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
         "n": int(len(y)),
         "onnx_under_test": str(tested.path),
         "onnx_files": {fw: str(p) for fw, p in files.items()},
+        "opsets": {fw: m.meta.get("opset") for fw, m in models.items()},
         "exported_now": exported,
         "native_vs_ort": {fw: compare(native_logits, logits, y) for fw, logits in ort_logits.items()},
         "torch_onnx_vs_keras_onnx": compare(ort_logits["torch"], ort_logits["keras"], y),
@@ -183,7 +194,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# ONNX parity: {report['model']} ({report['native_framework']}-trained)",
         "",
         f"Run `{report['run']}`; evaluation split **{report['split']}** of {report['dataset']}{tag}, "
-        f"{report['n']} images. File under test: `{report['onnx_under_test']}`.",
+        f"{report['n']} images. File under test: `{report['onnx_under_test']}`. ONNX opsets: "
+        + ", ".join(f"{fw} export {o}" for fw, o in report.get("opsets", {}).items()) + ".",
         "",
         f"**Verdict: {'PASS' if report['ok'] else 'FAIL'}** (logits within 1e-4·max(1, max|logit|), 100% top-1 "
         "agreement, equal accuracy).",
@@ -217,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--out", help="report folder (default: the run folder)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency/throughput measurements")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"opset of the files exported here (default {DEFAULT_OPSET}); other opsets are redone")
     args = p.parse_args(argv)
     try:
-        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench)
+        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench,
+                        opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: ExportError, DataError
         raise SystemExit(f"error: {e}") from None
     out = Path(args.out or report["run"])

@@ -62,16 +62,28 @@ def test_parity_torch_run_resnet20_both_exports(torch_run):
     _assert_parity_ok(report, "torch")
     assert report["n"] == 200 and report["split"] == "test"
     assert report["onnx_files"] == {"torch": str(run / "model.onnx"), "keras": str(run / "model-keras.onnx")}
+    assert report["opsets"] == {"torch": 18, "keras": 18}  # the default, the same in both frameworks
     metas = {fw: infer.load(p).meta for fw, p in report["onnx_files"].items()}
     assert (metas["torch"]["layout"], metas["keras"]["layout"]) == ("NCHW", "NHWC")
     assert metas["torch"]["class_names"] == json.loads((run / "config.json").read_text())["class_names"]
     assert "# ONNX parity: resnet20" in (run / "parity.md").read_text()
 
 
-def test_parity_keras_run_plain20_both_exports(tmp_path, data_dir):
+def test_parity_keras_run_plain20_both_exports_at_an_older_opset(tmp_path, data_dir):
+    """The torch run above checks the default opset (18); this one both exporters at 17 (torch: TorchScript)."""
     run = _make_run("keras", "plain20", tmp_path / "plain20", data_dir, seed=3)
-    report = _parity(run, data_dir, "--limit", "200")
+    report = _parity(run, data_dir, "--limit", "200", "--opset", "17")
     _assert_parity_ok(report, "keras")
+    assert report["opsets"] == {"keras": 17, "torch": 17}
+    import onnx
+
+    from shared.onnx_meta import graph_opset
+
+    for fw, path in report["onnx_files"].items():
+        proto = onnx.load(path)
+        assert graph_opset(proto) == 17, fw
+        assert {p.key: p.value for p in proto.metadata_props}["opset"] == "17"
+    assert "torchscript" in infer.load(report["onnx_files"]["torch"]).meta["exporter"]
     assert report["onnx_files"]["keras"].endswith("model.onnx")
     assert report["onnx_files"]["torch"].endswith("model-torch.onnx")
 
@@ -342,6 +354,7 @@ def test_export_driver_errors(tmp_path):
         (["--run", str(tmp_path)], "not a run folder"),
         (["--model", "resnet21"], "unknown model 'resnet21'; valid choices: resnet20"),
         (["--model", "resnet20", "--framework", "jax"], "unknown framework 'jax'; valid choices: torch, keras"),
+        (["--model", "resnet20", "--opset", "21"], "unsupported ONNX opset 21; valid choices: 13..18 (default 18)"),
     ):
         proc = run_module("export.onnx_export", *args, check=False)
         assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -363,11 +376,13 @@ def test_export_paths_and_make_dispatch(tmp_path):
                                     text=True, check=True).stdout
     assert "--framework" not in dry("export", "RUN=r")  # the run's own framework
     assert "--run r --framework keras" in dry("export", "RUN=r", "FRAMEWORK=keras")
+    assert "--opset 17" in dry("export", "RUN=r", "OPSET=17") and "--opset 17" in dry("parity", "RUN=r", "OPSET=17")
     assert "--model resnet50" in dry("export", "MODEL=resnet50", "FRAMEWORK=keras") and "--framework keras" in dry(
         "export", "MODEL=resnet50", "FRAMEWORK=keras")
     # infer: each IMAGES word quoted, so the shell leaves patterns for Python (recursive **, no-match errors)
-    assert "m.onnx 'a.jpg' 'd/' 'x/**/*.png' --out p.csv" in " ".join(dry(
-        "infer", "ONNX=m.onnx", "IMAGES=a.jpg d/ x/**/*.png", "OUT=p.csv", "PROVIDER=cuda").split())
+    infer_cmd = " ".join(dry("infer", "ONNX=m.onnx", "IMAGES=a.jpg d/ x/**/*.png", "OUT=p.csv", "PROVIDER=cuda")
+                         .replace("\\\n", " ").split())
+    assert "m.onnx 'a.jpg' 'd/' 'x/**/*.png' --out p.csv --provider cuda" in infer_cmd, infer_cmd
 
 
 def test_export_random_weights_cli_and_checkpoint_source(torch_run, tmp_path):
