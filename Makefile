@@ -56,7 +56,7 @@ TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
-	bench-data train-torch train-keras export infer parity ablation bench clean
+	bench-data train-torch train-keras export infer parity quantize ablation bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -130,6 +130,7 @@ INPUT_SIZE   ?=
 PARITY_LIMIT ?=
 PROVIDER     ?=
 OPSET        ?=
+PRECISION    ?=
 EXPORT_FW = $(if $(RUN),$(if $(filter-out file default,$(origin FRAMEWORK)),--framework $(FRAMEWORK)),--framework $(FRAMEWORK))
 
 export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx] [OPSET=18], or MODEL=..
@@ -146,6 +147,12 @@ infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx
 parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
 		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT)) $(call opt,--opset,$(OPSET))
+
+# int8 (ORT static QDQ, calibrated on the run's training split) or fp16 next to the float32 export, with a
+# report <name>.<precision>.md/.json: accuracy, top-1 agreement, max|dlogit|, ORT speed against float32.
+quantize: $(STAMP) ## int8/fp16 ONNX + accuracy/speed report: make quantize RUN=runs/... [PRECISION=int8|fp16] [FRAMEWORK=keras]
+	$(PY) -m export.quantize --run $(or $(RUN),$(error RUN=run folder is required)) $(EXPORT_FW) \
+		--data-dir $(DATA_DIR) $(call opt,--precision,$(PRECISION)) $(call opt,--onnx,$(ONNX))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
 # NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU);

@@ -48,6 +48,10 @@ def _assert_parity_ok(report, native):
         assert c["reference_acc"] == c["other_acc"]
     cross = report["torch_onnx_vs_keras_onnx"]
     assert cross["max_abs_diff"] <= cross["tolerance"] and cross["top1_agreement_pct"] == 100.0
+    # The second runtime (onnx.reference.ReferenceEvaluator) computes what ORT computes, on both files.
+    ref = report["reference_evaluator"]
+    assert set(report["onnx_files"].values()) <= set(ref)
+    assert all(c["ok"] and c["max_abs_diff"] < 1e-4 for c in ref.values() if c["precision"] == "float32")
 
 
 @pytest.fixture(scope="module")
