@@ -56,7 +56,7 @@ TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
-	bench-data train-torch train-keras export infer parity quantize ablation bench clean
+	bench-data train-torch train-keras export infer parity quantize bench-deploy ablation bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -153,6 +153,12 @@ parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/..
 quantize: $(STAMP) ## int8/fp16 ONNX + accuracy/speed report: make quantize RUN=runs/... [PRECISION=int8|fp16] [FRAMEWORK=keras]
 	$(PY) -m export.quantize --run $(or $(RUN),$(error RUN=run folder is required)) $(EXPORT_FW) \
 		--data-dir $(DATA_DIR) $(call opt,--precision,$(PRECISION)) $(call opt,--onnx,$(ONNX))
+
+DEPLOY_OUT ?= results/deploy
+DEPLOY_IMAGES ?=
+bench-deploy: $(STAMP) ## int8/fp16 vs float32 and make-infer speed of trained runs: make bench-deploy RUN="runs/a runs/b"
+	$(PY) -m export.bench_deploy $(foreach r,$(or $(RUN),$(error RUN=run folder(s) is required)),--run $(r)) \
+		--data-dir $(DATA_DIR) --out $(DEPLOY_OUT) $(call opt,--images,$(DEPLOY_IMAGES))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
 # NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU);
