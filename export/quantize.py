@@ -31,6 +31,7 @@ runtime) against ORT on a few images. This process imports neither torch nor ten
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -129,7 +130,10 @@ def quantize_int8(float_path: Path, out: Path, calibration: np.ndarray, meta: di
             xb = next(self.batches, None)
             return None if xb is None else {"input": xb}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    float_path = Path(float_path).resolve()
+    # In a scratch folder: when ORT's symbolic shape inference gives up it dumps its partial model (and
+    # external-data files) into the current directory.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         try:
             quant_pre_process(str(float_path), str(pre))

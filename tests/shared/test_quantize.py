@@ -41,7 +41,10 @@ def qrun(tmp_path_factory, data_dir):
 
 
 def _quantize(run, data_dir, *extra):
+    before = set(ROOT.iterdir())
     out = run_module("export.quantize", "--run", run, "--data-dir", data_dir, "--no-bench", *extra).stdout
+    stray = [f.name for f in set(ROOT.iterdir()) - before if f.suffix in (".onnx", ".data")]
+    assert not stray  # ORT's pre-processing leaves no model or external-data file in the working directory
     path = Path(out.strip().splitlines()[-1].split()[1].rstrip(","))
     return path, json.loads(path.with_suffix(".json").read_text())
 
