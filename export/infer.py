@@ -257,6 +257,13 @@ def _decode_or_error(path: Path, size: int, resize: str) -> tuple[np.ndarray | N
         return None, None, str(e)
 
 
+def default_workers() -> int:
+    """Decoding threads: half the cores, 1 to 4. ORT's intra-op threads use every core during a batch; on a
+    2-core machine a second decoding thread competed with them and made the folder run slower
+    (results/deploy/deploy.md), so decoding gets a share of the cores, not all of them."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
 def decoded_batches(paths: list[Path], size: int, resize: str, batch_size: int, workers: int
                     ) -> Iterator[tuple[list[Path], list[tuple[np.ndarray | None, str | None, str | None]]]]:
     """(paths, [(pixels | None, note, error)]) per batch, in order; a thread pool decodes the next
@@ -283,7 +290,7 @@ def classify_stream(model: OnnxModel, paths: list[Path], k: int = 5, resize: str
     resize = resize or model.meta.get("resize", "crop")
     if resize not in RESIZE_MODES:
         raise InferenceError(f"unknown resize mode {resize!r}; valid choices: {', '.join(RESIZE_MODES)}")
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or default_workers()
     names = model.meta["class_names"]
     for chunk, decoded in decoded_batches(paths, model.meta["input_size"], resize, batch_size, workers):
         ok = [i for i, (pixels, _, _) in enumerate(decoded) if pixels is not None]
@@ -353,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write every prediction to this .csv or .json file")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"images per ORT run (default {DEFAULT_BATCH})")
-    p.add_argument("--workers", type=int, help="decoding threads (default: min(4, cores))")
+    p.add_argument("--workers", type=int, help="decoding threads (default: half the cores, 1 to 4)")
     p.add_argument("--provider", default="cpu", help=f"execution provider: {', '.join(PROVIDERS)} (default cpu)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -414,9 +421,10 @@ def _classify_with_progress(model: OnnxModel, paths: list[Path], args: argparse.
     try:
         for r in classify_stream(model, paths, args.topk, args.resize, args.batch_size, args.workers):
             results.append(r)
-            if r["error"]:
-                line = f"failed: {r['error']}"
-                bar.write(line, file=sys.stderr) if bar else print(line, file=sys.stderr)
+            if r["error"] and bar:
+                bar.write(f"failed: {r['error']}", file=sys.stderr)
+            elif r["error"]:
+                print(f"failed: {r['error']}", file=sys.stderr)
             if bar:
                 bar.update()
     finally:
