@@ -56,7 +56,7 @@ TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
-	bench-data train-torch train-keras export infer parity ablation bench clean
+	bench-data train-torch train-keras export infer parity quantize bench-deploy ablation bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -128,18 +128,37 @@ convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras
 # only when given explicitly (the run's own framework by default; the other one exports its weights too).
 INPUT_SIZE   ?=
 PARITY_LIMIT ?=
+PROVIDER     ?=
+OPSET        ?=
+PRECISION    ?=
 EXPORT_FW = $(if $(RUN),$(if $(filter-out file default,$(origin FRAMEWORK)),--framework $(FRAMEWORK)),--framework $(FRAMEWORK))
 
-export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx], or MODEL=.. FRAMEWORK=..
+export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx] [OPSET=18], or MODEL=..
 	$(PY) -m export.onnx_export $(if $(RUN),--run $(RUN),$(MODEL_ARGS)) $(EXPORT_FW) \
-		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT))
+		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) \
+		$(call opt,--opset,$(OPSET))
 
-infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg b.png" [TOPK=5]
-	$(PY) -m export.infer $(if $(ONNX),$(ONNX),$(if $(RUN),$(RUN)/model.onnx)) $(IMAGES) $(call opt,--topk,$(TOPK))
+# IMAGES: files, folders (recursive) and glob patterns, each quoted so that Python (not the shell) expands them.
+infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg dir/ 'x/*.png'" [OUT=p.csv]
+	$(PY) -m export.infer $(if $(ONNX),$(ONNX),$(if $(RUN),$(RUN)/model.onnx)) $(foreach i,$(IMAGES),'$(i)') \
+		$(call opt,--topk,$(TOPK)) $(call opt,--out,$(OUT)) $(call opt,--batch-size,$(BATCH_SIZE)) \
+		$(call opt,--provider,$(PROVIDER))
 
 parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
-		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT))
+		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT)) $(call opt,--opset,$(OPSET))
+
+# int8 (ORT static QDQ, calibrated on the run's training split) or fp16 next to the float32 export, with a
+# report <name>.<precision>.md/.json: accuracy, top-1 agreement, max|dlogit|, ORT speed against float32.
+quantize: $(STAMP) ## int8/fp16 ONNX + accuracy/speed report: make quantize RUN=runs/... [PRECISION=int8|fp16] [FRAMEWORK=keras]
+	$(PY) -m export.quantize --run $(or $(RUN),$(error RUN=run folder is required)) $(EXPORT_FW) \
+		--data-dir $(DATA_DIR) $(call opt,--precision,$(PRECISION)) $(call opt,--onnx,$(ONNX))
+
+DEPLOY_OUT ?= results/deploy
+DEPLOY_IMAGES ?=
+bench-deploy: $(STAMP) ## int8/fp16 vs float32 and make-infer speed of trained runs: make bench-deploy RUN="runs/a runs/b"
+	$(PY) -m export.bench_deploy $(foreach r,$(or $(RUN),$(error RUN=run folder(s) is required)),--run $(r)) \
+		--data-dir $(DATA_DIR) --out $(DEPLOY_OUT) $(call opt,--images,$(DEPLOY_IMAGES))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
 # NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU);

@@ -8,8 +8,10 @@ or ``python -m keras_impl.export onnx``): torch's exporter crashes in a process 
 tensorflow, so this driver imports neither. Weights are canonical, so a torch-trained run exports
 through Keras too. Where the file goes: ``<run>/model.onnx`` in the run's own framework,
 ``<run>/model-<framework>.onnx`` in the other one, ``artifacts/export/<model>-<framework>.onnx`` for
-random weights; ``--out`` names the file (``*.onnx``) or the folder. Afterwards the file is opened
-with ONNX Runtime and run at batch sizes 1 and 5 (the batch dimension is symbolic).
+random weights; ``--out`` names the file (``*.onnx``) or the folder. ``--opset`` picks the ONNX
+opset (default 18 in both frameworks; ``shared/onnx_meta.py`` says why), recorded in the file's
+metadata. Afterwards the file is opened with ONNX Runtime and run at batch sizes 1 and 5 (the batch
+dimension is symbolic).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.onnx_meta import FRAMEWORKS, check_framework, resolve_source
+from shared.onnx_meta import DEFAULT_OPSET, FRAMEWORKS, check_framework, check_opset, resolve_source
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
@@ -60,9 +62,10 @@ def source_args(run: str | None, model: str | None, num_classes: int | None = No
 
 
 def export(framework: str, run: str | None = None, model: str | None = None, out: str | None = None,
-           **overrides) -> Path:
-    """Export in ``framework``'s subprocess; the written file's path."""
-    stdout = framework_cli(framework, "onnx", *source_args(run, model, **overrides), *(["--out", out] if out else []))
+           opset: int = DEFAULT_OPSET, **overrides) -> Path:
+    """Export in ``framework``'s subprocess at ``opset``; the written file's path."""
+    stdout = framework_cli(framework, "onnx", *source_args(run, model, **overrides), *(["--out", out] if out else []),
+                           "--opset", str(check_opset(opset)))
     return Path(stdout.strip().splitlines()[-1])
 
 
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output .onnx file, or folder")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     args = p.parse_args(argv)
     if not args.run and not args.model:
         p.error("give --run RUN_FOLDER_OR_CHECKPOINT or --model NAME")
@@ -96,14 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         source = resolve_source(args.run, model=args.model, num_classes=args.num_classes,
                                 shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
         framework = check_framework(args.framework or source.framework or "torch")
-        path = export(framework, args.run, args.model, args.out, num_classes=args.num_classes,
+        check_opset(args.opset)
+        path = export(framework, args.run, args.model, args.out, args.opset, num_classes=args.num_classes,
                       shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
         shapes = smoke_test(path)
     except (FileNotFoundError, ValueError, ExportError) as e:
         raise SystemExit(f"error: {e}") from None
     size_mb = path.stat().st_size / 2**20
     runs = ", ".join(f"batch {b} -> {list(s)}" for b, s in shapes)
-    print(f"wrote {path} ({source.spec.name}, {framework} exporter, {size_mb:.1f} MiB); onnx.checker ok; "
+    print(f"wrote {path} ({source.spec.name}, {framework} exporter, opset {args.opset}, {size_mb:.1f} MiB); "
+          "onnx.checker ok; "
           f"onnxruntime: {runs}")
     return 0
 

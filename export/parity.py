@@ -9,12 +9,15 @@ mean/std, no augmentation) it compares:
   the ONNX export run by ONNX Runtime in this process: max |logit difference|, the tolerance
   ``1e-4 * max(1, max|native logit|)``, top-1 agreement (%), native accuracy and ORT accuracy;
 * the torch-exported and the Keras-exported ONNX files of the same canonical weights, in ORT;
+* ``onnx.reference.ReferenceEvaluator``, a second runtime, against ORT on the same files (and on the
+  ``make quantize`` files beside them, ``<name>.int8.onnx`` / ``<name>.fp16.onnx``) on a few images,
+  each within its precision's bound (:data:`REFERENCE_REL_BOUNDS`);
 * latency (batch 1, median ms) and throughput (batch 64, images/s) of ORT and of both native
   frameworks on this CPU.
 
 The file under test is ``--onnx`` or ``<run>/model.onnx``; the other framework's export is
-``<run>/model-<framework>.onnx``; missing files, or files older than the run's weights, are exported
-first (``export/onnx_export.py``).
+``<run>/model-<framework>.onnx``; missing files, files older than the run's weights, or files of
+another opset than ``--opset`` (default 18) are exported first (``export/onnx_export.py``).
 The report is ``parity.json`` + ``parity.md`` in ``--out`` (default: the run folder). The command
 exits 1 when a check fails (after writing the report). This process imports neither framework.
 """
@@ -35,10 +38,25 @@ from export.infer import OnnxModel, load
 from export.onnx_export import export, framework_cli
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import machine_info
-from shared.onnx_meta import FRAMEWORKS, Source, default_onnx_path, resolve_source
+from shared.onnx_meta import (
+    DEFAULT_OPSET,
+    FRAMEWORKS,
+    Source,
+    check_opset,
+    default_onnx_path,
+    graph_opset,
+    resolve_source,
+)
 from shared.runs import read_run
 
 REL_TOL = 1e-4
+# The second runtime: onnx.reference.ReferenceEvaluator (pure NumPy, slow) on a few images against ORT.
+# Bounds relative to max(1, max|logit|): float32 files differ by summation order only; float16 ones by
+# half-precision rounding of two different kernels; int8 ones because ORT runs fused integer kernels
+# (QLinearConv) that requantize with their own rounding while the reference dequantizes and convolves in
+# float, so they differ by a few quantization steps of the logits (a step of an 8-bit range is ~0.8% of it).
+REFERENCE_IMAGES = 4
+REFERENCE_REL_BOUNDS = {"float32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
 
 
 def to_layout(x_nhwc: np.ndarray, layout: str) -> np.ndarray:
@@ -66,6 +84,28 @@ def compare(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None 
     out["ok"] = bool(out["within_tolerance"] and out["top1_agreement_pct"] == 100.0
                      and out.get("reference_acc") == out.get("other_acc"))
     return out
+
+
+def reference_check(path: Path, session: Any, x: np.ndarray, precision: str = "float32") -> dict[str, Any]:
+    """``onnx.reference.ReferenceEvaluator`` vs ONNX Runtime on ``x``: max |logit difference| and its bound,
+    ``REFERENCE_REL_BOUNDS[precision] * max(1, max|logit|)``."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    t = time.perf_counter()
+    model = onnx.load(str(path))
+    opset = graph_opset(model)
+    # onnx's reference implements DequantizeLinear from opset 19 only (13 and 19 agree on int8/uint8):
+    # a QDQ file of an older opset is converted to 19 for this check alone.
+    if opset < 19 and any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        model = onnx.version_converter.convert_version(model, 19)
+    ref = ReferenceEvaluator(model).run(None, {"input": x})[0]
+    ort_out = session.run(None, {"input": x})[0]
+    diff = float(np.abs(ref.astype(np.float64) - ort_out).max())
+    bound = REFERENCE_REL_BOUNDS[precision] * max(1.0, float(np.abs(ort_out).max()))
+    return {"n": int(len(x)), "precision": precision, "max_abs_diff": diff, "bound": bound, "ok": diff <= bound,
+            "max_abs_logit": float(np.abs(ort_out).max()), "opset": opset, "reference_opset": graph_opset(model),
+            "seconds": time.perf_counter() - t}
 
 
 def ort_benchmark(model: OnnxModel, repeats: int = 20, batch: int = 64) -> dict[str, float]:
@@ -108,9 +148,36 @@ def evaluation_set(source: Source, data_dir: str, split: str | None, limit: int 
     return normalize(x, mean, std), y.astype(np.int64), split, prepared.manifest
 
 
+def _needs_export(path: Path, source: Source, opset: int) -> bool:
+    """Missing, older than the weights (e.g. the run resumed since), or of another opset."""
+    if not path.is_file() or path.stat().st_mtime < source.weights.stat().st_mtime:
+        return True
+    try:
+        return load(path).meta.get("opset") != opset
+    except ValueError:  # unreadable: export it again
+        return True
+
+
+def reference_checks(files: dict[str, Path], models: dict[str, OnnxModel], x_nhwc: np.ndarray
+                     ) -> dict[str, dict[str, Any]]:
+    """ReferenceEvaluator vs ORT for each float32 file and for the ``make quantize`` files beside them
+    (``model.int8.onnx``, ``model.fp16.onnx``), each with its precision's bound."""
+    out = {}
+    for fw, path in files.items():
+        out[str(path)] = reference_check(path, models[fw].session, to_layout(x_nhwc, models[fw].meta["layout"]))
+        for precision in ("int8", "fp16"):
+            qpath = path.with_name(f"{path.stem}.{precision}.onnx")
+            if qpath.is_file():
+                qmodel = load(qpath)
+                out[str(qpath)] = reference_check(qpath, qmodel.session, to_layout(x_nhwc, qmodel.meta["layout"]),
+                                                  qmodel.meta.get("precision", precision))
+    return out
+
+
 def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str | None = None,
-           limit: int | None = None, bench: bool = True) -> dict[str, Any]:
+           limit: int | None = None, bench: bool = True, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Every number of the report (see the module docstring)."""
+    check_opset(opset)
     source = resolve_source(run)
     if source.framework is None or source.run_dir is None:
         raise ValueError(f"{run}: parity needs a run folder (config.json with framework and dataset)")
@@ -126,9 +193,8 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     for fw in FRAMEWORKS:
         if fw not in files:
             path = default_onnx_path(source, fw)
-            # Missing, or older than the weights (e.g. the run resumed since): export it now.
-            if not path.is_file() or path.stat().st_mtime < source.weights.stat().st_mtime:
-                path = export(fw, run)
+            if _needs_export(path, source, opset):
+                path = export(fw, run, opset=opset)
                 exported.append(str(path))
             files[fw] = path
     models = {fw: load(path) for fw, path in files.items()}
@@ -151,6 +217,7 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
         "n": int(len(y)),
         "onnx_under_test": str(tested.path),
         "onnx_files": {fw: str(p) for fw, p in files.items()},
+        "opsets": {fw: m.meta.get("opset") for fw, m in models.items()},
         "exported_now": exported,
         "native_vs_ort": {fw: compare(native_logits, logits, y) for fw, logits in ort_logits.items()},
         "torch_onnx_vs_keras_onnx": compare(ort_logits["torch"], ort_logits["keras"], y),
@@ -160,8 +227,10 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     # The trainer's own test accuracy (results.json), an independent number for the same split.
     results = read_run(source.run_dir).get("results") or {}
     report["run_test_acc"] = results.get("test_acc") if split == "test" and not limit else None
+    report["reference_evaluator"] = reference_checks(files, models, x[:REFERENCE_IMAGES])
     report["ok"] = bool(all(c["ok"] for c in report["native_vs_ort"].values())
-                        and report["torch_onnx_vs_keras_onnx"]["ok"])
+                        and report["torch_onnx_vs_keras_onnx"]["ok"]
+                        and all(c["ok"] for c in report["reference_evaluator"].values()))
     if bench:
         speed = {f"ort ({fw} export)": ort_benchmark(m) for fw, m in models.items()}
         for fw in FRAMEWORKS:
@@ -183,7 +252,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# ONNX parity: {report['model']} ({report['native_framework']}-trained)",
         "",
         f"Run `{report['run']}`; evaluation split **{report['split']}** of {report['dataset']}{tag}, "
-        f"{report['n']} images. File under test: `{report['onnx_under_test']}`.",
+        f"{report['n']} images. File under test: `{report['onnx_under_test']}`. ONNX opsets: "
+        + ", ".join(f"{fw} export {o}" for fw, o in report.get("opsets", {}).items()) + ".",
         "",
         f"**Verdict: {'PASS' if report['ok'] else 'FAIL'}** (logits within 1e-4·max(1, max|logit|), 100% top-1 "
         "agreement, equal accuracy).",
@@ -199,6 +269,13 @@ def markdown(report: dict[str, Any]) -> str:
     for fw, c in report["native_vs_ort"].items():
         lines.append(_fmt_cmp(f"{nat} native vs ORT ({fw} export)", c))
     lines.append(_fmt_cmp("ORT: torch export vs keras export", report["torch_onnx_vs_keras_onnx"]))
+    lines += ["", "## A second runtime: onnx.reference.ReferenceEvaluator vs ONNX Runtime", "",
+              f"Same file, first {REFERENCE_IMAGES} images; bounds relative to max(1, max|logit|): "
+              + ", ".join(f"{k} {v:g}" for k, v in REFERENCE_REL_BOUNDS.items()) + ".", "",
+              "| file | precision | max abs logit diff | bound | ok |", "|---|---|---|---|---|"]
+    for path, c in report["reference_evaluator"].items():
+        lines.append(f"| `{path}` | {c['precision']} | {c['max_abs_diff']:.3g} | {c['bound']:.3g} | "
+                     f"{'yes' if c['ok'] else '**NO**'} |")
     if "speed" in report:
         lines += ["", f"## Speed on this CPU ({report['machine']['cpu']}, {report['machine']['cores']} cores)", "",
                   "| engine | latency, batch 1 (median ms) | throughput, batch 64 (images/s) |", "|---|---|---|"]
@@ -217,9 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--out", help="report folder (default: the run folder)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency/throughput measurements")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"opset of the files exported here (default {DEFAULT_OPSET}); other opsets are redone")
     args = p.parse_args(argv)
     try:
-        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench)
+        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench,
+                        opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: ExportError, DataError
         raise SystemExit(f"error: {e}") from None
     out = Path(args.out or report["run"])

@@ -18,6 +18,7 @@ from keras_impl.resnet import build_model
 from keras_impl.weights import set_weights
 from shared.io import load_weights
 from shared.onnx_meta import (
+    DEFAULT_OPSET,
     Source,
     check_metadata,
     export_cli,
@@ -29,14 +30,15 @@ FRAMEWORK = "keras"
 LAYOUT = "NHWC"
 
 
-def exporter_version() -> str:
+def exporter_version(opset: int = DEFAULT_OPSET) -> str:
     """The exporter that writes this framework's files, with its version."""
     import tf2onnx
 
     return f"keras {keras.__version__} tf2onnx {tf2onnx.__version__}"
 
 
-def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata: dict[str, str]) -> Path:
+def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata: dict[str, str],
+                opset: int = DEFAULT_OPSET) -> Path:
     """Export ``model`` (inference mode) to ``path``: input ``input`` NHWC, output ``logits``, symbolic batch.
 
     The model must have a batch-free input shape, e.g. ``build_model(spec, input_shape=(s, s, 3))``.
@@ -49,7 +51,7 @@ def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata:
     model(np.zeros((1, spec.input_size, spec.input_size, spec.in_channels), np.float32), training=False)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
-        model.export(str(raw), format="onnx", verbose=False)
+        model.export(str(raw), format="onnx", verbose=False, opset_version=opset)
         return finalize_onnx(raw, path, metadata)
 
 

@@ -25,6 +25,7 @@ from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import set_weights
 from shared.io import load_weights
 from shared.onnx_meta import (
+    DEFAULT_OPSET,
     INPUT_NAME,
     OUTPUT_NAME,
     Source,
@@ -43,24 +44,30 @@ def dynamo_available() -> bool:
     return importlib.util.find_spec("onnxscript") is not None
 
 
-def exporter_version() -> str:
-    """The exporter that writes this framework's files, with its version."""
-    kind = "dynamo" if dynamo_available() else "torchscript"
+# The dynamo exporter implements opset 18 and newer; older opsets use the TorchScript exporter
+# (shared/onnx_meta.py says why).
+DYNAMO_MIN_OPSET = 18
+
+
+def exporter_version(opset: int = DEFAULT_OPSET) -> str:
+    """The exporter that writes this framework's files at ``opset``, with its version."""
+    kind = "dynamo" if dynamo_available() and opset >= DYNAMO_MIN_OPSET else "torchscript"
     return f"torch {torch.__version__} torch.onnx {kind}"
 
 
 def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metadata: dict[str, str],
-                dynamo: bool | None = None) -> Path:
-    """Export ``model`` (eval mode) to ``path``: input ``input`` NCHW, output ``logits``, symbolic batch.
+                opset: int = DEFAULT_OPSET, dynamo: bool | None = None) -> Path:
+    """Export ``model`` (eval mode) to ``path`` at ONNX ``opset``: input ``input`` NCHW, output ``logits``,
+    symbolic batch.
 
-    ``dynamo`` picks the exporter (default: dynamo when onnxscript is installed, else the TorchScript
-    one, with a note on stderr). ``onnx.checker`` runs before the file is written (atomically);
-    ``metadata`` goes to metadata_props.
+    ``dynamo`` picks the exporter (default: dynamo when onnxscript is installed and ``opset`` >= 18, else
+    the TorchScript one; a note on stderr when onnxscript is missing). ``onnx.checker`` runs before the
+    file is written (atomically); ``metadata`` goes to metadata_props.
     """
     check_metadata(metadata)
     if dynamo is None:
-        dynamo = dynamo_available()
-        if not dynamo:
+        dynamo = dynamo_available() and opset >= DYNAMO_MIN_OPSET
+        if not dynamo_available():
             print("note: onnxscript is not installed; exporting with torch's TorchScript-based ONNX exporter "
                   "(torch.onnx.export(dynamo=False))", file=sys.stderr, flush=True)
     model = model.eval()
@@ -70,13 +77,14 @@ def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metad
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
         if dynamo:
-            program = torch.onnx.export(model, (example,), None, dynamo=True, **names, external_data=False,
+            program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset, **names,
+                                        external_data=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False)
             program.save(str(raw), external_data=False)
         else:
             with warnings.catch_warnings():  # its deprecation and constant-folding chatter: the note says it all
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example,), str(raw), dynamo=False, **names,
+                torch.onnx.export(model, (example,), str(raw), dynamo=False, opset_version=opset, **names,
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         return finalize_onnx(raw, path, metadata)
 

@@ -15,6 +15,14 @@ self-describing: ``export/infer.py`` preprocesses images from them alone. Keys:
                    dataset was prepared (:data:`DATASET_RESIZE`)
 ``dataset``, ``synthetic`` (``true``/``false``), ``source`` (run folder or ``random:seed=N``),
 ``exporter``       exporter and versions (``torch 2.14.1 dynamo`` / ``keras 3.15.1 tf2onnx 1.17.0``)
+``opset``          the default-domain ONNX opset of the graph (checked against the file itself)
+``precision``      ``float32`` for exports; ``int8`` / ``float16`` for ``make quantize`` files
+
+**Opset.** Both exporters write :data:`DEFAULT_OPSET` = 18 unless asked otherwise (``make export
+OPSET=N``, N in :data:`OPSETS`). 18 is the newest opset tf2onnx 1.17 (the Keras exporter) supports and
+the oldest that torch's dynamo exporter implements natively (its op library targets 18; lower requests
+go through ONNX's version converter, which has no Pad 18->17 adapter and silently keeps 18). For
+N < 18 the torch side therefore uses torch's TorchScript exporter, which writes any of these opsets.
 
 This module imports neither torch nor tensorflow; ``onnx`` is imported only where a file is
 rewritten. It also resolves a ``RUN`` argument (a run folder or a ``.safetensors`` checkpoint)
@@ -41,6 +49,8 @@ RESIZE_MODES = ("crop", "stretch")
 # How each dataset's preparation made its square images (datasets/): CIFAR-10/100 and the synthetic set are
 # square already; cats_vs_dogs is resized (shorter side) and centre-cropped. Without a dataset: by stem.
 DATASET_RESIZE = {**{name: "stretch" for name in CIFAR_DATASETS}, "synthetic": "stretch", "cats_vs_dogs": "crop"}
+DEFAULT_OPSET = 18
+OPSETS = tuple(range(13, 19))
 REQUIRED_KEYS = ("framework", "model", "spec", "layout", "input_size", "class_names", "normalization")
 # Random-weight exports have no dataset: pixels are only scaled to [0, 1].
 IDENTITY_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -81,6 +91,14 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], Path | None]:
 
     run = read_run(run_dir)
     return dict(run["config"]), Path(run["best"]) if run.get("best") else None
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` itself, or a clear error naming the opsets both exporters write."""
+    if opset not in OPSETS:
+        raise ValueError(f"unsupported ONNX opset {opset}; valid choices: {OPSETS[0]}..{OPSETS[-1]} "
+                         f"(default {DEFAULT_OPSET})")
+    return opset
 
 
 def resolve_source(run: str | os.PathLike | None = None, *, model: str | None = None,
@@ -142,9 +160,10 @@ def default_onnx_path(source: Source, framework: str, out: str | os.PathLike | N
     return folder / name
 
 
-def build_metadata(source: Source, framework: str, exporter: str) -> dict[str, str]:
+def build_metadata(source: Source, framework: str, exporter: str, opset: int = DEFAULT_OPSET) -> dict[str, str]:
     """The metadata_props of an export of ``source`` by ``framework`` (all values strings)."""
     check_framework(framework)
+    check_opset(opset)
     cfg = source.config
     synthetic = bool(cfg.get("synthetic", False))
     dataset = str(cfg.get("dataset", "none"))
@@ -165,6 +184,8 @@ def build_metadata(source: Source, framework: str, exporter: str) -> dict[str, s
         "source": str(source.run_dir) if source.run_dir else f"random:seed={source.seed}",
         "trained_framework": str(source.framework or "none"),
         "exporter": exporter,
+        "opset": str(opset),
+        "precision": "float32",
     }
 
 
@@ -185,6 +206,9 @@ def parse_metadata(props: dict[str, str], where: str = "model") -> dict[str, Any
     meta.setdefault("resize", "crop")
     meta.setdefault("input_name", INPUT_NAME)
     meta.setdefault("output_name", OUTPUT_NAME)
+    meta.setdefault("precision", "float32")
+    if "opset" in meta:
+        meta["opset"] = int(meta["opset"])
     if meta["layout"] not in ("NCHW", "NHWC"):
         raise ValueError(f"{where}: layout must be NCHW or NHWC; got {meta['layout']!r}")
     return meta
@@ -217,7 +241,8 @@ def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata
 
     Renames the single input/output to ``input``/``logits``, names the batch dimension ``batch``
     (symbolic: any batch size runs), writes ``metadata`` as metadata_props, and runs
-    ``onnx.checker`` (full check, with shape inference) before the file appears.
+    ``onnx.checker`` (full check, with shape inference) before the file appears. When ``metadata``
+    names an ``opset``, the graph's own default-domain opset must be that one.
     """
     import onnx
 
@@ -235,6 +260,10 @@ def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata
         if dim.HasField("dim_value"):
             raise ValueError(f"{value.name}: batch dimension is fixed at {dim.dim_value}; expected symbolic")
         dim.dim_param = BATCH_DIM
+    if "opset" in metadata:
+        written = graph_opset(model)
+        if written != int(metadata["opset"]):
+            raise ValueError(f"the exporter wrote opset {written}, not the requested {metadata['opset']}")
     del model.metadata_props[:]
     for key, value in metadata.items():
         entry = model.metadata_props.add()
@@ -245,6 +274,11 @@ def finalize_onnx(raw_path: str | os.PathLike, path: str | os.PathLike, metadata
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # a file to ship: the usual permissions, not the temp file's 0600
     return path
+
+
+def graph_opset(model: Any) -> int:
+    """The default-domain (``ai.onnx``) opset of an ``onnx.ModelProto``."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def export_cli(framework: str, impl: Any, argv: list[str] | None = None) -> int:
@@ -268,6 +302,7 @@ def export_cli(framework: str, impl: Any, argv: list[str] | None = None) -> int:
     p.add_argument("--input-size", type=int, help="override the input side (pixels)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights")
     p.add_argument("--out", help="onnx: output .onnx file or folder")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"onnx: ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--inputs", help="predict: .npy of normalized NHWC float32 images")
     p.add_argument("--logits", help="predict: output .npy of logits")
     p.add_argument("--json", help="bench: output .json")
@@ -277,8 +312,10 @@ def export_cli(framework: str, impl: Any, argv: list[str] | None = None) -> int:
                                 shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
         model = impl.load_model(source)
         if args.command == "onnx":
+            check_opset(args.opset)
             path = default_onnx_path(source, framework, args.out)
-            impl.export_onnx(model, source.spec, path, build_metadata(source, framework, impl.exporter_version()))
+            metadata = build_metadata(source, framework, impl.exporter_version(args.opset), args.opset)
+            impl.export_onnx(model, source.spec, path, metadata, opset=args.opset)
             print(path)
         elif args.command == "predict":
             if not args.inputs or not args.logits:

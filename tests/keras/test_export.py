@@ -11,7 +11,7 @@ import pytest
 from keras_impl.export import export_onnx, load_model, predict
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
-from shared.onnx_meta import REQUIRED_KEYS, Source, build_metadata
+from shared.onnx_meta import DEFAULT_OPSET, REQUIRED_KEYS, Source, build_metadata, graph_opset
 from shared.spec import MODEL_NAMES, get_spec
 from tests.export_helpers import assert_logits_match, fixture_images, randomize_bn
 
@@ -25,11 +25,11 @@ def _build(spec):
     return build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
 
 
-def _export(spec, path, seed=0):
+def _export(spec, path, seed=0, opset=DEFAULT_OPSET):
     keras.utils.set_random_seed(seed)
     model = _build(spec)
     set_weights(model, spec, randomize_bn(get_weights(model, spec), seed))
-    export_onnx(model, spec, path, build_metadata(Source(spec=spec, seed=seed), "keras", "test"))
+    export_onnx(model, spec, path, build_metadata(Source(spec=spec, seed=seed), "keras", "test", opset), opset=opset)
     return model
 
 
@@ -97,3 +97,13 @@ def test_every_registry_model_exports(name, tmp_path):
     model = _export(spec, tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((3, spec.input_size, spec.input_size, 3)).astype(np.float32)
     assert_logits_match(predict(model, x), _ort_logits(tmp_path / "m.onnx", x))
+
+
+@pytest.mark.parametrize("opset", [DEFAULT_OPSET, 17, 13])
+def test_export_writes_the_requested_opset(opset, images, tmp_path):
+    x, y = images
+    spec = get_spec("resnet20")
+    model = _export(spec, tmp_path / "m.onnx", opset=opset)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert graph_opset(proto) == opset and {p.key: p.value for p in proto.metadata_props}["opset"] == str(opset)
+    assert_logits_match(predict(model, x), _ort_logits(tmp_path / "m.onnx", x), y)

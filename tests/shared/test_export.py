@@ -5,6 +5,7 @@ This process imports neither torch nor tensorflow: every framework step runs in 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -47,6 +48,10 @@ def _assert_parity_ok(report, native):
         assert c["reference_acc"] == c["other_acc"]
     cross = report["torch_onnx_vs_keras_onnx"]
     assert cross["max_abs_diff"] <= cross["tolerance"] and cross["top1_agreement_pct"] == 100.0
+    # The second runtime (onnx.reference.ReferenceEvaluator) computes what ORT computes, on both files.
+    ref = report["reference_evaluator"]
+    assert set(report["onnx_files"].values()) <= set(ref)
+    assert all(c["ok"] and c["max_abs_diff"] < 1e-4 for c in ref.values() if c["precision"] == "float32")
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +66,28 @@ def test_parity_torch_run_resnet20_both_exports(torch_run):
     _assert_parity_ok(report, "torch")
     assert report["n"] == 200 and report["split"] == "test"
     assert report["onnx_files"] == {"torch": str(run / "model.onnx"), "keras": str(run / "model-keras.onnx")}
+    assert report["opsets"] == {"torch": 18, "keras": 18}  # the default, the same in both frameworks
     metas = {fw: infer.load(p).meta for fw, p in report["onnx_files"].items()}
     assert (metas["torch"]["layout"], metas["keras"]["layout"]) == ("NCHW", "NHWC")
     assert metas["torch"]["class_names"] == json.loads((run / "config.json").read_text())["class_names"]
     assert "# ONNX parity: resnet20" in (run / "parity.md").read_text()
 
 
-def test_parity_keras_run_plain20_both_exports(tmp_path, data_dir):
+def test_parity_keras_run_plain20_both_exports_at_an_older_opset(tmp_path, data_dir):
+    """The torch run above checks the default opset (18); this one both exporters at 17 (torch: TorchScript)."""
     run = _make_run("keras", "plain20", tmp_path / "plain20", data_dir, seed=3)
-    report = _parity(run, data_dir, "--limit", "200")
+    report = _parity(run, data_dir, "--limit", "200", "--opset", "17")
     _assert_parity_ok(report, "keras")
+    assert report["opsets"] == {"keras": 17, "torch": 17}
+    import onnx
+
+    from shared.onnx_meta import graph_opset
+
+    for fw, path in report["onnx_files"].items():
+        proto = onnx.load(path)
+        assert graph_opset(proto) == 17, fw
+        assert {p.key: p.value for p in proto.metadata_props}["opset"] == "17"
+    assert "torchscript" in infer.load(report["onnx_files"]["torch"]).meta["exporter"]
     assert report["onnx_files"]["keras"].endswith("model.onnx")
     assert report["onnx_files"]["torch"].endswith("model-torch.onnx")
 
@@ -208,11 +225,100 @@ def test_infer_onnx_without_metadata(tmp_path):
     assert "lacks the metadata keys framework" in msg and "foreign.onnx" in msg
 
 
-def test_infer_undecodable_and_missing_image(onnx_file, tmp_path):
+def _ort_probs(onnx_file, pixels_nhwc):
+    """Independent of infer's pipeline: shared/data.py normalization and a bare ORT session."""
+    import onnxruntime as ort
+
+    from shared.data import normalize
+
+    model = infer.load(onnx_file)
+    norm = model.meta["normalization"]
+    x = normalize(pixels_nhwc, np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32))
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    return infer.softmax(sess.run(None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0])
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """7 good PNGs (two nested folders deep), a corrupt JPEG, a broken symlink, a text file, an empty folder."""
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 255, (7, 32, 32, 3), dtype=np.uint8)
+    root = tmp_path / "imgs"
+    good = []
+    for i, img in enumerate(pixels):
+        folder = root / ("a" if i < 3 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        good.append(folder / f"img{i}.png")
+        Image.fromarray(img).save(good[-1])
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "b" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "notes.txt").write_text("not an image")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    return root, good, pixels
+
+
+def test_infer_folder_survives_bad_files_and_writes_csv(onnx_file, image_tree, tmp_path, capsys):
+    root, good, pixels = image_tree
+    out = tmp_path / "preds.csv"
+    assert infer.main([str(onnx_file), str(root), "--topk", "3", "--batch-size", "3", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "classified 7 of 9 images; 2 failed"
+    assert any(ln.startswith("failed: cannot decode image") and "broken.jpg" in ln for ln in err)
+    assert f"failed: broken symlink: {root / 'b' / 'dangling.png'} -> {tmp_path / 'nowhere.png'}" in err
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    assert set(rows) == {*map(str, good), str(root / "a" / "broken.jpg"), str(root / "b" / "dangling.png")}
+    broken = rows[str(root / "a" / "broken.jpg")]
+    assert broken["status"] == "error" and broken["class_1"] == "" and broken["error"].startswith("cannot decode image")
+    assert "broken symlink" in rows[str(root / "b" / "dangling.png")]["error"]
+    probs = _ort_probs(onnx_file, pixels)
+    names = infer.load(onnx_file).meta["class_names"]
+    for path, p in zip(good, probs):
+        row, order = rows[str(path)], np.argsort(-p)[:3]
+        assert row["status"] == "ok" and row["error"] == ""
+        assert [row[f"class_{i}"] for i in (1, 2, 3)] == [names[j] for j in order]
+        np.testing.assert_allclose([float(row[f"prob_{i}"]) for i in (1, 2, 3)], p[order], atol=2e-6)
+
+
+def test_infer_glob_json_and_batch_size_do_not_change_results(onnx_file, image_tree, tmp_path, capsys):
+    root, good, pixels = image_tree
+    assert infer.main([str(onnx_file), str(root / "**" / "*.png"), "--out", str(tmp_path / "p.json"), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "classified 7 of 8 images; 1 failed"  # no .jpg
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [r["image"] for r in rows if r["status"] == "ok"] == sorted(map(str, good))
+    assert infer.main([str(onnx_file), *map(str, good), "--json", "--batch-size", "2"]) == 0
+    captured = capsys.readouterr()
+    small = json.loads(captured.out)
+    assert captured.err.strip().splitlines()[-1] == "classified 7 of 7 images; 0 failed"
+    by_path = {r["image"]: r["top"] for r in rows}
+    assert all(r["top"] == by_path[r["image"]] for r in small)
+    np.testing.assert_allclose([r["top"][0]["prob"] for r in small], _ort_probs(onnx_file, pixels).max(1), atol=2e-6)
+
+
+def test_infer_bad_inputs_are_one_line_errors(onnx_file, image_tree, tmp_path):
+    root, good, _ = image_tree
+    empty = tmp_path / "empty"
+    assert _infer_error(onnx_file, empty).startswith(f"error: no images in folder {empty} (searched recursively")
+    assert _infer_error(onnx_file, tmp_path / "x*.png").startswith(f"error: no images match '{tmp_path / 'x*.png'}'")
+    assert _infer_error(onnx_file, good[0], "--out", tmp_path / "p.txt") == (
+        f"error: --out must end in .csv or .json; got {tmp_path / 'p.txt'}")
+    assert _infer_error(onnx_file, good[0], "--provider", "tpu") == (
+        "error: unknown provider 'tpu'; valid choices: cpu, cuda, tensorrt, openvino")
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        msg = _infer_error(onnx_file, good[0], "--provider", "tensorrt")
+        assert msg.startswith("error: provider 'tensorrt' (TensorrtExecutionProvider) is not available") and (
+            "available here: cpu" in msg), msg
+    assert _infer_error(good[0], good[0]).startswith(f"error: {good[0]} is not a readable ONNX model")
+
+
+def test_infer_missing_file_is_reported_per_file(onnx_file, tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    assert _infer_error(onnx_file, bad).startswith(f"error: cannot decode image {bad}")
-    assert _infer_error(onnx_file, tmp_path / "gone.png") == f"error: image not found: {tmp_path / 'gone.png'}"
+    assert infer.main([str(onnx_file), str(bad), str(tmp_path / "gone.png")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"failed: cannot decode image {bad}")
+    assert err[1:] == [f"failed: image not found: {tmp_path / 'gone.png'}", "classified 0 of 2 images; 2 failed"]
 
 
 def test_infer_wrong_input_shape_names_expected_and_got(onnx_file, tmp_path):
@@ -252,6 +358,7 @@ def test_export_driver_errors(tmp_path):
         (["--run", str(tmp_path)], "not a run folder"),
         (["--model", "resnet21"], "unknown model 'resnet21'; valid choices: resnet20"),
         (["--model", "resnet20", "--framework", "jax"], "unknown framework 'jax'; valid choices: torch, keras"),
+        (["--model", "resnet20", "--opset", "21"], "unsupported ONNX opset 21; valid choices: 13..18 (default 18)"),
     ):
         proc = run_module("export.onnx_export", *args, check=False)
         assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -273,8 +380,13 @@ def test_export_paths_and_make_dispatch(tmp_path):
                                     text=True, check=True).stdout
     assert "--framework" not in dry("export", "RUN=r")  # the run's own framework
     assert "--run r --framework keras" in dry("export", "RUN=r", "FRAMEWORK=keras")
+    assert "--opset 17" in dry("export", "RUN=r", "OPSET=17") and "--opset 17" in dry("parity", "RUN=r", "OPSET=17")
     assert "--model resnet50" in dry("export", "MODEL=resnet50", "FRAMEWORK=keras") and "--framework keras" in dry(
         "export", "MODEL=resnet50", "FRAMEWORK=keras")
+    # infer: each IMAGES word quoted, so the shell leaves patterns for Python (recursive **, no-match errors)
+    infer_cmd = " ".join(dry("infer", "ONNX=m.onnx", "IMAGES=a.jpg d/ x/**/*.png", "OUT=p.csv", "PROVIDER=cuda")
+                         .replace("\\\n", " ").split())
+    assert "m.onnx 'a.jpg' 'd/' 'x/**/*.png' --out p.csv --provider cuda" in infer_cmd, infer_cmd
 
 
 def test_export_random_weights_cli_and_checkpoint_source(torch_run, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from pytorch_impl.export import export_onnx, load_model, predict
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
-from shared.onnx_meta import REQUIRED_KEYS, Source, build_metadata, resolve_source
+from shared.onnx_meta import DEFAULT_OPSET, REQUIRED_KEYS, Source, build_metadata, graph_opset, resolve_source
 from shared.spec import MODEL_NAMES, get_spec
 from tests.blocked_imports import blocked_env
 from tests.conftest import run_module
@@ -23,12 +23,13 @@ def images(tmp_path_factory):
     return fixture_images(tmp_path_factory.mktemp("data"), n=64)
 
 
-def _export(spec, path, seed=0, dynamo=True):
+def _export(spec, path, seed=0, dynamo=True, opset=DEFAULT_OPSET):
     torch.manual_seed(seed)
     model = build_model(spec)
     set_weights(model, spec, randomize_bn(get_weights(model, spec), seed))
     model.eval()
-    export_onnx(model, spec, path, build_metadata(Source(spec=spec, seed=seed), "torch", "test"), dynamo=dynamo)
+    export_onnx(model, spec, path, build_metadata(Source(spec=spec, seed=seed), "torch", "test", opset), opset=opset,
+                dynamo=dynamo)
     return model
 
 
@@ -103,3 +104,13 @@ def test_every_registry_model_exports(name, tmp_path):
     model = _export(spec, tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((3, spec.input_size, spec.input_size, 3)).astype(np.float32)
     assert_logits_match(predict(model, x), _ort_logits(tmp_path / "m.onnx", x))
+
+
+@pytest.mark.parametrize("opset", [DEFAULT_OPSET, 17, 13])
+def test_export_writes_the_requested_opset(opset, images, tmp_path):
+    x, y = images
+    spec = get_spec("resnet20")
+    model = _export(spec, tmp_path / "m.onnx", opset=opset, dynamo=None)  # below 18: the TorchScript exporter
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert graph_opset(proto) == opset and {p.key: p.value for p in proto.metadata_props}["opset"] == str(opset)
+    assert_logits_match(predict(model, x), _ort_logits(tmp_path / "m.onnx", x), y)
