@@ -24,6 +24,7 @@ from keras_impl.resnet import build_model
 from keras_impl.summary import summarize
 from keras_impl.weights import get_weights, set_weights
 from shared.io import atomic_write_json, atomic_write_text, save_weights
+from shared.names import canonical_name, keras_name
 from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
 from shared.summary import dump
@@ -32,7 +33,7 @@ from shared.summary import dump
 def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """Eval-mode outputs of the named canonical layers (a sub-model on their outputs) and the logits."""
     try:
-        tensors = [model.get_layer(n).output for n in names]
+        tensors = [model.get_layer(keras_name(n)).output for n in names]
     except ValueError as e:
         raise KeyError(f"the Keras model lacks a layer: {e}") from e
     probe = keras.Model(model.inputs, tensors + [model.outputs[0]])
@@ -45,11 +46,11 @@ def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[s
 
 
 def bn_counts(model: keras.Model, x: np.ndarray) -> dict[str, int]:
-    """For every BN layer, the number of values per channel it normalizes over (batch x H x W)."""
+    """For every BN layer (canonical name), the number of values per channel it normalizes over (batch x H x W)."""
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     probe = keras.Model(model.inputs, [layer.input for layer in bns])
     values = probe(x, training=False)
-    return {layer.name: int(np.prod(v.shape[:-1])) for layer, v in zip(bns, values)}
+    return {canonical_name(layer.name): int(np.prod(v.shape[:-1])) for layer, v in zip(bns, values)}
 
 
 def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, momentum: float,
