@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("torch", "torchvision", "tensorflow", "keras", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
+LIBRARIES = ("torch", "torchvision", "tensorflow", "keras", "jax", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
 
 
 def cpu_model() -> str:
