@@ -3,8 +3,8 @@
     python -m keras_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
 The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
-written in Keras' own layout (``shared.parity`` transposes). The SGD step uses
-:func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
+written in Keras' own layout (``shared.parity`` transposes). Runs on any Keras backend (``KERAS_BACKEND``).
+The SGD step uses :func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_impl.convert import read_native
 from keras_impl.optim import make_sgd
@@ -55,14 +54,11 @@ def bn_counts(model: keras.Model, x: np.ndarray) -> dict[str, int]:
 
 def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, momentum: float,
                weight_decay: float) -> float:
-    """One SGD step in train mode (BN uses and updates batch statistics); returns the loss."""
-    optimizer = make_sgd(model, lr, momentum, weight_decay)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(y, model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply(grads, model.trainable_variables)
-    return float(loss)
+    """One SGD step in train mode (BN uses and updates batch statistics), as ``fit`` takes it on any
+    backend (``compile`` + ``train_on_batch``); returns the loss."""
+    model.compile(optimizer=make_sgd(model, lr, momentum, weight_decay),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +67,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     keras.utils.set_random_seed(0)
     spec = ModelSpec.from_dict(job["spec"])
     model = build_model(spec)
-    report: dict[str, Any] = {"framework": "keras", "model": spec.name}
+    report: dict[str, Any] = {"framework": "keras", "backend": keras.backend.backend(), "model": spec.name}
     if job.get("summary"):
         atomic_write_text(job["summary"], dump(summarize(model, spec)))
     if job.get("randomize") is not None:

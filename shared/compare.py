@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared.backends import keras_env
+from shared.backends import keras_backend, keras_env
 from shared.io import atomic_write_json, atomic_write_text
 from shared.parity import (
     DIRECTIONS,
@@ -134,7 +134,7 @@ def render_text(cmp: dict[str, Any], parity: dict[str, Any] | None) -> str:
         parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return " ".join(parts[:4]) + " | " + " ".join(parts[4:7]) + " | " + parts[7]
 
-    lines = [f"{cmp['model']}: PyTorch | Keras, one row per canonical layer", fmt(table[0])]
+    lines = [f"{cmp['model']}: PyTorch | Keras ({keras_backend()} backend), one row per canonical layer", fmt(table[0])]
     lines.append("-" * len(lines[-1]))
     lines += [fmt(r) for r in table[1:]]
     lines.append("-" * len(lines[1]))
