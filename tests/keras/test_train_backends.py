@@ -4,6 +4,7 @@ trains, the same seed gives the same metrics.csv, and a run killed mid-epoch res
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -65,3 +66,19 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(data_dir, tmp_path
     wa, _ = load_weights(out / runs.LAST)
     wb, _ = load_weights(full / runs.LAST)
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_jax_data_parallel_on_two_cpu_devices_takes_the_same_steps(data_dir, tmp_path):  # noqa: F811
+    """keras.distribution.DataParallel over 2 host devices: the same global batch and lr schedule, the same
+    losses as one device up to float32 reduction order."""
+    args = ("--iters", "6", "--trace-steps", "6")
+    train("jax", *base_args(data_dir, tmp_path / "one", *args))
+    two = run_module("tests.no_tensorflow", "keras_impl.train", *base_args(data_dir, tmp_path / "two", *args),
+                     env={"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert "DataParallel x2" in two.stdout
+    assert runs.read_run(tmp_path / "two")["config"]["device"]["replicas"] == 2
+    one = json.loads((tmp_path / "one" / "steps.json").read_text())
+    dp = json.loads((tmp_path / "two" / "steps.json").read_text())
+    assert dp["lr"] == one["lr"] == pytest.approx([0.1] * 3 + [0.01] * 2 + [0.001])
+    assert dp["loss"][0] == pytest.approx(one["loss"][0], rel=1e-6)
+    assert dp["loss"] == pytest.approx(one["loss"], rel=1e-4)
