@@ -151,12 +151,25 @@ def test_nonfinite_loss_stops_with_a_clear_message(data_dir, tmp_path):
 
 
 def test_mixed_bfloat16_and_xla_on_cpu(data_dir, tmp_path):
+    from shared.machine import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16: --amp falls back to float32 (tested below)")
     out = tmp_path / "amp"
     run_module("keras_impl.train", *base_args(data_dir, out, "--iters", "4", "--amp", "1", "--jit", "1"))
     run = runs.read_run(out)
     assert run["config"]["fast_paths"]["amp"] is True and run["config"]["fast_paths"]["jit"] is True
     assert run["config"]["device"]["policy"] == "mixed_bfloat16"
     assert math.isfinite(run["metrics"][0]["train_loss"]) and run["finished"]
+
+
+def test_amp_on_a_cpu_without_bf16_falls_back_to_float32(data_dir, tmp_path, monkeypatch, capsys):
+    from shared import machine
+
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
+    assert main(base_args(data_dir, tmp_path / "amp", "--iters", "2", "--amp", "1")) == 0
+    assert "no native bf16" in capsys.readouterr().err
+    assert runs.read_run(tmp_path / "amp")["config"]["device"]["policy"] == "float32"
 
 
 def test_mirrored_strategy_on_cpu(data_dir, tmp_path):
