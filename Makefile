@@ -44,6 +44,13 @@ TOPK        ?=
 ABLATION    ?= cifar10
 FRAMEWORKS  ?= torch,keras
 PYTEST_ARGS ?=
+# Keras backend of every Keras command (summary, compare, parity, convert, train, export, bench, ablation).
+BACKEND     ?= $(or $(KERAS_BACKEND),tensorflow)
+KERAS_BACKENDS := tensorflow jax torch
+ifeq ($(filter $(KERAS_BACKENDS),$(BACKEND)),)
+$(error BACKEND must be one of: $(KERAS_BACKENDS); got '$(BACKEND)')
+endif
+export KERAS_BACKEND := $(BACKEND)
 
 opt = $(if $(2),$(1) $(2))
 MODEL_ARGS = --model $(MODEL) $(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.prepared import DataError, prepared_dir, read_prepared
+from shared.backends import keras_env
 from shared.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ PIPELINES = (("torch", True, None), ("torch", True, 1), ("torch", False, None), 
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    return keras_env(TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def bench_pipeline(framework: str, prepared: Path, batch_size: int, batches: int, train: bool,

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from shared.backends import keras_env
 from shared.io import load_weights
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
@@ -39,7 +39,7 @@ SUFFIXES = {"torch": (".pt", ".pth", ".safetensors"), "keras": (".weights.h5", "
 
 
 def _run(framework: str, *args: str) -> None:
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = keras_env()
     proc = subprocess.run([sys.executable, "-m", f"{PACKAGES[framework]}.convert", *args], cwd=ROOT,
                           capture_output=True, text=True, env=env)
     if proc.stderr and proc.returncode == 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.backends import keras_env
 from shared.onnx_meta import DEFAULT_OPSET, FRAMEWORKS, check_framework, check_opset, resolve_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ class ExportError(RuntimeError):
 def framework_cli(framework: str, *args: str, timeout: float | None = None) -> str:
     """Run ``python -m <framework package>.export args...`` in its own process; its stdout."""
     check_framework(framework)
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = keras_env(TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.export", *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)

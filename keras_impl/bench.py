@@ -18,7 +18,12 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+if keras.backend.backend() != "tensorflow":  # its variants are tf.function / XLA / tf.device ones
+    raise SystemExit(f"error: keras_impl.bench times the TensorFlow backend's variants; got KERAS_BACKEND="
+                     f"{keras.backend.backend()}: run make bench with BACKEND=tensorflow (the training loop's "
+                     "images/s on every backend is in each run's metrics.csv)")
+import tensorflow as tf  # noqa: E402
 
 from keras_impl.resnet import build_model
 from shared.bench import Workload, first_line, worker_main

@@ -1,9 +1,10 @@
 """ResNet v1 building blocks in Keras 3, matching ``pytorch_impl/blocks.py`` name for name.
 
 Blocks are small builders that wire standard Keras layers into a functional graph (as
-keras-hub's ResNet does), so every conv/BN is a top-level layer whose name is its canonical
-torchvision module path (``layer2.0.conv1``) and ``model.summary()`` shows every shape.
-The block's final ReLU carries the block's own name (``layer2.0``): its output is the block's.
+keras-hub's ResNet does), so every conv/BN is a top-level layer named by its canonical torchvision
+module path through ``shared.names.keras_name`` (``layer2.0.conv1`` -> ``layer2_0_conv1``) and
+``model.summary()`` shows every shape. Builders take canonical paths; only the layer constructors
+see Keras names. The block's final ReLU carries the block's own name: its output is the block's.
 
 Matching PyTorch numerically:
 * PyTorch pads symmetrically; TF's ``padding="same"`` pads only bottom/right at stride 2. Strided
@@ -21,6 +22,8 @@ import math
 import keras
 from keras import layers, ops
 
+from shared.names import keras_name
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # = 1 - torch's momentum 0.1
 
@@ -31,7 +34,7 @@ def conv_initializer() -> keras.initializers.Initializer:
 
 
 def batch_norm(name: str) -> layers.BatchNormalization:
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=keras_name(name))
 
 
 def conv(filters: int, kernel: int, stride: int, name: str) -> list[layers.Layer]:
@@ -41,12 +44,12 @@ def conv(filters: int, kernel: int, stride: int, name: str) -> list[layers.Layer
         padding = "same" if pad else "valid"
         return [
             layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False,
-                          kernel_initializer=conv_initializer(), name=name)
+                          kernel_initializer=conv_initializer(), name=keras_name(name))
         ]
     return [
-        layers.ZeroPadding2D(pad, name=f"{name}.pad"),
+        layers.ZeroPadding2D(pad, name=keras_name(f"{name}.pad")),
         layers.Conv2D(filters, kernel, stride, padding="valid", use_bias=False,
-                      kernel_initializer=conv_initializer(), name=name),
+                      kernel_initializer=conv_initializer(), name=keras_name(name)),
     ]
 
 
@@ -118,7 +121,7 @@ def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, n
     if kind == "projection":
         return ShortcutProjection(in_channels, out_channels, stride, name=name)
     if kind == "zeropad":
-        return ShortcutZeroPad(in_channels, out_channels, stride, name=name)
+        return ShortcutZeroPad(in_channels, out_channels, stride, name=keras_name(name))
     if kind in ("identity", "none"):
         return None
     raise ValueError(f"unknown shortcut {kind!r}; valid choices: projection, zeropad, identity, none")
@@ -158,13 +161,13 @@ class BasicBlock(_Block):
         self.main = [
             *conv3x3(in_planes, planes, stride, name=f"{name}.conv1"),
             batch_norm(f"{name}.bn1"),
-            layers.ReLU(name=f"{name}.relu"),
+            layers.ReLU(name=keras_name(f"{name}.relu")),
             *conv3x3(planes, planes, name=f"{name}.conv2"),
             batch_norm(f"{name}.bn2"),
         ]
         self.downsample = make_shortcut(shortcut, in_planes, planes, stride, f"{name}.downsample")
-        self.add = layers.Add(name=f"{name}.add")
-        self.out = layers.ReLU(name=name)
+        self.add = layers.Add(name=keras_name(f"{name}.add"))
+        self.out = layers.ReLU(name=keras_name(name))
         self.stride = stride
 
 
@@ -181,16 +184,16 @@ class Bottleneck(_Block):
         self.main = [
             *conv1x1(in_planes, planes, name=f"{name}.conv1"),
             batch_norm(f"{name}.bn1"),
-            layers.ReLU(name=f"{name}.relu1"),
+            layers.ReLU(name=keras_name(f"{name}.relu1")),
             *conv3x3(planes, planes, stride, name=f"{name}.conv2"),
             batch_norm(f"{name}.bn2"),
-            layers.ReLU(name=f"{name}.relu2"),
+            layers.ReLU(name=keras_name(f"{name}.relu2")),
             *conv1x1(planes, out, name=f"{name}.conv3"),
             batch_norm(f"{name}.bn3"),
         ]
         self.downsample = make_shortcut(shortcut, in_planes, out, stride, f"{name}.downsample")
-        self.add = layers.Add(name=f"{name}.add")
-        self.out = layers.ReLU(name=name)
+        self.add = layers.Add(name=keras_name(f"{name}.add"))
+        self.out = layers.ReLU(name=keras_name(name))
         self.stride = stride
 
 

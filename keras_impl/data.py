@@ -1,9 +1,14 @@
-"""tf.data pipeline of a prepared dataset for Keras, the mirror of ``pytorch_impl/data.py``.
+"""Input pipelines of a prepared dataset for Keras, the mirror of ``pytorch_impl/data.py``.
 
-Implements ``shared/data.py`` exactly: the epoch plan (order, crop offsets, flips) comes from
-``shared.data.epoch_plan(seed, epoch)``; a generator hands out uint8 batches gathered from the
-memory-mapped arrays, and a parallel ``map`` pads, crops and flips them with one gather per axis and
-normalizes with ``(x / 255 - mean) / std`` in float32, then ``prefetch`` overlaps it with training.
+Both implement ``shared/data.py`` exactly: the epoch plan (order, crop offsets, flips) comes from
+``shared.data.epoch_plan(seed, epoch)``, the crop and flip are one gather into the zero-padded uint8
+batch, and normalization is ``(x / 255 - mean) / std`` in float32.
+
+* :class:`EpochDataset` (``keras.utils.PyDataset``, numpy only) is what ``model.fit`` trains on, on
+  every backend: it never imports tensorflow, so the JAX and PyTorch backends run without it.
+  :class:`SetEpoch` hands ``fit``'s epoch number to it, as ``Loader.set_epoch`` does on the torch side.
+* :func:`make_dataset` is the same pipeline in ``tf.data`` (TensorFlow only): a generator of uint8
+  batches, a parallel ``map`` for the augmentation and ``prefetch``; ``make bench-data`` times it.
 
 ``python -m keras_impl.data --dataset synthetic --bench`` measures images/s; ``--dump FILE.npz``
 writes batches for the cross-framework tests.
@@ -16,20 +21,83 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 
+from shared.data import (
+    augment_reference,
+    augmentation,
+    check_split,
+    epoch_plan,
+    loader_arg_parser,
+    norm_constants,
+    normalize,
+)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
-
-from shared.data import augmentation, check_split, epoch_plan, loader_arg_parser, norm_constants  # noqa: E402
 
 
-def augment(xb: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, flip: tf.Tensor, pad: int) -> tf.Tensor:
+class EpochDataset(keras.utils.PyDataset):
+    """One split as (x float32 NHWC normalized, y int32) batches, in numpy: any Keras backend.
+
+    ``train=True``: shuffled and augmented by the plan of the epoch chosen with :meth:`set_epoch`, the
+    last incomplete batch dropped; otherwise in order and complete. ``workers`` threads prepare batches
+    ahead of the step (in order: each batch is a pure function of (seed, epoch, index)).
+    """
+
+    def __init__(self, prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
+                 workers: int = 1) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
+        check_split(split)
+        self.x_np, y_np = prepared.arrays(split)
+        self.y_np = np.asarray(y_np, dtype=np.int32)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.pad = augmentation(prepared.manifest["name"]).pad
+        self.mean, self.std = norm_constants(prepared.manifest)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration produces."""
+        self.epoch = int(epoch)
+        self._plan = epoch_plan(len(self.x_np), self.batch_size, train=self.train, pad=self.pad,
+                                seed=self.seed, epoch=self.epoch)
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= i < len(self._plan):
+            raise IndexError(f"batch {i} out of range (0..{len(self._plan) - 1})")
+        idx, dy, dx, flip = self._plan.batch(i)
+        xb = self.x_np[idx]
+        if self.train:
+            xb = augment_reference(xb, dy, dx, flip, self.pad)
+        return normalize(xb, self.mean, self.std), self.y_np[idx]
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Before every epoch of ``fit``, point the :class:`EpochDataset` at that epoch's plan.
+
+    ``fit`` fetches an epoch's first batch only after ``on_epoch_begin``; after a resume the first epoch
+    ``fit`` runs is the restored one, so the data follows.
+    """
+
+    def __init__(self, dataset: EpochDataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+def augment(xb, dy, dx, flip, pad: int):
     """Zero-pad, crop at (dy, dx) and flip where ``flip``: uint8 NHWC in and out (one gather).
 
     Output pixel (i, j) of image b reads padded pixel (dy + i, dx + j), or (dy + i, dx + s-1-j) when
     flipped, as a flat index into the padded image (the same indices as the torch loader).
     """
+    import tensorflow as tf
+
     n, s = tf.shape(xb)[0], tf.shape(xb)[1]
     padded = tf.reshape(tf.pad(xb, [[0, 0], [pad, pad], [pad, pad], [0, 0]]), [n, -1, 3])
     ar = tf.range(s)
@@ -39,18 +107,22 @@ def augment(xb: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, flip: tf.Tensor, pad: i
     return tf.reshape(tf.gather(padded, flat, axis=1, batch_dims=1), [n, s, s, 3])
 
 
-def normalize(xb: tf.Tensor, mean: tf.Tensor, std: tf.Tensor) -> tf.Tensor:
-    """uint8 NHWC -> float32 NHWC, ``(x / 255 - mean) / std``."""
+def normalize_tf(xb, mean, std):
+    """uint8 NHWC -> float32 NHWC, ``(x / 255 - mean) / std`` (tf ops)."""
+    import tensorflow as tf
+
     return (tf.cast(xb, tf.float32) / 255.0 - mean) / std
 
 
 def make_dataset(prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                 epoch: int = 0) -> tf.data.Dataset:
-    """One epoch of one split as (x float32 NHWC normalized, y int32) batches.
+                 epoch: int = 0):
+    """One epoch of one split as a ``tf.data.Dataset`` of (x float32 NHWC normalized, y int32) batches.
 
     ``train=True``: shuffled, augmented, the last incomplete batch dropped; otherwise in order and
     complete. Order and augmentation are a function of (seed, epoch), the same as the torch loader's.
     """
+    import tensorflow as tf
+
     check_split(split)
     x_np, y_np = prepared.arrays(split)
     pad = augmentation(prepared.manifest["name"]).pad
@@ -70,7 +142,7 @@ def make_dataset(prepared, split: str, batch_size: int, *, train: bool, seed: in
     def transform(xb, yb, dy, dx, flip):
         if train:
             xb = augment(xb, dy, dx, flip, pad)
-        return normalize(xb, mean, std), yb
+        return normalize_tf(xb, mean, std), yb
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.apply(tf.data.experimental.assert_cardinality(len(plan))).prefetch(tf.data.AUTOTUNE)
@@ -90,7 +162,13 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
         epoch += 1
     dt = time.perf_counter() - t0
     return {"framework": "keras", "images_per_s": n / dt, "images": n, "seconds": dt, "batch_size": batch_size,
-            "train": train, "device": device, "tensorflow": tf.__version__}
+            "train": train, "device": device, "tensorflow": _tf_version()}
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
 
 
 def main(argv: list[str] | None = None) -> int:

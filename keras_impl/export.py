@@ -30,8 +30,20 @@ FRAMEWORK = "keras"
 LAYOUT = "NHWC"
 
 
+BACKEND = keras.backend.backend()
+
+
 def exporter_version(opset: int = DEFAULT_OPSET) -> str:
-    """The exporter that writes this framework's files, with its version."""
+    """The exporter that writes this framework's files, with its version: Keras' own ``model.export``
+    goes through tf2onnx on the TensorFlow backend and torch.onnx on the PyTorch backend."""
+    if BACKEND == "torch":
+        import torch
+
+        return f"keras {keras.__version__} (torch backend) torch.onnx {torch.__version__}"
+    if BACKEND == "jax":  # Keras asks for jax2onnx there; the same weights export through the TF backend
+        raise SystemExit("error: ONNX export on the Keras JAX backend needs jax2onnx (not installed); the weights "
+                         "are backend-neutral: export the same run with BACKEND=tensorflow (make export ... "
+                         "BACKEND=tensorflow) or BACKEND=torch")
     import tf2onnx
 
     return f"keras {keras.__version__} tf2onnx {tf2onnx.__version__}"
@@ -78,8 +90,6 @@ def benchmark(model: keras.Model, spec: ModelSpec, repeats: int = 20, batch: int
 
     Times the eager call ``model(x, training=False)`` (what ``predict`` above uses).
     """
-    import tensorflow as tf
-
     x1 = np.random.randn(1, spec.input_size, spec.input_size, spec.in_channels).astype(np.float32)
     xb = np.random.randn(batch, spec.input_size, spec.input_size, spec.in_channels).astype(np.float32)
     model(x1, training=False), model(xb, training=False)  # warm-up
@@ -94,7 +104,19 @@ def benchmark(model: keras.Model, spec: ModelSpec, repeats: int = 20, batch: int
         keras.ops.convert_to_numpy(model(xb, training=False))
     dt = time.perf_counter() - t
     return {"latency_ms_b1": float(np.median(lat) * 1e3), "throughput_ips_b64": batch * runs / dt,
-            "threads": tf.config.threading.get_intra_op_parallelism_threads()}
+            "threads": _threads()}
+
+
+def _threads() -> int:
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.threading.get_intra_op_parallelism_threads()
+    if BACKEND == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    return 0  # XLA's CPU pool size is not exposed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
     python -m keras_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
 The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
-written in Keras' own layout (``shared.parity`` transposes). The SGD step uses
-:func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
+written in Keras' own layout (``shared.parity`` transposes). Runs on any Keras backend (``KERAS_BACKEND``).
+The SGD step uses :func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_impl.convert import read_native
 from keras_impl.optim import make_sgd
@@ -24,6 +23,7 @@ from keras_impl.resnet import build_model
 from keras_impl.summary import summarize
 from keras_impl.weights import get_weights, set_weights
 from shared.io import atomic_write_json, atomic_write_text, save_weights
+from shared.names import canonical_name, keras_name
 from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
 from shared.summary import dump
@@ -32,7 +32,7 @@ from shared.summary import dump
 def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """Eval-mode outputs of the named canonical layers (a sub-model on their outputs) and the logits."""
     try:
-        tensors = [model.get_layer(n).output for n in names]
+        tensors = [model.get_layer(keras_name(n)).output for n in names]
     except ValueError as e:
         raise KeyError(f"the Keras model lacks a layer: {e}") from e
     probe = keras.Model(model.inputs, tensors + [model.outputs[0]])
@@ -45,23 +45,20 @@ def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[s
 
 
 def bn_counts(model: keras.Model, x: np.ndarray) -> dict[str, int]:
-    """For every BN layer, the number of values per channel it normalizes over (batch x H x W)."""
+    """For every BN layer (canonical name), the number of values per channel it normalizes over (batch x H x W)."""
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     probe = keras.Model(model.inputs, [layer.input for layer in bns])
     values = probe(x, training=False)
-    return {layer.name: int(np.prod(v.shape[:-1])) for layer, v in zip(bns, values)}
+    return {canonical_name(layer.name): int(np.prod(v.shape[:-1])) for layer, v in zip(bns, values)}
 
 
 def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, momentum: float,
                weight_decay: float) -> float:
-    """One SGD step in train mode (BN uses and updates batch statistics); returns the loss."""
-    optimizer = make_sgd(model, lr, momentum, weight_decay)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(y, model(x, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply(grads, model.trainable_variables)
-    return float(loss)
+    """One SGD step in train mode (BN uses and updates batch statistics), as ``fit`` takes it on any
+    backend (``compile`` + ``train_on_batch``); returns the loss."""
+    model.compile(optimizer=make_sgd(model, lr, momentum, weight_decay),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +67,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     keras.utils.set_random_seed(0)
     spec = ModelSpec.from_dict(job["spec"])
     model = build_model(spec)
-    report: dict[str, Any] = {"framework": "keras", "model": spec.name}
+    report: dict[str, Any] = {"framework": "keras", "backend": keras.backend.backend(), "model": spec.name}
     if job.get("summary"):
         atomic_write_text(job["summary"], dump(summarize(model, spec)))
     if job.get("randomize") is not None:

@@ -9,6 +9,7 @@ import keras
 from keras import layers
 
 from keras_impl.blocks import BLOCK_TYPES, apply, batch_norm, conv
+from shared.names import keras_name
 from shared.spec import ModelSpec, get_spec
 
 
@@ -22,7 +23,8 @@ def dense_initializers(fan_in: int) -> dict:
 
 
 def ResNet(spec: ModelSpec, input_shape: tuple | None = None) -> keras.Model:
-    """A functional ResNet whose layer names are the canonical torchvision module paths.
+    """A functional ResNet whose layers are named by the canonical torchvision module paths
+    (``shared.names.keras_name``: ``layer2.0.conv1`` -> ``layer2_0_conv1``).
 
     ``input_shape`` defaults to (None, None, C): any spatial size, as in PyTorch.
     """
@@ -39,7 +41,7 @@ def ResNet(spec: ModelSpec, input_shape: tuple | None = None) -> keras.Model:
     x = layers.ReLU(name="relu")(x)
     if spec.stem == "imagenet":
         # torch pads max-pooling with -inf; after a ReLU every value is >= 0, so zeros are equivalent.
-        x = layers.ZeroPadding2D(1, name="maxpool.pad")(x)
+        x = layers.ZeroPadding2D(1, name=keras_name("maxpool.pad"))(x)
         x = layers.MaxPooling2D(3, 2, padding="valid", name="maxpool")(x)
     block = BLOCK_TYPES[spec.block]
     for b in spec.blocks():

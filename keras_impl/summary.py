@@ -32,16 +32,17 @@ def summarize(model: keras.Model, spec: ModelSpec) -> dict[str, Any]:
     rows = []
     for layer in canonical_layers(spec):
         try:
-            k = fixed.get_layer(layer.name)
+            k = fixed.get_layer(layer.keras_name)
         except ValueError as e:
-            raise KeyError(f"{spec.name}: the Keras model has no layer named {layer.name!r}") from e
+            raise KeyError(f"{spec.name}: the Keras model has no layer named {layer.keras_name!r}") from e
         kind = type(k).__name__
         trainable, stats = k.trainable_weights, k.non_trainable_weights
         if layer.kind == "block":
             # The block is a builder, not a layer: its row is its output ReLU, and its parameters
             # are those of every layer named under the block's name.
             kind = BLOCK_TYPES[spec.block].__name__
-            inside = [layer_ for layer_ in fixed.layers if layer_.name.startswith(layer.name + ".")]
+            prefix = layer.keras_name + "_"
+            inside = [layer_ for layer_ in fixed.layers if layer_.name.startswith(prefix)]
             trainable = [w for layer_ in inside for w in layer_.trainable_weights]
             stats = [w for layer_ in inside for w in layer_.non_trainable_weights]
         rows.append({

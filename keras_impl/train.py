@@ -1,59 +1,54 @@
-"""Train a ResNet with Keras 3 (TensorFlow backend): the same recipe and run folder as PyTorch.
+"""Train a ResNet with Keras 3, ``model.compile`` + ``model.fit``, on any backend: the same recipe and
+run folder as PyTorch.
 
-    python -m keras_impl.train --model resnet20 --dataset cifar10 [--epochs E | --iters N] ...
-    python -m keras_impl.train ... --strategy mirrored            # tf.distribute.MirroredStrategy
+    KERAS_BACKEND=jax python -m keras_impl.train --model resnet20 --dataset cifar10 [--epochs E | --iters N] ...
+    python -m keras_impl.train ... --strategy mirrored     # TF: MirroredStrategy; JAX: keras.distribution.DataParallel
 
-Mirrors ``pytorch_impl/train.py`` function for function. What differs from ``model.fit`` and why:
+The backend is ``KERAS_BACKEND`` (tensorflow, jax or torch; ``make train-keras BACKEND=jax``). What
+``fit`` is given, and why:
 
-* :class:`keras_impl.optim.TorchSGD` is ``torch.optim.SGD`` written as a Keras optimizer: coupled weight decay
-  (``g += wd * w`` before momentum; Keras' own ``weight_decay`` is decoupled), torch's momentum
-  (``buf = mu * buf + g``, ``w -= lr * buf``). Keras' SGD keeps ``v = mu * v - lr * g`` instead, which
-  is the same only while the lr is constant: at a milestone torch's step shrinks at once, Keras'
-  velocity still carries the old lr. With TorchSGD both frameworks take the same steps throughout.
-* The lr of every step is ``shared.recipes.lr_at(plan, iteration)``, assigned to the optimizer's lr
-  variable before the step (inside the compiled step function, so nothing retraces).
-* A custom train step (``tf.GradientTape`` under ``tf.function``, ``jit_compile`` with ``--jit``)
-  averages the cross-entropy over the global batch, as torch's mean loss does.
-* Checkpoints (``checkpoint.npz``) hold every model and optimizer variable plus the progress as
-  JSON; written atomically, read back with ``allow_pickle=False`` (no code runs on load).
+* **optimizer** :class:`keras_impl.optim.TorchSGD`: ``torch.optim.SGD`` in ``keras.ops`` (coupled weight
+  decay ``g += wd * w`` before momentum, ``buf = mu * buf + g``, ``w -= lr * buf``). Keras' own SGD has
+  decoupled decay and ``v = mu * v - lr * g``, which lags one lr behind at every milestone.
+* **learning rate** :class:`RecipeSchedule`: ``shared.recipes.lr_at`` of every iteration as a Keras
+  ``LearningRateSchedule`` of ``optimizer.iterations`` (warm-up and milestones included), so the lr of
+  step ``i`` is the float32 of the same number the torch loop writes into its param groups.
+* **loss** ``SparseCategoricalCrossentropy(from_logits=True)``, the batch mean as torch's.
+* **data** :class:`keras_impl.data.EpochDataset`: the shared epoch plan in numpy, no tensorflow.
+* **callbacks**: :class:`RunFolder` (metrics.csv, best/last safetensors, TensorBoard scalars, the
+  summary line, the NaN guard: ``shared.training.end_of_epoch`` as the torch loop uses it), then
+  :class:`Backup` (``keras.callbacks.BackupAndRestore``, written atomically) for the exact resume
+  after a SIGKILL, and Keras' own progress bar (``verbose=1``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # the package's __init__ has checked KERAS_BACKEND before this runs
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from keras_impl.data import make_dataset  # noqa: E402
-from keras_impl.optim import make_sgd  # noqa: E402
-from keras_impl.resnet import build_model as build_resnet  # noqa: E402
-from keras_impl.weights import get_weights, set_weights  # noqa: E402
-from shared import runs  # noqa: E402
-from shared.io import atomic_write, load_weights  # noqa: E402
-from shared.recipes import Plan  # noqa: E402
-from shared.spec import ModelSpec  # noqa: E402
-from shared.training import (  # noqa: E402
-    EpochLog,
+from keras_impl.data import EpochDataset, SetEpoch
+from keras_impl.optim import make_sgd
+from keras_impl.resnet import build_model as build_resnet
+from keras_impl.weights import get_weights, set_weights
+from shared import machine, runs
+from shared.io import atomic_write_json, load_weights
+from shared.recipes import Plan, lr_at
+from shared.spec import ModelSpec
+from shared.training import (
     NonFiniteLoss,
     Progress,
     RunSetup,
     check_finite,
     end_of_epoch,
     fail,
-    metrics_row,
     nonfinite_message,
     resolve_device_name,
     results_dict,
@@ -64,7 +59,9 @@ from shared.training import (  # noqa: E402
 )
 
 FRAMEWORK = "keras"
-CHECK_EVERY = 10  # steps between host syncs (progress bar, NaN guard); every step is checked at the end
+BACKEND = keras.backend.backend()
+CHECK_EVERY = 10  # steps between NaN checks (each reads the loss back from the device)
+BACKUP_DIR = Path(runs.CHECKPOINTS[FRAMEWORK]).parent  # backup/ in the run folder
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,40 +69,140 @@ def get_args_parser() -> argparse.ArgumentParser:
     return train_arg_parser("python -m keras_impl.train", FRAMEWORK)
 
 
-class Context:
-    """Device, precision and tf.distribute facts of this process."""
+# The recipe as Keras objects --------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="resnet_xf")
+class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``shared.recipes.lr_at(plan, step)`` as a Keras schedule, exactly.
 
-    def __init__(self, device: str, amp: bool, strategy: tf.distribute.Strategy, jit: bool) -> None:
-        self.device, self.amp, self.strategy, self.jit = device, amp, strategy, jit
-        self.replicas = strategy.num_replicas_in_sync
-        self.distributed = isinstance(strategy, tf.distribute.MirroredStrategy)
-        self.main = True
+    The lr of every iteration is tabulated once from the shared function (float64 there, float32 here,
+    as torch's param groups hand it to the float32 update) and looked up by ``optimizer.iterations``;
+    a formula re-derived in float32 ops could differ from it in the last bit after a milestone.
+    """
 
-    def distribute(self, ds: tf.data.Dataset):
-        return self.strategy.experimental_distribute_dataset(ds) if self.distributed else ds
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = Plan.from_dict(plan)
+        self.table = np.array([lr_at(self.plan, i) for i in range(self.plan.total_iters)], np.float32)
 
+    def __call__(self, step):
+        i = keras.ops.minimum(keras.ops.cast(step, "int32"), len(self.table) - 1)
+        return keras.ops.take(keras.ops.convert_to_tensor(self.table), i)
 
-def init_distributed(requested_device: str, strategy: str) -> tuple[str, tf.distribute.Strategy]:
-    """(device name, strategy): hides the GPUs for ``--device cpu``; MirroredStrategy over every
-    visible GPU when more than one is visible (``auto``) or when forced (``mirrored``, also on CPU)."""
-    gpus = tf.config.list_physical_devices("GPU")
-    name = resolve_device_name(requested_device, len(gpus))
-    if name == "cpu":
-        tf.config.set_visible_devices([], "GPU")
-        gpus = []
-    elif ":" in name:
-        gpus = [gpus[int(name.split(":")[1])]]
-        tf.config.set_visible_devices(gpus, "GPU")
-    if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
-        devices = [f"/gpu:{i}" for i in range(len(gpus))] or ["/cpu:0"]
-        return name, tf.distribute.MirroredStrategy(devices=devices)
-    return name, tf.distribute.get_strategy()
+    def get_config(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict()}
 
 
-def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = None) -> keras.Model:
+@keras.saving.register_keras_serializable(package="resnet_xf")
+class BatchLoss(keras.metrics.Metric):
+    """The cross-entropy of the last batch alone (``fit``'s ``loss`` log is the epoch's running mean);
+    compiled in only for ``--trace-steps``."""
+
+    def __init__(self, name: str = "batch_loss", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        loss = keras.losses.sparse_categorical_crossentropy(y_true, keras.ops.cast(y_pred, "float32"),
+                                                            from_logits=True)
+        self.value.assign(keras.ops.mean(loss))
+
+    def result(self):
+        return keras.ops.convert_to_tensor(self.value)
+
+
+def compile_model(model: keras.Model, plan: Plan, jit: bool, trace: bool) -> None:
+    """The recipe as ``model.compile``: TorchSGD on the recipe's schedule, cross-entropy on the logits."""
+    optimizer = make_sgd(model, RecipeSchedule(plan.to_dict()), plan.momentum, plan.weight_decay, plan.nesterov)
+    metrics: list[Any] = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
+    if trace:
+        metrics.append(BatchLoss())
+    # JAX without jit runs op by op; on TF and torch, jit (XLA, torch.compile) is the --jit fast path.
+    jit_compile = True if BACKEND == "jax" else bool(jit)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=metrics, jit_compile=jit_compile)
+
+
+# Backend facts ----------------------------------------------------------------------------------
+def set_threads(workers: int) -> None:
+    """``--workers``: CPU threads of the backend's ops."""
+    if workers < 1:
+        raise fail(f"--workers must be >= 1; got {workers}")
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with contextlib.suppress(RuntimeError):  # the pool exists already (main() called twice)
+            tf.config.threading.set_intra_op_parallelism_threads(workers)
+    elif BACKEND == "torch":
+        import torch
+
+        torch.set_num_threads(workers)
+    else:  # XLA reads its CPU thread count once, at start-up: say so rather than ignore it silently
+        print(f"note: --workers {workers} ignored on the JAX backend (XLA sizes its CPU pool at start-up; "
+              "set XLA_FLAGS=--xla_cpu_multi_thread_eigen=false for one thread)", file=sys.stderr)
+
+
+def gpu_count() -> int:
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if BACKEND == "jax":
+        import jax
+
+        return sum(d.platform == "gpu" for d in jax.devices())
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def init_device(requested: str, strategy: str) -> tuple[str, Any, int]:
+    """(device name, the scope to build and compile in, replicas) for ``--device`` and ``--strategy``.
+
+    TensorFlow: ``tf.distribute.MirroredStrategy`` over the visible GPUs (``auto`` when more than one,
+    ``mirrored`` also on the CPU). JAX: ``keras.distribution.DataParallel`` over the visible devices
+    (``auto`` when more than one). PyTorch backend: one device (keras.distribution supports JAX only;
+    for several GPUs use ``pytorch_impl.train`` under torchrun).
+    """
+    name = resolve_device_name(requested, gpu_count())
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if name == "cpu":
+            tf.config.set_visible_devices([], "GPU")
+            gpus = []
+        elif ":" in name:
+            gpus = [gpus[int(name.split(":")[1])]]
+            tf.config.set_visible_devices(gpus, "GPU")
+        if name == "cpu":
+            tf.config.experimental.enable_op_determinism()  # bit-exact same-seed runs and resume on CPU
+        if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
+            mirrored = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(len(gpus))] or ["/cpu:0"])
+            return name, mirrored, mirrored.num_replicas_in_sync
+        return name, contextlib.nullcontext(), 1
+    if BACKEND == "jax":
+        devices = keras.distribution.list_devices("gpu" if name.startswith("cuda") else "cpu")
+        if strategy == "mirrored" or (strategy == "auto" and len(devices) > 1):
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            return name, contextlib.nullcontext(), len(devices)
+        return name, contextlib.nullcontext(), 1
+    if strategy == "mirrored":
+        raise fail("--strategy mirrored: Keras' torch backend trains on one device (keras.distribution is "
+                   "JAX-only); use KERAS_BACKEND=jax or tensorflow, or pytorch_impl.train under torchrun")
+    import torch
+
+    if name.startswith("cuda"):
+        torch.set_default_device(name)
+    return name, contextlib.nullcontext(), 1
+
+
+def scope_of(scope: Any):
+    return scope.scope() if hasattr(scope, "scope") else scope
+
+
+def build_model(spec: ModelSpec, scope: Any, seed: int, init: str | None = None) -> keras.Model:
     """The ResNet of ``spec`` in the strategy's scope: seeded random init, or canonical weights from ``init``."""
     keras.utils.set_random_seed(seed)
-    with ctx.strategy.scope():
+    with scope_of(scope):
         model = build_resnet(spec)
     if init:
         try:
@@ -116,252 +213,209 @@ def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = Non
     return model
 
 
-def build_optimizer(model: keras.Model, plan: Plan, ctx: Context) -> keras.optimizers.Optimizer:
-    """``keras_impl.optim.TorchSGD`` with the recipe's momentum and coupled weight decay on every
-    trainable variable; wrapped in a LossScaleOptimizer under float16 (GPU ``--amp``). Built, so its variables exist."""
-    with ctx.strategy.scope():
-        opt = make_sgd(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov)
-        if keras.mixed_precision.global_policy().compute_dtype == "float16":
-            opt = keras.optimizers.LossScaleOptimizer(opt)
-        opt.build(model.trainable_variables)
-    return opt
+# Callbacks ---------------------------------------------------------------------------------------
+class Backup(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` (model, optimizer and epoch after every epoch; ``fit``
+    restarts from it) with a backup that a SIGKILL at any instant leaves whole.
+
+    Keras' own overwrites ``latest.weights.h5`` and then its metadata in place: a kill between the two
+    resumes the wrong epoch. Here every epoch's weights go to a new file and the metadata naming it is
+    replaced atomically last; the previous file is removed after that.
+    """
+
+    def __init__(self, backup_dir: Path) -> None:
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self.dir = Path(backup_dir)
+        self.meta_path = self.dir / Path(runs.CHECKPOINTS[FRAMEWORK]).name
+
+    def saved(self) -> dict[str, Any] | None:
+        """The metadata of the last backup (``epoch``, ``weights``), or None when there is none."""
+        if not self.meta_path.is_file():
+            return None
+        return json.loads(self.meta_path.read_text(encoding="utf-8"))
+
+    def _save_model(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        old = self.saved()
+        name = f"epoch-{self._current_epoch:04d}.weights.h5"
+        self.model.save_weights(self.dir / name, overwrite=True)  # a new file: never read until named below
+        atomic_write_json(self.meta_path, {"epoch": self._current_epoch, "batch": 0, "weights": name,
+                                           "backend": BACKEND})
+        if old and old["weights"] != name:
+            (self.dir / old["weights"]).unlink(missing_ok=True)
+
+    def _load_model(self) -> None:
+        meta = self.saved()
+        if meta is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.dir / meta["weights"])
+        self.model._initial_epoch = meta["epoch"]  # what BackupAndRestore itself sets
 
 
-def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    return getattr(optimizer, "inner_optimizer", optimizer)
+class RunFolder(keras.callbacks.Callback):
+    """The run folder at the end of every epoch, as the torch loop writes it (``shared.training.end_of_epoch``:
+    metrics.csv row, last/best canonical safetensors, TensorBoard scalars, the summary line), plus the
+    NaN guard, the ``--trace-steps`` record and the stop at ``total_iters`` inside the last epoch.
+
+    Listed before :class:`Backup`, so an epoch's row and weights are on disk before its checkpoint.
+    """
+
+    def __init__(self, setup: RunSetup, progress: Progress, writer: Any, trace: int = 0) -> None:
+        super().__init__()
+        self.setup, self.plan, self.progress, self.writer = setup, setup.plan, progress, writer
+        self.trace: dict[str, list[float]] | None = {"loss": [], "lr": []} if trace else None
+        self.trace_limit = trace
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.t0, self.t_train = time.perf_counter(), None
+        self.steps = self.plan.iters_in_epoch(epoch)
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        lr = self.plan.lr_at(self.progress.iteration)
+        self.progress.iteration += 1
+        if self.trace is not None and len(self.trace["loss"]) < self.trace_limit:
+            self.trace["loss"].append(float(logs["batch_loss"]))
+            self.trace["lr"].append(lr)
+        if (batch + 1) % CHECK_EVERY == 0 or batch + 1 == self.steps:
+            check_finite(float(logs["loss"]), self.progress.epoch, self.progress.iteration, lr)
+        if self.progress.iteration >= self.plan.total_iters:
+            self.model.stop_training = True  # fit counts whole epochs; the recipe may end inside one
+
+    def on_test_begin(self, logs=None) -> None:
+        if self.t_train is None:
+            self.t_train = time.perf_counter() - self.t0
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = time.perf_counter() - self.t0
+        seen = self.steps * self.plan.batch_size
+        row = {"epoch": epoch + 1, "train_loss": float(logs["loss"]), "train_acc": float(logs["acc"]),
+               "val_loss": float(logs["val_loss"]), "val_acc": float(logs["val_acc"]),
+               "lr": self.plan.lr_at(self.progress.iteration - 1), "seconds": seconds,
+               "images_per_s": seen / (self.t_train or seconds)}
+        self.progress.wall_time_s += seconds
+        # The resume checkpoint is written next, by Backup (the following callback).
+        end_of_epoch(self.setup, FRAMEWORK, self.progress, row, get_weights(self.model, self.setup.spec), None,
+                     self.writer)
+        if self.trace is not None:
+            write_steps(self.setup.run_dir, self.trace["loss"], self.trace["lr"])
 
 
-def set_lr(optimizer: keras.optimizers.Optimizer, lr) -> None:
-    _inner(optimizer).learning_rate.assign(lr)
+def progress_from_rows(rows: list[dict[str, Any]], plan: Plan) -> Progress:
+    """The progress of a run whose first ``len(rows)`` epochs are done (metrics.csv is its record)."""
+    progress = Progress()
+    for row in rows:
+        progress.finish_epoch(row)
+        progress.wall_time_s += row["seconds"]
+    progress.iteration = sum(plan.iters_in_epoch(e) for e in range(progress.epoch))
+    return progress
 
 
-def make_steps(model: keras.Model, optimizer: keras.optimizers.Optimizer, ctx: Context, global_batch: int):
-    """(train_step(x, y, lr) -> (loss, correct, n), eval_step(x, y) -> (loss_sum, correct, n)), compiled."""
-    variables = model.trainable_variables
+def tensorboard_writer(run_dir: Path):
+    """TensorBoard scalars in the run folder under the torch loop's tags, without tensorflow.
 
-    def replica_train(x, y):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-            loss = tf.reduce_sum(per_example) / global_batch  # the global batch mean, as torch's mean loss
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(grads, variables))  # sums gradients over replicas
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
-        return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
+    ``keras.callbacks.TensorBoard`` does not fit: it needs tensorflow (absent on the JAX/torch route) and
+    writes ``train/``/``validation/`` sub-runs with ``epoch_*`` tags instead of the shared layout. This
+    writes the same scalar events through tensorboard's own TF-free writer (its ``notf`` switch).
+    """
+    import types
 
-    def replica_eval(x, y):
-        logits = tf.cast(model(x, training=False), tf.float32)
-        loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
-        return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    replica_train = tf.function(replica_train, jit_compile=ctx.jit) if ctx.jit else replica_train
-    replica_eval = tf.function(replica_eval, jit_compile=ctx.jit) if ctx.jit else replica_eval
+    class Writer:
+        def __init__(self) -> None:
+            self.events = EventFileWriter(str(run_dir))
 
-    def reduce(values):
-        return tuple(ctx.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in values)
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+            self.events.add_event(Event(summary=summary, step=int(step), wall_time=time.time()))
 
-    @tf.function
-    def train_step(x, y, lr):
-        set_lr(optimizer, lr)
-        return reduce(ctx.strategy.run(replica_train, args=(x, y)))
+        def flush(self) -> None:
+            self.events.flush()
 
-    @tf.function
-    def eval_step(x, y):
-        return reduce(ctx.strategy.run(replica_eval, args=(x, y)))
+        def close(self) -> None:
+            self.events.close()
 
-    return train_step, eval_step
+    return Writer()
 
 
-def train_one_epoch(train_step, dataset, plan: Plan, epoch: int, progress: Progress, ctx: Context,
-                    trace: dict[str, list] | None = None, show_progress: bool = True) -> tuple[EpochLog, float]:
-    """One epoch of SGD steps with the per-iteration lr; returns (train loss/acc sums, last lr)."""
-    steps = plan.iters_in_epoch(epoch)
-    sums = tf.zeros(3, tf.float64)  # loss * n, correct, n
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{plan.epochs}", unit="it", leave=False, dynamic_ncols=True,
-               disable=not show_progress, file=sys.stderr)
-    lr = plan.lr_at(progress.iteration)
-    for i, (x, y) in zip(range(steps), ctx.distribute(dataset)):
-        lr = plan.lr_at(progress.iteration)
-        loss, correct, n = train_step(x, y, tf.constant(lr, tf.float32))
-        progress.iteration += 1
-        sums += tf.cast(tf.stack([loss * n, correct, n]), tf.float64)
-        if trace is not None and len(trace["loss"]) < trace["limit"]:
-            trace["loss"].append(float(loss))
-            trace["lr"].append(lr)
-        if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
-            total = sums.numpy().tolist()
-            check_finite(total[0], epoch, progress.iteration, lr)
-            bar.set_postfix(loss=f"{total[0] / total[2]:.4f}", acc=f"{total[1] / total[2]:.3f}", lr=f"{lr:.3g}")
-            bar.update((i + 1) - bar.n)
-    bar.close()
-    total = sums.numpy().tolist()
-    return EpochLog(total[0], int(total[1]), int(total[2])), lr
+def _device_description(device: str, replicas: int, scope: Any) -> dict[str, Any]:
+    strategy = type(scope).__name__ if hasattr(scope, "scope") else None
+    distribution = keras.distribution.distribution()
+    return {"type": "cuda" if device.startswith("cuda") else "cpu", "name": device, "backend": BACKEND,
+            "replicas": replicas, "strategy": strategy or (type(distribution).__name__ if distribution else None),
+            "policy": keras.mixed_precision.global_policy().name}
 
 
-def evaluate(eval_step, dataset, ctx: Context) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in inference mode over every batch of ``dataset``."""
-    loss_sum = correct = n = 0.0
-    for x, y in ctx.distribute(dataset):
-        loss, c, m = eval_step(x, y)
-        loss_sum, correct, n = loss_sum + float(loss), correct + float(c), n + float(m)
-    return loss_sum / max(n, 1.0), correct / max(n, 1.0)
-
-
-def _state_bytes(state: dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(json.dumps(state).encode("utf-8"), dtype=np.uint8)
-
-
-def save_checkpoint(path: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer, progress: Progress,
-                    ctx: Context) -> Path:
-    """The resume checkpoint, atomically: every model and optimizer variable, progress and RNG as JSON."""
-    arrays = {f"model/{v.path}": keras.ops.convert_to_numpy(v) for v in model.variables}
-    arrays |= {f"optimizer/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(optimizer.variables)}
-    version, internal, gauss = random.getstate()
-    state = {"format": 1, "framework": FRAMEWORK, "progress": progress.to_dict(),
-             "optimizer_paths": [v.path for v in optimizer.variables],
-             "rng": {"python": [version, list(internal), gauss]}}
-    arrays["state"] = _state_bytes(state)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    return atomic_write(path, write)
-
-
-def load_checkpoint(path: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer, ctx: Context) -> Progress:
-    """Restore a :func:`save_checkpoint` file (``allow_pickle=False``: only arrays, no code)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-        state = json.loads(data.pop("state").tobytes().decode("utf-8"))
-    except Exception as e:  # a truncated or foreign file
-        raise fail(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
-    variables = {f"model/{v.path}": v for v in model.variables}
-    opt_vars = list(optimizer.variables)
-    if set(variables) != {k for k in data if k.startswith("model/")} or len(opt_vars) != len(state["optimizer_paths"]):
-        raise fail(f"checkpoint {path} does not match this model/optimizer ({model.name})")
-    for key, var in variables.items():
-        var.assign(data[key])
-    for i, var in enumerate(opt_vars):
-        var.assign(data[f"optimizer/{i:05d}"])
-    version, internal, gauss = state["rng"]["python"]
-    random.setstate((version, tuple(internal), gauss))
-    return Progress.from_dict(state["progress"])
-
-
-class TensorBoardWriter:
-    """tf.summary scalars in the run folder (the same tags as the torch side's SummaryWriter)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.writer = tf.summary.create_file_writer(str(run_dir))
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        with self.writer.as_default():
-            tf.summary.scalar(tag, value, step=step)
-
-    def flush(self) -> None:
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def tensorboard_writer(run_dir: Path) -> TensorBoardWriter:
-    """TensorBoard events in the run folder (``tensorboard --logdir runs`` overlays both frameworks)."""
-    return TensorBoardWriter(run_dir)
-
-
-def _device_description(device: str, ctx: Context) -> dict[str, Any]:
-    desc: dict[str, Any] = {"type": "cuda" if device.startswith("cuda") else "cpu", "name": device,
-                            "replicas": ctx.replicas, "strategy": type(ctx.strategy).__name__,
-                            "policy": keras.mixed_precision.global_policy().name}
-    if desc["type"] == "cuda":
-        desc["gpu"] = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                       for g in tf.config.get_visible_devices("GPU")]
-    return desc
-
-
-def _end_of_epoch(setup: RunSetup, model: keras.Model, optimizer, progress: Progress, row: dict, ctx: Context,
-                  writer) -> None:
-    """Metrics, weights, checkpoint, TensorBoard and the summary line (``shared.training.end_of_epoch``)."""
-    end_of_epoch(setup, FRAMEWORK, progress, row, get_weights(model, setup.spec),
-                 lambda path: save_checkpoint(path, model, optimizer, progress, ctx), writer)
+def evaluate(model: keras.Model, data: EpochDataset) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in inference mode over every batch of ``data``."""
+    logs = model.evaluate(data, verbose=0, return_dict=True)
+    return float(logs["loss"]), float(logs["acc"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.workers is not None:
-        if args.workers < 1:
-            raise fail(f"--workers must be >= 1; got {args.workers}")
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(args.workers)
-        except RuntimeError:  # TF already started in this process (e.g. main() called twice): keep its pool
-            print(f"note: --workers {args.workers} ignored: TensorFlow's thread pool already exists",
-                  file=sys.stderr)
+        set_threads(args.workers)
     setup = setup_run(args, FRAMEWORK)
     if args.compile or args.channels_last:
-        print("note: --compile/--channels-last are torch switches; for Keras use --jit (XLA)", file=sys.stderr)
-    device, strategy = init_distributed(args.device, args.strategy)
-    if device == "cpu":
-        tf.config.experimental.enable_op_determinism()  # bit-exact resume and same-seed runs on CPU
-    if args.amp:  # bf16 on CPU (no loss scaling needed), fp16 + LossScaleOptimizer on GPU
+        print("note: --compile/--channels-last are torch switches; for Keras use --jit", file=sys.stderr)
+    device, scope, replicas = init_device(args.device, args.strategy)
+    if args.amp and device == "cpu" and not machine.cpu_has_bf16():
+        print("note: --amp ignored: this CPU has no native bf16 (mixed_bfloat16 measured 13x slower than float32 "
+              "on such a CPU); training in float32", file=sys.stderr)
+    elif args.amp:  # bf16 on CPU (no loss scaling needed), fp16 on GPU (compile adds the LossScaleOptimizer)
         keras.mixed_precision.set_global_policy("mixed_float16" if device.startswith("cuda") else "mixed_bfloat16")
-    ctx = Context(device, args.amp, strategy, args.jit)
     plan, spec = setup.plan, setup.spec
-    if plan.batch_size % ctx.replicas:
-        raise fail(f"--batch-size {plan.batch_size} must be divisible by the {ctx.replicas} replicas")
+    if plan.batch_size % replicas:
+        raise fail(f"--batch-size {plan.batch_size} must be divisible by the {replicas} replicas")
     seed_python(args.seed)
 
-    model = build_model(spec, ctx, args.seed, None if setup.resumed else args.init)
-    optimizer = build_optimizer(model, plan, ctx)
+    model = build_model(spec, scope, args.seed, None if setup.resumed else args.init)
+    with scope_of(scope):
+        compile_model(model, plan, args.jit, bool(args.trace_steps))
+    backup = Backup(setup.run_dir / BACKUP_DIR)
     progress = Progress()
     if setup.resumed:
-        progress = load_checkpoint(setup.run_dir / runs.CHECKPOINTS[FRAMEWORK], model, optimizer, ctx)
-    train_step, eval_step = make_steps(model, optimizer, ctx, plan.batch_size)
-    val_ds = make_dataset(setup.prepared, "val", plan.batch_size, train=False)
+        saved = backup.saved()
+        if saved.get("backend", BACKEND) != BACKEND:
+            print(f"note: resuming a run backed up on the {saved['backend']} backend on {BACKEND}: the weights "
+                  "carry over; steps differ from an uninterrupted run in float rounding", file=sys.stderr)
+        progress = progress_from_rows(runs.read_metrics(setup.run_dir)[: saved["epoch"]], plan)
+    train_data = EpochDataset(setup.prepared, "train", plan.batch_size, train=not args.no_augment, seed=args.seed)
+    val_data = EpochDataset(setup.prepared, "val", plan.batch_size, train=False)
 
     setup.run_dir.mkdir(parents=True, exist_ok=True)
     if not setup.resumed:
-        setup.config["device"] = _device_description(device, ctx)
+        setup.config["device"] = _device_description(device, replicas, scope)
         runs.write_config(setup.run_dir, setup.config)
     else:
         runs.write_metrics(setup.run_dir, progress.rows)  # drop rows written after the checkpoint
     writer = tensorboard_writer(setup.run_dir)
     verb = f"resuming at epoch {progress.epoch + 1}" if setup.resumed else "training"
-    where = f"{device}, {type(strategy).__name__} x{ctx.replicas}" if ctx.distributed else device
-    print(f"{verb} {spec.name} ({FRAMEWORK}, {where}) on {setup.config['dataset']}: {plan.epochs} epochs x "
-          f"{plan.iters_per_epoch} it = {plan.total_iters} iterations, batch {plan.batch_size}, lr {plan.lr:g} "
+    strategy = setup.config["device"]["strategy"] if setup.config.get("device") else None
+    where = f"{device}, {strategy} x{replicas}" if strategy else device
+    print(f"{verb} {spec.name} ({FRAMEWORK}/{BACKEND}, {where}) on {setup.config['dataset']}: {plan.epochs} epochs "
+          f"x {plan.iters_per_epoch} it = {plan.total_iters} iterations, batch {plan.batch_size}, lr {plan.lr:g} "
           f"(milestones {list(plan.milestones)}) -> {setup.run_dir}", flush=True)
-    trace = {"loss": [], "lr": [], "limit": args.trace_steps} if args.trace_steps else None
-
+    # Keras' progress bar first, so it closes its line before the epoch's summary line is printed.
+    bar = [keras.callbacks.ProgbarLogger()] if not args.no_progress else []
+    callbacks = [SetEpoch(train_data), *bar, RunFolder(setup, progress, writer, args.trace_steps), backup]
     try:
-        while progress.epoch < plan.epochs:
-            epoch, t0 = progress.epoch, time.perf_counter()
-            train_ds = make_dataset(setup.prepared, "train", plan.batch_size, train=not args.no_augment,
-                                    seed=args.seed, epoch=epoch)
-            try:
-                log, lr = train_one_epoch(train_step, train_ds, plan, epoch, progress, ctx, trace,
-                                          not args.no_progress)
-            except NonFiniteLoss as e:
-                raise SystemExit(nonfinite_message(e, setup.run_dir, progress.epoch)) from None
-            train_s = time.perf_counter() - t0
-            val_loss, val_acc = evaluate(eval_step, val_ds, ctx)
-            seconds = time.perf_counter() - t0
-            row = metrics_row(epoch + 1, log, val_loss, val_acc, lr, seconds)
-            row["images_per_s"] = log.seen / train_s
-            progress.wall_time_s += seconds
-            _end_of_epoch(setup, model, optimizer, progress, row, ctx, writer)
-            if trace is not None:
-                write_steps(setup.run_dir, trace["loss"], trace["lr"])
+        try:
+            # shuffle=False: the epoch plan has shuffled already (fit would reorder a PyDataset's batches).
+            model.fit(train_data, epochs=plan.epochs, validation_data=val_data, callbacks=callbacks, shuffle=False,
+                      verbose=0 if args.no_progress else 1)
+        except NonFiniteLoss as e:
+            raise SystemExit(nonfinite_message(e, setup.run_dir, progress.epoch)) from None
         arrays, _ = load_weights(setup.run_dir / runs.BEST)
         set_weights(model, spec, arrays)
-        test_ds = make_dataset(setup.prepared, "test", plan.batch_size, train=False)
-        test_loss, test_acc = evaluate(eval_step, test_ds, ctx)
-        results = results_dict(test_loss, test_acc, progress, plan)
-        runs.write_results(setup.run_dir, results)
+        test_loss, test_acc = evaluate(model, EpochDataset(setup.prepared, "test", plan.batch_size, train=False))
+        runs.write_results(setup.run_dir, results_dict(test_loss, test_acc, progress, plan))
         print(f"test acc {test_acc:.4f} loss {test_loss:.4f} with the best weights (epoch {progress.best_epoch}, "
               f"val acc {progress.best_val_acc:.4f}); {progress.wall_time_s:.1f}s -> {setup.run_dir}", flush=True)
     finally:

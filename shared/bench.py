@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.backends import keras_env
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import load_average, machine_info
 from shared.spec import get_spec
@@ -367,9 +368,7 @@ def parse_variants(text: str | None) -> dict[str, list[str]]:
 
 
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("KERAS_BACKEND", "tensorflow")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env = keras_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from shared.backends import keras_backend, keras_env
 from shared.io import atomic_write_json, atomic_write_text
 from shared.parity import (
     DIRECTIONS,
@@ -134,7 +134,7 @@ def render_text(cmp: dict[str, Any], parity: dict[str, Any] | None) -> str:
         parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return " ".join(parts[:4]) + " | " + " ".join(parts[4:7]) + " | " + parts[7]
 
-    lines = [f"{cmp['model']}: PyTorch | Keras, one row per canonical layer", fmt(table[0])]
+    lines = [f"{cmp['model']}: PyTorch | Keras ({keras_backend()} backend), one row per canonical layer", fmt(table[0])]
     lines.append("-" * len(lines[-1]))
     lines += [fmt(r) for r in table[1:]]
     lines.append("-" * len(lines[1]))
@@ -169,7 +169,7 @@ def framework_summary(framework: str, spec: ModelSpec) -> dict[str, Any]:
     """A summary JSON from ``python -m <framework>_impl.summary --json`` in its own process."""
     package = {"torch": "pytorch_impl", "keras": "keras_impl"}[framework]
     args = ["--model", spec.name, "--num-classes", str(spec.num_classes), "--shortcut", spec.shortcut, "--json"]
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = keras_env()
     proc = subprocess.run([sys.executable, "-m", f"{package}.summary", *args], cwd=ROOT, capture_output=True,
                           text=True, env=env, timeout=3600)
     if proc.returncode != 0:

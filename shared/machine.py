@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LIBRARIES = ("torch", "torchvision", "tensorflow", "keras", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
+LIBRARIES = ("torch", "torchvision", "tensorflow", "keras", "jax", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
 
 
 def cpu_model() -> str:
@@ -94,3 +94,22 @@ def machine_info() -> dict[str, Any]:
         "versions": library_versions(),
         "git_commit": git_commit(),
     }
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of native bf16 arithmetic
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively (x86 ``avx512_bf16``/``amx_bf16``; ARM ``bf16``).
+
+    Without it, bf16 autocast / ``mixed_bfloat16`` emulate bf16 in software: measured 0.07-0.08x the
+    float32 speed on a 2-core AVX2 CPU.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return platform.machine().lower() in ("arm64", "aarch64")  # Apple/ARM cores with bf16: assume yes
+    flags: set[str] = set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags |= set(line.split(":", 1)[1].split())
+    return bool(flags & {*BF16_FLAGS, "bf16"})

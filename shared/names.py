@@ -2,7 +2,9 @@
 
 Canonical names are torchvision's ``state_dict`` keys (``conv1.weight``, ``layer2.0.downsample.0.weight``,
 ``fc.bias``...), so a torchvision ResNet loads strictly into our option-B model. The Keras side names
-each layer by the module path (``layer2.0.downsample.0``) and each weight by Keras' own name
+each layer by :func:`keras_name` of the module path (``layer2.0.downsample.0`` -> ``layer2_0_downsample_0``:
+Keras' PyTorch backend refuses a ``.`` in a layer or variable name, and torchvision's module paths
+hold no ``_``, so the map is reversible, :func:`canonical_name`) and each weight by Keras' own name
 (``kernel``, ``gamma``, ``moving_mean``...). Every weight file exchanged between the frameworks is
 keyed by canonical names and stored in the PyTorch layout; the only layout transposes live here.
 """
@@ -36,12 +38,32 @@ _TO_KERAS = {"conv": (2, 3, 1, 0), "linear": (1, 0)}
 _TO_TORCH = {"conv": (3, 2, 0, 1), "linear": (1, 0)}
 
 
+def keras_name(path: str) -> str:
+    """The Keras layer name of a canonical module path (``layer2.0.conv1`` -> ``layer2_0_conv1``).
+
+    Valid on every Keras backend (the PyTorch backend refuses ``.`` in names).
+    """
+    if "_" in path:
+        raise ValueError(f"canonical module paths hold no '_' (torchvision's never do); got {path!r}")
+    return path.replace(".", "_")
+
+
+def canonical_name(name: str) -> str:
+    """The inverse of :func:`keras_name`: a Keras layer name back to its module path."""
+    return name.replace("_", ".")
+
+
 @dataclass(frozen=True)
 class Layer:
-    """A canonical layer: its module path (also the Keras layer name) and its kind."""
+    """A canonical layer: its module path and its kind."""
 
     name: str
     kind: str
+
+    @property
+    def keras_name(self) -> str:
+        """The name of this layer in the Keras model."""
+        return keras_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -49,14 +71,15 @@ class Weight:
     """One tensor of the model under both of its names."""
 
     key: str  # canonical = torch state_dict key
-    layer: str  # keras layer name
+    layer: str  # canonical module path of the layer
     keras_name: str  # keras weight name within the layer
     kind: str
     trainable: bool
 
     @property
     def keras_path(self) -> str:
-        return f"{self.layer}/{self.keras_name}"
+        """The Keras variable path (``layer2_0_conv1/kernel``)."""
+        return f"{keras_name(self.layer)}/{self.keras_name}"
 
 
 def canonical_layers(spec: ModelSpec) -> list[Layer]:

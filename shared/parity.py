@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.backends import keras_env
 from shared.io import atomic_write_json, atomic_write_text, load_weights, save_weights
 from shared.names import canonical_layers, canonical_weights, stage_names, stage_output_layer
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
@@ -101,7 +102,7 @@ def run_worker(framework: str, jobs: list[dict[str, Any]], workdir: Path, *,
     job_path = workdir / f"job-{framework}-{len(list(workdir.glob('job-*')))}.json"
     report_path = job_path.with_suffix(".report.json")
     atomic_write_json(job_path, {"jobs": jobs, "report": str(report_path)})
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = keras_env()
     proc = subprocess.run(
         [sys.executable, "-m", f"{PACKAGES[framework]}.parity", str(job_path)], cwd=ROOT,
         capture_output=True, text=True, timeout=timeout, env=env,

@@ -35,8 +35,10 @@ METRICS = "metrics.csv"
 RESULTS = "results.json"
 BEST = "best.safetensors"
 LAST = "last.safetensors"
-# Framework-native resume checkpoints (model + optimizer + schedule position + RNG + best-so-far).
-CHECKPOINTS = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
+# Framework-native resume checkpoints: torch's holds model, optimizer, RNG and progress; Keras' is the
+# metadata of its keras.callbacks.BackupAndRestore folder (epoch + the weights file beside it, model and
+# optimizer), its progress is metrics.csv up to that epoch.
+CHECKPOINTS = {"torch": "checkpoint.pt", "keras": "backup/training_metadata.json"}
 METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
 CONFIG_KEYS = (
     "model", "framework", "dataset", "synthetic", "spec", "class_names", "input_size", "normalization",

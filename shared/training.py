@@ -344,8 +344,9 @@ def end_of_epoch(setup: RunSetup, framework: str, progress: Progress, row: dict[
                  arrays: dict[str, Any], save_checkpoint: Any, writer: Any) -> None:
     """Close an epoch the same way in both frameworks: the metrics row, the last (and, when val
     accuracy improved, best) canonical weights, then the framework's resume checkpoint
-    (``save_checkpoint(path)``), each written atomically and in this order; then TensorBoard scalars
-    and the summary line."""
+    (``save_checkpoint(path)``; None where the framework writes it itself right after, as Keras'
+    BackupAndRestore callback does), each written atomically and in this order; then TensorBoard
+    scalars and the summary line."""
     from tqdm import tqdm
 
     from shared.io import save_weights
@@ -357,7 +358,8 @@ def end_of_epoch(setup: RunSetup, framework: str, progress: Progress, row: dict[
     if improved:
         save_weights(run_dir / runs.BEST, arrays,
                      weights_metadata(spec, framework, progress.epoch, val_acc=row["val_acc"]))
-    save_checkpoint(run_dir / runs.CHECKPOINTS[framework])
+    if save_checkpoint is not None:
+        save_checkpoint(run_dir / runs.CHECKPOINTS[framework])
     e = row["epoch"]
     for split in ("train", "val"):
         writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], e)

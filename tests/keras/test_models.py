@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_impl.blocks import BasicBlock, Bottleneck, ShortcutProjection, ShortcutZeroPad
 from keras_impl.resnet import build_model
+from shared.names import canonical_layers, canonical_name, keras_name
 from shared.spec import MODEL_NAMES, cifar_spec, get_spec
 from tests.oracles import CIFAR, IMAGENET
 
@@ -66,8 +67,8 @@ def test_strided_convs_pad_symmetrically_like_pytorch():
     # A 3x3/stride-2 conv of all ones over an all-ones 4x4 image: with symmetric padding (PyTorch)
     # the top-left output sees 4 ones; TF's "same" would pad bottom/right only and see 9.
     model = build_model("resnet20")
-    layer = model.get_layer("layer2.0.conv1")
-    pad = model.get_layer("layer2.0.conv1.pad")
+    layer = model.get_layer(keras_name("layer2.0.conv1"))
+    pad = model.get_layer(keras_name("layer2.0.conv1.pad"))
     x = np.ones((1, 4, 4, 16), "float32")
     kernel = np.ones(layer.kernel.shape, "float32")
     y = tf.nn.conv2d(np.asarray(pad(x)), kernel, strides=2, padding="VALID").numpy()
@@ -102,3 +103,13 @@ def test_registry_builds_every_model():
         m = build_model(name)
         convs = [la for la in m.layers if isinstance(la, keras.layers.Conv2D) and "downsample" not in la.name]
         assert len(convs) + 1 == get_spec(name).depth, name
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50"])
+def test_layer_names_are_valid_on_every_backend_and_map_back(name):
+    # Keras' PyTorch backend refuses "." in layer/variable names; the names map back to module paths.
+    model = build_model(name)
+    names = [la.name for la in model.layers]
+    assert not any("." in n for n in names) and not any("." in v.path for v in model.weights)
+    assert all(keras_name(canonical_name(n)) == n for n in names if n != "input")
+    assert {la.name for la in canonical_layers(get_spec(name))} <= {canonical_name(n) for n in names}

@@ -21,7 +21,9 @@ from datasets.prepared import write_prepared
 from shared.data import augmentation, epoch_plan, norm_constants, reference_batches
 from tests.conftest import ROOT
 
-FRAMEWORKS = ("torch", "keras")
+FRAMEWORKS = ("torch", "keras")  # torch's Loader, Keras' tf.data pipeline
+# The EpochDataset that model.fit trains on, per Keras backend (JAX and torch without tensorflow).
+KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")
 PROBE_N, PROBE_BATCH, PROBE_EPOCHS = 1000, 200, (0, 1, 2)
 # chi-square critical value, 8 degrees of freedom (9 offsets), p = 0.001
 CHI2_8DOF_P001 = 26.12
@@ -53,7 +55,7 @@ def dumps(tmp_path_factory):
                       epochs=list(PROBE_EPOCHS)),
     }
     procs = {}
-    for fw in FRAMEWORKS:
+    for fw in FRAMEWORKS + KERAS_BACKENDS:
         fw_jobs = [{**job, "out": str(tmp / f"{fw}-{name}.npz")} for name, job in jobs.items()]
         procs[fw] = subprocess.Popen([sys.executable, "-m", "tests.shared.dump_batches", fw, json.dumps(fw_jobs)],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -61,7 +63,8 @@ def dumps(tmp_path_factory):
     for fw, proc in procs.items():
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{fw} loader failed:\n{err[-3000:]}"
-    loaded = {(fw, name): dict(np.load(tmp / f"{fw}-{name}.npz")) for fw in FRAMEWORKS for name in jobs}
+    loaded = {(fw, name): dict(np.load(tmp / f"{fw}-{name}.npz")) for fw in FRAMEWORKS + KERAS_BACKENDS
+              for name in jobs}
     return {"fixture": fixture, "probe": probe, "jobs": jobs, "batches": loaded}
 
 
@@ -79,12 +82,15 @@ def test_frameworks_give_identical_batches(dumps, name):
     for epoch in job["epochs"]:
         ref = list(reference_batches(x, y, prepared.manifest, job["batch_size"], train=job["train"],
                                      seed=job["seed"], epoch=epoch))
-        torch_b, keras_b = (_batches(dumps["batches"][(fw, name)], epoch) for fw in FRAMEWORKS)
-        assert len(torch_b) == len(keras_b) == len(ref) > 1
-        for (tx, ty), (kx, ky), (rx, ry) in zip(torch_b, keras_b, ref):
-            assert tx.dtype == kx.dtype == np.float32 and tx.shape == kx.shape == rx.shape
-            assert np.array_equal(tx, kx) and np.array_equal(tx, rx)
-            assert np.array_equal(ty, ky) and np.array_equal(ty, ry)
+        torch_b = _batches(dumps["batches"][("torch", name)], epoch)
+        assert len(torch_b) == len(ref) > 1
+        for other in ("keras", *KERAS_BACKENDS):
+            keras_b = _batches(dumps["batches"][(other, name)], epoch)
+            assert len(keras_b) == len(ref), other
+            for (tx, ty), (kx, ky), (rx, ry) in zip(torch_b, keras_b, ref):
+                assert tx.dtype == kx.dtype == np.float32 and tx.shape == kx.shape == rx.shape, other
+                assert np.array_equal(tx, kx) and np.array_equal(tx, rx), other
+                assert np.array_equal(ty, ky) and np.array_equal(ty, ry), other
         if not job["train"]:  # every image once, in order, last batch partial
             mean, std = norm_constants(prepared.manifest)
             everything = np.concatenate([b[0] for b in torch_b])

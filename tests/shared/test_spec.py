@@ -2,7 +2,14 @@
 
 import pytest
 
-from shared.names import canonical_layers, canonical_weights, to_keras_layout, to_torch_layout
+from shared.names import (
+    canonical_layers,
+    canonical_name,
+    canonical_weights,
+    keras_name,
+    to_keras_layout,
+    to_torch_layout,
+)
 from shared.spec import MODEL_NAMES, cifar_spec, get_spec, imagenet_spec
 from tests.oracles import CIFAR, IMAGENET
 
@@ -63,7 +70,7 @@ def test_canonical_names_are_torchvision_keys():
     assert len(keys) == len(set(keys))
     w = {w.key: w for w in canonical_weights(get_spec("resnet18"))}
     assert w["bn1.running_mean"].keras_path == "bn1/moving_mean" and not w["bn1.running_mean"].trainable
-    assert w["layer1.0.conv1.weight"].keras_path == "layer1.0.conv1/kernel"
+    assert w["layer1.0.conv1.weight"].keras_path == "layer1_0_conv1/kernel"
     names = [layer.name for layer in canonical_layers(get_spec("resnet20"))]
     assert "layer2.0.downsample" in names and "maxpool" not in names
 
@@ -85,3 +92,14 @@ def test_spec_json_round_trip():
     from shared.spec import ModelSpec
 
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_keras_names_are_a_bijection_of_module_paths():
+    for model in ("resnet20", "resnet50", "plain18"):
+        paths = [layer.name for layer in canonical_layers(get_spec(model))]
+        names = [keras_name(p) for p in paths]
+        assert len(set(names)) == len(paths) and not any("." in n for n in names)
+        assert [canonical_name(n) for n in names] == paths
+    assert keras_name("layer2.0.downsample.0") == "layer2_0_downsample_0"
+    with pytest.raises(ValueError, match="no '_'"):
+        keras_name("layer_2")
