@@ -78,7 +78,9 @@ $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	@$(PY) -c "import torch, tensorflow, keras, onnxruntime; print('installed: torch', torch.__version__, '| tensorflow', tensorflow.__version__, '| keras', keras.__version__, '| onnxruntime', onnxruntime.__version__)" 2>/dev/null
+	@# one process per framework: importing torch and tensorflow together can crash the interpreter
+	@$(PY) -c "import torch, onnxruntime; print('installed: torch', torch.__version__, '| onnxruntime', onnxruntime.__version__)"
+	@$(PY) -c "import tensorflow, keras, jax; print('installed: tensorflow', tensorflow.__version__, '| keras', keras.__version__, '| jax', jax.__version__)" 2>/dev/null
 	@touch $@
 endif
 
