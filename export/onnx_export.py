@@ -38,7 +38,8 @@ class ExportError(RuntimeError):
 def framework_cli(framework: str, *args: str, timeout: float | None = None) -> str:
     """Run ``python -m <framework package>.export args...`` in its own process; its stdout."""
     check_framework(framework)
-    env = keras_env(TF_CPP_MIN_LOG_LEVEL="3")
+    # only a Keras process needs (and checks) a Keras backend; a torch export must run without Keras
+    env = keras_env(TF_CPP_MIN_LOG_LEVEL="3") if framework == "keras" else {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.export", *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
