@@ -124,16 +124,9 @@ def test_cats_vs_dogs_offline_error_names_the_tfds_layout(tmp_path):
 @pytest.mark.parametrize("name,key", [("cifar100", b"fine_labels"), ("cifar100_coarse", b"coarse_labels")])
 def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
     """The real preparation of the CIFAR-100 fixture, then the dataset: the pickle's labels and pixels come out."""
-    import pickle
-    import tarfile
+    from datasets.fixtures import prepared_cifar100_fixture
 
-    from datasets import cifar
-    from datasets.fixtures import write_cifar100_python
-
-    write_cifar100_python(tmp_path, 200, 100, seed=5, archive=True)
-    prepared = cifar.prepare(tmp_path, name, val_size=40, download=False)
-    with tarfile.open(tmp_path / cifar.CIFAR100.archive) as tar:
-        test = pickle.loads(tar.extractfile(f"{cifar.CIFAR100.folder}/test").read(), encoding="bytes")
+    prepared, test = prepared_cifar100_fixture(tmp_path, name)
     batches = list(make_dataset(prepared, "test", 32, train=False))
     y = np.concatenate([b[1].numpy() for b in batches])
     assert y.tolist() == list(test[key]) and int(y.max()) < prepared.manifest["num_classes"]
