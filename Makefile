@@ -124,10 +124,10 @@ CONVERT_SOURCE = $(call opt,--src,$(SRC)) $(call opt,--random,$(RANDOM)) $(call 
 	$(if $(PRETRAINED),--pretrained $(filter-out 1 yes true,$(PRETRAINED)))
 
 compare: $(STAMP) ## side-by-side PyTorch|Keras table, totals, parity: make compare MODEL=resnet34 [NUM_CLASSES=2] [SHORTCUT=B]
-	$(PY) -m shared.compare $(MODEL_ARGS)
+	$(PY) -m shared.harness.compare $(MODEL_ARGS)
 
 compare-all: $(STAMP) ## one line per registry model (INCLUDE_1202=1 adds resnet1202/plain1202)
-	$(PY) -m shared.compare --all $(if $(INCLUDE_1202),--include-1202)
+	$(PY) -m shared.harness.compare --all $(if $(INCLUDE_1202),--include-1202)
 
 convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras MODEL=resnet34 PRETRAINED=1 OUT=r34.weights.h5
 	$(PY) -m export.convert --from $(FROM) --to $(TO) --out $(or $(OUT),$(error OUT=file is required, e.g. OUT=model.weights.h5)) \
@@ -181,7 +181,7 @@ train-torch: $(STAMP) ## train with PyTorch: make train-torch MODEL=resnet20 DAT
 train-keras: $(STAMP) ## train with Keras: make train-keras MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [JIT=1]
 	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY))
 
-# Ablation (shared/ablation.py): plain vs residual twins for the same epochs in both frameworks, then
+# Ablation (shared/ablation/run.py): plain vs residual twins for the same epochs in both frameworks, then
 # $(ABLATION_OUT)/ablation-<name>.md/.json/-error.png/-loss.png. Cells train in runs/ablation/<name>/;
 # re-running skips finished cells and resumes an interrupted one. DATASET is passed only when given on
 # the command line (DATASET=synthetic for a quick pipeline check), else the ablation's own dataset.

@@ -22,8 +22,8 @@ import numpy as np
 import keras_impl.blocks  # noqa: F401  (registers the custom layers a .keras file refers to)
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
+from shared.harness.parity import randomize_arrays
 from shared.io import load_weights, save_weights
-from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
 
 NATIVE_SUFFIXES = (".weights.h5", ".keras")

@@ -3,7 +3,7 @@
     python -m keras_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
 The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
-written in Keras' own layout (``shared.parity`` transposes). Runs on any Keras backend (``KERAS_BACKEND``).
+written in Keras' own layout (``shared.harness.parity`` transposes). Runs on any Keras backend (``KERAS_BACKEND``).
 The SGD step uses :func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
 """
 
@@ -22,11 +22,11 @@ from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model
 from keras_impl.summary import summarize
 from keras_impl.weights import get_weights, set_weights
+from shared.harness.parity import randomize_arrays
+from shared.harness.summary import dump
 from shared.io import atomic_write_json, atomic_write_text, save_weights
 from shared.names import canonical_name, keras_name
-from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
-from shared.summary import dump
 
 
 def layer_outputs(model: keras.Model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:

@@ -13,10 +13,10 @@ import numpy as np
 
 from keras_impl.blocks import BLOCK_TYPES
 from keras_impl.resnet import build_model
+from shared.harness.summary import dump, make_summary, spec_from_args, summary_arg_parser
 from shared.io import atomic_write_text
 from shared.names import canonical_layers
 from shared.spec import ModelSpec
-from shared.summary import dump, make_summary, spec_from_args, summary_arg_parser
 
 
 def _count(variables) -> int:

@@ -4,7 +4,7 @@
 
 Job keys (all optional but ``spec``), applied in this order: ``summary`` (path of the
 summary JSON to write), ``randomize`` (seed: fresh values for every parameter and BN statistic,
-``shared.parity.randomize_arrays``), ``weights`` (a canonical .safetensors or native checkpoint to
+``shared.harness.parity.randomize_arrays``), ``weights`` (a canonical .safetensors or native checkpoint to
 load), ``save_weights`` (path: canonical safetensors), ``forward`` {input (.npy, NCHW), layers, out
 (.npz of those layers' outputs + ``logits``, eval mode)}, ``train_step`` {input, labels, lr, momentum,
 weight_decay, out}: one SGD step in train mode. ``keras_impl/parity.py`` is the mirror image.
@@ -26,10 +26,10 @@ from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
 from pytorch_impl.summary import summarize
 from pytorch_impl.weights import get_weights, set_weights
+from shared.harness.parity import randomize_arrays
+from shared.harness.summary import dump
 from shared.io import atomic_write_json, atomic_write_text, save_weights
-from shared.parity import randomize_arrays
 from shared.spec import ModelSpec
-from shared.summary import dump
 
 
 def layer_outputs(model: torch.nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, np.ndarray]:

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from pytorch_impl.resnet import build_model
+from shared.harness.summary import dump, make_summary, spec_from_args, summary_arg_parser
 from shared.io import atomic_write_text
 from shared.names import canonical_layers
 from shared.spec import ModelSpec
-from shared.summary import dump, make_summary, spec_from_args, summary_arg_parser
 
 _BN_STATS = ("running_mean", "running_var")  # num_batches_tracked is bookkeeping, not a statistic
 

@@ -49,7 +49,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("bn-momentum-keras-default", "BN momentum: Keras 0.9 = 1 - torch's 0.1 (Keras' default is 0.99)",
            "keras_impl/blocks.py", "BN_MOMENTUM = 0.9 ", "BN_MOMENTUM = 0.99 ", COMPARE_E2E),
     Mutant("running-var-biased-prediction", "running-variance estimator: torch's unbiased n/(n-1) update",
-           "shared/parity.py", "predicted = (b - (1 - BN_MOMENTUM) * old) / (n - 1)",
+           "shared/harness/parity.py", "predicted = (b - (1 - BN_MOMENTUM) * old) / (n - 1)",
            "predicted = (b - (1 - BN_MOMENTUM) * old) / n",
            "tests/shared/test_compare.py::test_running_variance_gap_is_predicted_from_torchs_unbiased_update"),
     Mutant("weight-decay-decoupled", "weight decay: torch couples it into the gradient before momentum",

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-import shared.ablation as ablation
+import shared.ablation.run as ablation
 from shared.runs import read_metrics
 from shared.spec import get_spec
 from tests.conftest import run_module

@@ -5,7 +5,7 @@ import json
 import pytest
 from matplotlib.image import imread
 
-from shared.report import (
+from shared.ablation.report import (
     best_epoch,
     build_report,
     curve_lines,

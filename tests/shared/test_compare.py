@@ -1,6 +1,6 @@
 """The harness end to end: side-by-side comparison, a broken side, parity both ways, a swapped mapping.
 
-Framework work runs in subprocesses (``shared.parity`` batches every case into three processes).
+Framework work runs in subprocesses (``shared.harness.parity`` batches every case into three processes).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from shared.compare import compare_summaries
-from shared.parity import Case, run_parity_cases, to_nchw
+from shared.harness.compare import compare_summaries
+from shared.harness.parity import Case, run_parity_cases, to_nchw
 from shared.spec import get_spec
 from tests.conftest import run_module
 from tests.oracles import CIFAR, IMAGENET
@@ -100,10 +100,10 @@ def resnet20_summaries(tmp_path_factory):
 def test_compare_marks_a_wrong_width_and_exits_nonzero(resnet20_summaries, tmp_path):
     d = resnet20_summaries
     args = ["--model", "resnet20", "--torch-summary", d / "torch.json", "--no-parity", "--out-dir", tmp_path]
-    good = run_module("shared.compare", *args, "--keras-summary", d / "keras.json", check=False)
+    good = run_module("shared.harness.compare", *args, "--keras-summary", d / "keras.json", check=False)
     assert good.returncode == 0, good.stderr
     assert f"trainable params: torch {CIFAR['resnet20']:,} | keras {CIFAR['resnet20']:,} ✓" in good.stdout
-    bad = run_module("shared.compare", *args, "--keras-summary", d / "keras-wrong.json", check=False)
+    bad = run_module("shared.harness.compare", *args, "--keras-summary", d / "keras-wrong.json", check=False)
     assert bad.returncode == 1
     rows = lambda out: {line.split()[0]: line.rstrip()[-1] for line in out.splitlines()
                         if line.startswith(("layer", "conv1", "fc")) and line.rstrip()[-1] in "✓✗"}
@@ -130,7 +130,7 @@ def test_compare_summaries_joins_on_names(resnet20_summaries):
 
 def test_make_compare_resnet20_end_to_end(tmp_path):
     # resnet20 is shallow enough for a tight train step, so it is fatal here: a wrong BN momentum shows only there
-    proc = run_module("shared.compare", "--model", "resnet20", "--out-dir", tmp_path, "--strict-train-step",
+    proc = run_module("shared.harness.compare", "--model", "resnet20", "--out-dir", tmp_path, "--strict-train-step",
                       check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"torch {CIFAR['resnet20']:,} | keras {CIFAR['resnet20']:,} ✓" in proc.stdout
@@ -163,7 +163,7 @@ def test_parity_every_other_registry_model():
 
 
 def test_parity_ok_eval_always_train_step_on_request():
-    from shared.compare import parity_ok
+    from shared.harness.compare import parity_ok
 
     good_eval = {"eval": {"ok": True}, "train": {"ok": False}, "ok": False}
     assert parity_ok(good_eval) and not parity_ok(good_eval, strict_train_step=True)
@@ -176,9 +176,9 @@ def test_running_variance_gap_is_predicted_from_torchs_unbiased_update(tmp_path,
     """The train-step check accounts for exactly torch's n/(n-1) running-variance update, computed here from
     the BN definition (running = (1 - m) * running + m * var, m = 0.1): the gap it predicts matches an
     unbiased torch side, and a torch side that used the biased estimate (no gap) is reported as a failure."""
+    from shared.harness.parity import StepConfig, compare_train_step
     from shared.io import save_weights
     from shared.names import canonical_weights
-    from shared.parity import StepConfig, compare_train_step
     from tests.shared.ablation_fixtures import fixture_shapes
 
     spec = get_spec("resnet8")

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from shared.harness.summary import canonical_shape, validate_summary
 from shared.names import canonical_layers
 from shared.spec import get_spec
-from shared.summary import canonical_shape, validate_summary
 from tests.conftest import run_module
 from tests.oracles import IMAGENET
 

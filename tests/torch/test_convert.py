@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from pytorch_impl.resnet import build_model
-from shared.parity import randomize_arrays
+from shared.harness.parity import randomize_arrays
 from tests.conftest import run_module
 
 

@@ -1,16 +1,16 @@
 """Side-by-side comparison of the PyTorch and the Keras model: layers, parameter counts, parity.
 
-    python -m shared.compare --model resnet34 [--num-classes 2] [--shortcut B]
-    python -m shared.compare --all [--include-1202]
+    python -m shared.harness.compare --model resnet34 [--num-classes 2] [--shortcut B]
+    python -m shared.harness.compare --all [--include-1202]
 
 One table, a row per canonical layer (PyTorch type, output shape, params | Keras type, output shape,
 params | match), the trainable and non-trainable totals of each side, and the parity lines
-(``shared.parity``: random weights transferred torch→keras, eval outputs and one SGD step). The exit
+(``shared.harness.parity``: random weights transferred torch→keras, eval outputs and one SGD step). The exit
 status is 1 on any mismatch of a row, a total or the eval-mode parity (the SGD step too with
 ``--strict-train-step``). The same content goes to ``artifacts/compare/<model>.md`` and ``.json``;
 ``--all`` prints one line per registry model and writes ``artifacts/compare/all.md``/``.json``.
 
-Each framework runs in its own process; the summaries are the JSON contract of ``shared.summary``.
+Each framework runs in its own process; the summaries are the JSON contract of ``shared.harness.summary``.
 This module imports neither torch nor tensorflow.
 """
 
@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.backends import keras_backend, keras_env
-from shared.io import atomic_write_json, atomic_write_text
-from shared.parity import (
+from shared.harness.parity import (
     DIRECTIONS,
     ROOT,
     Case,
@@ -36,8 +35,9 @@ from shared.parity import (
     run_parity_cases,
     train_line,
 )
+from shared.harness.summary import canonical_shape, validate_summary
+from shared.io import atomic_write_json, atomic_write_text
 from shared.spec import MODEL_NAMES, SHORTCUTS, ModelSpec, get_spec
-from shared.summary import canonical_shape, validate_summary
 
 SKIPPED_BY_DEFAULT = ("resnet1202", "plain1202")  # 19.4M parameters, 1202 layers: minutes per model
 OK, BAD = "✓", "✗"
@@ -158,7 +158,7 @@ def render_markdown(cmp: dict[str, Any], parity: dict[str, Any] | None) -> str:
         lines.append(f"- {BAD} mismatched rows: {', '.join(cmp['mismatched_rows'])}")
     lines += [""] + [f"- {line}" for line in parity_lines(parity)]
     if parity and "eval" in parity:
-        from shared.parity import render_markdown as parity_markdown
+        from shared.harness.parity import render_markdown as parity_markdown
 
         lines += ["", "## Parity details", "", parity_markdown([parity])]
     return "\n".join(lines) + "\n"
@@ -280,7 +280,7 @@ def _all_markdown(rows: list[dict[str, str]], note: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.compare", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m shared.harness.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20", help="registry name (resnet20, resnet34, plain50, ...)")
     p.add_argument("--num-classes", type=int, default=None, help="override the class count")
     p.add_argument("--shortcut", choices=SHORTCUTS, default=None, help="override the shortcut option")

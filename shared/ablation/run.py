@@ -8,7 +8,7 @@ resnet50 (ImageNet stems, option B). Each cell trains into a fixed folder
 ``<runs-dir>/<model>-<framework>/``, so a re-run skips finished cells (``results.json`` with
 ``finished: true``), resumes an interrupted one from its checkpoint (``--resume``) and restarts a
 cell that never saved one. At the end ``<out>/ablation-<name>.md``, ``.json`` and two PNG plots are
-written (``shared.report``). This module imports neither torch nor tensorflow.
+written (``shared.ablation.report``). This module imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.ablation.report import build_report, format_seconds, write_report
 from shared.data import DATASETS
 from shared.io import atomic_write_json
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
-from shared.report import build_report, format_seconds, write_report
 from shared.runs import CHECKPOINTS, FRAMEWORKS, NotARunError, read_run
 from shared.spec import SHORTCUTS, get_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN_MODULES = {"torch": "pytorch_impl.train", "keras": "keras_impl.train"}
 STATE_FILE = "ablation-state.json"
 # Settings that change what a cell computes: a re-run with other values must not reuse the cells.

@@ -13,7 +13,7 @@ file and runs the same batch (NCHW vs NHWC). This module compares the outputs wi
   ``torch - keras = momentum * var_biased / (n - 1)`` exactly (``n`` = values per channel,
   batch x H x W); the report states that expected difference and checks what is left after it.
 
-    python -m shared.parity --model resnet50 [--direction both] [--size 64] [--batch 2]
+    python -m shared.harness.parity --model resnet50 [--direction both] [--size 64] [--batch 2]
 
 Framework work runs in ``python -m pytorch_impl.parity JOB.json`` / ``keras_impl.parity``.
 This module imports neither torch nor tensorflow.
@@ -39,7 +39,7 @@ from shared.io import atomic_write_json, atomic_write_text, load_weights, save_w
 from shared.names import canonical_layers, canonical_weights, stage_names, stage_output_layer
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("torch", "keras")
 PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
 DIRECTIONS = {"torch2keras": ("torch", "keras"), "keras2torch": ("keras", "torch")}
@@ -487,7 +487,7 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.parity", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m shared.harness.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20", help="registry name (resnet20, resnet50, plain34, ...)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--shortcut", choices=SHORTCUTS, default=None)
