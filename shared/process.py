@@ -1,0 +1,118 @@
+"""Running a framework in its own process: the one place that knows the repository root, the package of
+each framework, the environment a child gets (its Keras backend included) and how a child is watched.
+
+Every tool that starts framework work (compare, parity, bench, ablation, export, data) goes through
+here: each framework runs in its own interpreter, because torch.onnx's exporter crashes when TensorFlow
+shares the process. This module imports neither torch nor tensorflow.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.backends import keras_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
+FRAMEWORKS = tuple(PACKAGES)
+
+
+def package(framework: str) -> str:
+    """The package that implements ``framework`` (``pytorch_impl`` / ``keras_impl``)."""
+    if framework not in PACKAGES:
+        raise ValueError(f"unknown framework {framework!r}; valid choices: {', '.join(FRAMEWORKS)}")
+    return PACKAGES[framework]
+
+
+def module_command(framework: str, module: str, *args: object) -> list[str]:
+    """``python -m <package>.<module> args...`` for ``framework``, with this interpreter."""
+    return [sys.executable, "-m", f"{package(framework)}.{module}", *map(str, args)]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a framework process: this one's, with the checked Keras backend made explicit,
+    TensorFlow's C++ logging quietened and the repository root importable.
+
+    A bad or missing backend stops the calling command with one line (callers are command-line tools).
+    """
+    try:
+        backend = keras_backend()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**env, **extra}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a child process ended: its exit code (-9 after a timeout), stdout if captured, stderr's tail."""
+
+    returncode: int
+    stdout: str
+    stderr_tail: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def reason(self) -> str:
+        """One line: why the process failed (its last error-looking stderr line)."""
+        if self.timed_out:
+            return self.stderr_tail.splitlines()[-1]
+        lines = [ln.strip() for ln in self.stderr_tail.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln or "Exception" in ln]
+        last = (errors or lines or ["no output"])[-1]
+        return f"process exited with code {self.returncode}: {last}"[:300]
+
+
+def run(cmd: Sequence[str], *, timeout: float | None = None, echo: bool = True, capture_stdout: bool = False,
+        env: dict[str, str] | None = None, tail_lines: int = 40) -> Finished:
+    """Run ``cmd`` from the repository root, passing its stderr (progress bars) through as it comes.
+
+    Only the last ``tail_lines`` lines of stderr are kept (a progress bar's carriage-return frames
+    collapse to their last frame). After ``timeout`` seconds the child is killed and the result says so.
+    """
+    tail: deque[str] = deque(maxlen=tail_lines)
+    stdout = subprocess.PIPE if capture_stdout else subprocess.DEVNULL
+    proc = subprocess.Popen(list(cmd), cwd=ROOT, env=child_env() if env is None else env, stdout=stdout,
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    streams = {proc.stderr.fileno(): b""}
+    if proc.stdout is not None:
+        streams[proc.stdout.fileno()] = b""
+    out = bytearray()
+    deadline = time.monotonic() + timeout if timeout else None
+    open_fds = set(streams)
+    while open_fds:
+        if deadline and time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            tail.append(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}")
+            return Finished(-9, out.decode(errors="replace"), "\n".join(tail), timed_out=True)
+        for fd in select.select(list(open_fds), [], [], 1.0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+                continue
+            if proc.stdout is not None and fd == proc.stdout.fileno():
+                out += chunk
+                continue
+            if echo:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+            *lines, streams[fd] = (streams[fd] + chunk).split(b"\n")
+            tail.extend(line.decode(errors="replace").rsplit("\r", 1)[-1] for line in lines)
+    proc.wait()
+    tail.append(streams[proc.stderr.fileno()].decode(errors="replace").rsplit("\r", 1)[-1])
+    return Finished(proc.returncode, out.decode(errors="replace"), "\n".join(tail).strip("\n"))
