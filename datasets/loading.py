@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from datasets import synthetic
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared, write_prepared
+from shared import process
 from shared.data import CIFAR_DATASETS, check_dataset
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool = True,
@@ -38,24 +36,12 @@ def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool =
     cmd = [sys.executable, "-m", "datasets.prepare", "--dataset", name, "--data-dir", str(Path(data_dir).resolve())]
     cmd += [] if download else ["--no-download"]
     cmd += [] if val_size is None else ["--val-size", str(val_size)]
-    tail = _run_echoing_stderr(cmd)
-    if tail is not None:
-        lines = [ln for ln in tail.splitlines() if ln.startswith("error:")]
-        raise DataError(lines[-1][len("error: "):] if lines else tail.strip()[-2000:])
+    # the child's progress bars reach the user as they come; it imports tensorflow but no Keras
+    done = process.run(cmd, env=process.child_env(keras=False))
+    if not done.ok:
+        lines = [ln for ln in done.stderr_tail.splitlines() if ln.startswith("error:")]
+        raise DataError(lines[-1][len("error: "):] if lines else done.reason())
     return read_prepared(prepared_dir(name, data_dir))
-
-
-def _run_echoing_stderr(cmd: list[str]) -> str | None:
-    """Run ``cmd`` from the repository root, passing its stderr (progress bars) through as it comes;
-    None on success, else the last 8 KB of its stderr."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    tail = b""
-    while chunk := proc.stderr.read1(4096):
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.buffer.flush()
-        tail = (tail + chunk)[-8192:]
-    return None if proc.wait() == 0 else tail.decode(errors="replace")
 
 
 def load_prepared(name: str, data_dir: str | os.PathLike = "data", *, prepare_missing: bool = True,

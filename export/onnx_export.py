@@ -17,40 +17,22 @@ dimension is symbolic).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from shared.backends import keras_env
-from shared.onnx_meta import DEFAULT_OPSET, FRAMEWORKS, check_framework, check_opset, resolve_source
-
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
+from shared import process
+from shared.onnx_meta import DEFAULT_OPSET, check_framework, check_opset, resolve_source
+from shared.process import FRAMEWORKS
 
 
-class ExportError(RuntimeError):
-    """A framework subprocess failed; the message carries its last error line."""
+def framework_cli(framework: str, *args: object, timeout: float | None = None) -> str:
+    """Run ``python -m <framework package>.export args...`` in its own process; its stdout.
 
-
-def framework_cli(framework: str, *args: str, timeout: float | None = None) -> str:
-    """Run ``python -m <framework package>.export args...`` in its own process; its stdout."""
-    check_framework(framework)
-    # only a Keras process needs (and checks) a Keras backend; a torch export must run without Keras
-    env = keras_env(TF_CPP_MIN_LOG_LEVEL="3") if framework == "keras" else {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.export", *map(str, args)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        raise ExportError(f"{framework} export subprocess failed (exit {proc.returncode}): {last}")
-    for line in proc.stderr.splitlines():  # the subprocess's notes (e.g. which exporter ran) reach the user
-        if line.startswith("note:"):
-            print(line, file=sys.stderr)
-    return proc.stdout
+    A failure raises :class:`shared.process.ChildError` with the child's one-line error.
+    """
+    return process.call(check_framework(framework), "export", *args, timeout=timeout)
 
 
 def source_args(run: str | None, model: str | None, num_classes: int | None = None,
@@ -106,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         path = export(framework, args.run, args.model, args.out, args.opset, num_classes=args.num_classes,
                       shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
         shapes = smoke_test(path)
-    except (FileNotFoundError, ValueError, ExportError) as e:
+    except (FileNotFoundError, ValueError, process.ChildError) as e:
         raise SystemExit(f"error: {e}") from None
     size_mb = path.stat().st_size / 2**20
     runs = ", ".join(f"batch {b} -> {list(s)}" for b, s in shapes)

@@ -1,4 +1,4 @@
-"""``make parity``: does the exported model compute what the trained model computes?
+"""``make onnx-parity``: does the exported model compute what the trained model computes?
 
     python -m export.parity --run RUN [--onnx FILE] [--data-dir data] [--split test] [--limit N] [--out DIR]
 
@@ -38,15 +38,16 @@ from export.infer import OnnxModel, load
 from export.onnx_export import export, framework_cli
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import machine_info
+from shared.markdown import table
 from shared.onnx_meta import (
     DEFAULT_OPSET,
-    FRAMEWORKS,
     Source,
     check_opset,
     default_onnx_path,
     graph_opset,
     resolve_source,
 )
+from shared.process import FRAMEWORKS
 from shared.runs import read_run
 
 REL_TOL = 1e-4
@@ -240,16 +241,19 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     return report
 
 
-def _fmt_cmp(name: str, c: dict[str, Any]) -> str:
-    return (f"| {name} | {c['max_abs_diff']:.3g} | {c['tolerance']:.3g} | {c['top1_agreement_pct']:.2f} | "
-            f"{c['reference_acc']:.4f} | {c['other_acc']:.4f} | {'yes' if c['ok'] else '**NO**'} |")
+def _cmp_row(name: str, c: dict[str, Any]) -> list[str]:
+    return [name, f"{c['max_abs_diff']:.3g}", f"{c['tolerance']:.3g}", f"{c['top1_agreement_pct']:.2f}",
+            f"{c['reference_acc']:.4f}", f"{c['other_acc']:.4f}", "yes" if c["ok"] else "**NO**"]
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page."""
     tag = " (SYNTHETIC data)" if report["synthetic"] else ""
+    nat = report["native_framework"]
+    comparisons = [_cmp_row(f"{nat} native vs ORT ({fw} export)", c) for fw, c in report["native_vs_ort"].items()]
+    comparisons.append(_cmp_row("ORT: torch export vs keras export", report["torch_onnx_vs_keras_onnx"]))
     lines = [
-        f"# ONNX parity: {report['model']} ({report['native_framework']}-trained)",
+        f"# ONNX parity: {report['model']} ({nat}-trained)",
         "",
         f"Run `{report['run']}`; evaluation split **{report['split']}** of {report['dataset']}{tag}, "
         f"{report['n']} images. File under test: `{report['onnx_under_test']}`. ONNX opsets: "
@@ -262,25 +266,20 @@ def markdown(report: dict[str, Any]) -> str:
         + (f", the run's own results.json {report['run_test_acc']:.4f}" if report["run_test_acc"] is not None else "")
         + ".",
         "",
-        "| comparison | max abs logit diff | tolerance | top-1 agreement % | accuracy (ref) | accuracy (other) | ok |",
-        "|---|---|---|---|---|---|---|",
+        *table(["comparison", "max abs logit diff", "tolerance", "top-1 agreement %", "accuracy (ref)",
+                "accuracy (other)", "ok"], comparisons, "lrrrrrl"),
+        "", "## A second runtime: onnx.reference.ReferenceEvaluator vs ONNX Runtime", "",
+        f"Same file, first {REFERENCE_IMAGES} images; bounds relative to max(1, max|logit|): "
+        + ", ".join(f"{k} {v:g}" for k, v in REFERENCE_REL_BOUNDS.items()) + ".", "",
+        *table(["file", "precision", "max abs logit diff", "bound", "ok"],
+               [[f"`{path}`", c["precision"], f"{c['max_abs_diff']:.3g}", f"{c['bound']:.3g}",
+                 "yes" if c["ok"] else "**NO**"] for path, c in report["reference_evaluator"].items()], "llrrl"),
     ]
-    nat = report["native_framework"]
-    for fw, c in report["native_vs_ort"].items():
-        lines.append(_fmt_cmp(f"{nat} native vs ORT ({fw} export)", c))
-    lines.append(_fmt_cmp("ORT: torch export vs keras export", report["torch_onnx_vs_keras_onnx"]))
-    lines += ["", "## A second runtime: onnx.reference.ReferenceEvaluator vs ONNX Runtime", "",
-              f"Same file, first {REFERENCE_IMAGES} images; bounds relative to max(1, max|logit|): "
-              + ", ".join(f"{k} {v:g}" for k, v in REFERENCE_REL_BOUNDS.items()) + ".", "",
-              "| file | precision | max abs logit diff | bound | ok |", "|---|---|---|---|---|"]
-    for path, c in report["reference_evaluator"].items():
-        lines.append(f"| `{path}` | {c['precision']} | {c['max_abs_diff']:.3g} | {c['bound']:.3g} | "
-                     f"{'yes' if c['ok'] else '**NO**'} |")
     if "speed" in report:
         lines += ["", f"## Speed on this CPU ({report['machine']['cpu']}, {report['machine']['cores']} cores)", "",
-                  "| engine | latency, batch 1 (median ms) | throughput, batch 64 (images/s) |", "|---|---|---|"]
-        for name, s in report["speed"].items():
-            lines.append(f"| {name} | {s['latency_ms_b1']:.2f} | {s['throughput_ips_b64']:.1f} |")
+                  *table(["engine", "latency, batch 1 (median ms)", "throughput, batch 64 (images/s)"],
+                         [[name, f"{s['latency_ms_b1']:.2f}", f"{s['throughput_ips_b64']:.1f}"]
+                          for name, s in report["speed"].items()], "lrr")]
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench,
                         opset=args.opset)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: ExportError, DataError
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: process.ChildError, DataError
         raise SystemExit(f"error: {e}") from None
     out = Path(args.out or report["run"])
     atomic_write_json(out / "parity.json", report)

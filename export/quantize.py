@@ -45,7 +45,9 @@ from export.infer import OnnxModel, load
 from export.parity import REFERENCE_IMAGES, reference_check
 from shared.io import atomic_write, atomic_write_json, atomic_write_text
 from shared.machine import machine_info
-from shared.onnx_meta import FRAMEWORKS, check_framework, default_onnx_path, graph_opset, resolve_source
+from shared.markdown import table
+from shared.onnx_meta import check_framework, default_onnx_path, graph_opset, resolve_source
+from shared.process import FRAMEWORKS
 
 PRECISIONS = ("int8", "fp16")
 DEFAULT_CALIBRATION = 256
@@ -297,23 +299,22 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"## Accuracy on the {r['split']} split of {r['dataset']}{tag}, {r['n']} images",
         "",
-        f"| | float32 | {p} |",
-        "|---|---|---|",
-        f"| accuracy | {r['float32_acc']:.4f} | {r['acc']:.4f} ({r['acc_delta']:+.4f}) |",
-        f"| top-1 agreement with float32 | | {r['top1_agreement_pct']:.2f}% |",
-        f"| max / mean abs logit difference | | {r['max_abs_logit_diff']:.3g} / {r['mean_abs_logit_diff']:.3g} "
-        f"(max abs float32 logit {r['max_abs_logit']:.3g}) |",
+        *table(["", "float32", p], [
+            ["accuracy", f"{r['float32_acc']:.4f}", f"{r['acc']:.4f} ({r['acc_delta']:+.4f})"],
+            ["top-1 agreement with float32", "", f"{r['top1_agreement_pct']:.2f}%"],
+            ["max / mean abs logit difference", "", f"{r['max_abs_logit_diff']:.3g} / {r['mean_abs_logit_diff']:.3g} "
+             f"(max abs float32 logit {r['max_abs_logit']:.3g})"],
+        ], "lrr"),
         "",
         "## A second runtime",
         "",
         "onnx.reference.ReferenceEvaluator against ONNX Runtime, same file, "
         f"{r['reference_evaluator']['float32']['n']} images:",
         "",
-        "| file | max abs logit difference | bound | ok |",
-        "|---|---|---|---|",
+        *table(["file", "max abs logit difference", "bound", "ok"],
+               [[name, f"{c['max_abs_diff']:.3g}", f"{c['bound']:.3g}", "yes" if c["ok"] else "**NO**"]
+                for name, c in r["reference_evaluator"].items()], "lrrl"),
     ]
-    for name, c in r["reference_evaluator"].items():
-        lines.append(f"| {name} | {c['max_abs_diff']:.3g} | {c['bound']:.3g} | {'yes' if c['ok'] else '**NO**'} |")
     if p == "int8":
         lines += ["", "ORT fuses Q/DQ pairs into integer kernels (QLinearConv) whose requantization rounds "
                   "differently from the reference's float Conv between DequantizeLinear and QuantizeLinear, "
@@ -325,11 +326,10 @@ def markdown(r: dict[str, Any]) -> str:
                   f"Load average (1/5/15 min) before: {load}, after: {r['load_average_after']} "
                   f"on {m['cores']} cores: other processes share this CPU, so absolute figures vary; "
                   "both files were timed in alternating rounds in one process.", "",
-                  "| file | latency, batch 1 (median ms) | throughput, batch 64 (median images/s) | min-max |",
-                  "|---|---|---|---|"]
-        for name, s in r["speed"].items():
-            lo, hi = s["throughput_min_max"]
-            lines.append(f"| {name} | {s['latency_ms_b1']:.2f} | {s['throughput_ips_b64']:.1f} | {lo:.0f}-{hi:.0f} |")
+                  *table(["file", "latency, batch 1 (median ms)", "throughput, batch 64 (median images/s)", "min-max"],
+                         [[name, f"{s['latency_ms_b1']:.2f}", f"{s['throughput_ips_b64']:.1f}",
+                           "{:.0f}-{:.0f}".format(*s["throughput_min_max"])] for name, s in r["speed"].items()],
+                         "lrrr")]
         lines += ["", f"{p} / float32: **{r['speedup_b64']:.2f}x** throughput at batch 64, "
                   f"{r['speedup_b1']:.2f}x at batch 1 (latency ratio)."]
         if p == "fp16":
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             raise QuantizeError(f"--calibration must be >= 1; got {args.calibration}")
         report = quantize(args.run, args.precision, args.framework, args.onnx, args.data_dir, args.calibration,
                           args.seed, args.reduce_range, bench=not args.no_bench, out=args.out)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: ExportError
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: process.ChildError
         raise SystemExit(f"error: {e}") from None
     md, js = write_report(report)
     print(markdown(report))

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.data import CIFAR_DATASETS
+from shared.process import FRAMEWORKS as FRAMEWORKS  # re-exported for export/'s tools
+from shared.process import package
 from shared.spec import ModelSpec, get_spec
 
-FRAMEWORKS = ("torch", "keras")
 LAYOUTS = {"torch": "NCHW", "keras": "NHWC"}
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -80,8 +81,7 @@ class Source:
 
 def check_framework(framework: str) -> str:
     """``framework`` itself, or a clear error naming the valid choices."""
-    if framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {framework!r}; valid choices: {', '.join(FRAMEWORKS)}")
+    package(framework)
     return framework
 
 

@@ -37,17 +37,20 @@ def module_command(framework: str, module: str, *args: object) -> list[str]:
     return [sys.executable, "-m", f"{package(framework)}.{module}", *map(str, args)]
 
 
-def child_env(**extra: str) -> dict[str, str]:
+def child_env(*, keras: bool = True, **extra: str) -> dict[str, str]:
     """The environment of a framework process: this one's, with the checked Keras backend made explicit,
     TensorFlow's C++ logging quietened and the repository root importable.
 
-    A bad or missing backend stops the calling command with one line (callers are command-line tools).
+    ``keras=False`` is for a child that imports no Keras (a torch process, data preparation): its backend
+    is neither checked nor set, so such a command runs where Keras is not installed. Otherwise a bad or
+    missing backend stops the calling command with one line (callers are command-line tools).
     """
-    try:
-        backend = keras_backend()
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    env = {**os.environ, "KERAS_BACKEND": backend}
+    env = dict(os.environ)
+    if keras:
+        try:
+            env["KERAS_BACKEND"] = keras_backend()
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**env, **extra}
@@ -77,14 +80,15 @@ class Finished:
 
 
 def run(cmd: Sequence[str], *, timeout: float | None = None, echo: bool = True, capture_stdout: bool = False,
-        env: dict[str, str] | None = None, tail_lines: int = 40) -> Finished:
+        show_stdout: bool = False, env: dict[str, str] | None = None, tail_lines: int = 40) -> Finished:
     """Run ``cmd`` from the repository root, passing its stderr (progress bars) through as it comes.
 
     Only the last ``tail_lines`` lines of stderr are kept (a progress bar's carriage-return frames
     collapse to their last frame). After ``timeout`` seconds the child is killed and the result says so.
+    Stdout is dropped unless captured (``capture_stdout``) or shared with this process (``show_stdout``).
     """
     tail: deque[str] = deque(maxlen=tail_lines)
-    stdout = subprocess.PIPE if capture_stdout else subprocess.DEVNULL
+    stdout = subprocess.PIPE if capture_stdout else None if show_stdout else subprocess.DEVNULL
     proc = subprocess.Popen(list(cmd), cwd=ROOT, env=child_env() if env is None else env, stdout=stdout,
                             stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -116,3 +120,27 @@ def run(cmd: Sequence[str], *, timeout: float | None = None, echo: bool = True, 
     proc.wait()
     tail.append(streams[proc.stderr.fileno()].decode(errors="replace").rsplit("\r", 1)[-1])
     return Finished(proc.returncode, out.decode(errors="replace"), "\n".join(tail).strip("\n"))
+
+
+class ChildError(RuntimeError):
+    """A framework process failed; the message is the child's own ``error:`` line, else why it ended."""
+
+
+def call(framework: str, module: str, *args: object, timeout: float | None = None, **env: str) -> str:
+    """Run ``python -m <package>.<module> args...`` quietly in ``framework``'s own process; its stdout.
+
+    The child's ``note:`` lines (e.g. which exporter ran) reach this process's stderr. A failure raises
+    :class:`ChildError` with the child's last ``error:`` line (the one line its CLI prints for bad input),
+    else with :meth:`Finished.reason`.
+    """
+    done = run(module_command(framework, module, *args), timeout=timeout, echo=False, capture_stdout=True,
+               env=child_env(keras=framework == "keras", **env), tail_lines=1000)
+    lines = done.stderr_tail.splitlines()
+    if not done.ok:
+        errors = [ln.removeprefix("error:").strip() for ln in lines if ln.startswith("error:")]
+        raise ChildError(errors[-1] if errors and not done.timed_out else
+                         f"{package(framework)}.{module}: {done.reason()}")
+    for line in lines:
+        if line.startswith("note:"):
+            print(line, file=sys.stderr)
+    return done.stdout

@@ -16,7 +16,6 @@ named next to it must then fail. It proves the harness is sensitive to the mista
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared import process
+from shared.markdown import table
+from shared.process import ROOT
 
 COMPARE_E2E = "tests/shared/test_compare.py::test_make_compare_resnet20_end_to_end"
 SGD_RULE = "tests/shared/test_train_parity.py::test_update_rule_matches_torch_sgd_across_an_lr_drop"
@@ -113,8 +114,7 @@ def check_applies(mutant: Mutant, root: Path = ROOT) -> str:
 
 def run_test(tree: Path, node: str, timeout: int) -> tuple[int, float, str]:
     start = time.perf_counter()
-    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"), "MPLBACKEND": "Agg",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = process.child_env(MPLBACKEND="Agg", PYTHONPATH=str(tree))  # the mutated copy, not this tree, is imported
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", node, "-x", "-q", "-p", "no:cacheprovider",
                                "-m", "not slow or slow"], cwd=tree, capture_output=True, text=True,
@@ -127,12 +127,10 @@ def run_test(tree: Path, node: str, timeout: int) -> tuple[int, float, str]:
 
 def markdown(rows: list[dict]) -> str:
     killed = sum(r["killed"] for r in rows)
+    body = [[r["name"], r["covers"], f"`{r['path']}`", f"`{r['test']}`",
+             "killed" if r["killed"] else f"**survived** ({r['detail']})", f"{r['seconds']:.0f}"] for r in rows]
     lines = ["# Mutant suite", "", f"{killed} of {len(rows)} mutants killed (`make test-mutants`).", "",
-             "| mutant | convention it breaks | edited file | killed by | result | s |", "|---|---|---|---|---|---:|"]
-    for r in rows:
-        verdict = "killed" if r["killed"] else f"**survived** ({r['detail']})"
-        lines.append(f"| {r['name']} | {r['covers']} | `{r['path']}` | `{r['test']}` | {verdict} "
-                     f"| {r['seconds']:.0f} |")
+             *table(["mutant", "convention it breaks", "edited file", "killed by", "result", "s"], body, "lllllr")]
     return "\n".join(lines) + "\n"
 
 

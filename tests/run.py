@@ -13,7 +13,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared.process import ROOT
+
 SUITES = ("shared", "torch", "keras")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.io import atomic_write, atomic_write_json, atomic_write_text
+from shared.markdown import table
 from shared.names import count_params
 from shared.runs import read_run
 from shared.spec import ModelSpec
@@ -200,26 +201,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     if not report["complete"]:
         n = sum(r["finished"] for r in report["cells"])
         lines.append(f"- **Incomplete**: {n} of {len(report['cells'])} cells finished; re-run to complete")
-    lines += [
-        "",
-        "| model | plain/residual | framework | shortcut | params | best val acc | best epoch | test acc "
-        "| train time | images/s | train loss (first → last epoch) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    rows = []
     for r in report["cells"]:
         if r.get("status") == "missing":
-            lines.append(f"| {r['model']} | {r['layout']} | {r['framework']} | — | — | not run | — | — | — | — | — |")
+            rows.append([r["model"], r["layout"], r["framework"], "—", "—", "not run", "—", "—", "—", "—", "—"])
             continue
         loss = (
             "—" if r["train_loss_first"] is None else f"{r['train_loss_first']:.4f} → {r['train_loss_last']:.4f}"
         )
         test = _pct(r["test_acc"]) if r["finished"] else f"unfinished ({r['epochs_done']} epochs)"
-        lines.append(
-            f"| {r['model']} | {r['layout']} | {r['framework']} | {r['shortcut']} | {_int(r['params'])} "
-            f"| {_pct(r['best_val_acc'])} | {r['best_epoch'] if r['best_epoch'] is not None else '—'} | {test} "
-            f"| {format_seconds(r['train_time_s'])} "
-            f"| {_num(r['images_per_s'])} | {loss} |"
-        )
+        rows.append([r["model"], r["layout"], r["framework"], r["shortcut"], _int(r["params"]),
+                     _pct(r["best_val_acc"]), r["best_epoch"] if r["best_epoch"] is not None else "—", test,
+                     format_seconds(r["train_time_s"]), _num(r["images_per_s"]), loss])
+    header = ["model", "plain/residual", "framework", "shortcut", "params", "best val acc", "best epoch", "test acc",
+              "train time", "images/s", "train loss (first → last epoch)"]
+    lines += ["", *table(header, rows, "llllrrrrrrl")]
     lines += ["", "Accuracies are top-1; best val acc is the maximum over epochs of `val_acc` in the run's "
               "`metrics.csv`, test acc is measured once at the end (`results.json`). Params are counted from "
               "the trained weight file (trainable; BN running statistics excluded)."]

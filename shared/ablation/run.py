@@ -17,7 +17,6 @@ import argparse
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -25,15 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared import process
 from shared.ablation.report import build_report, format_seconds, write_report
 from shared.data import DATASETS
 from shared.io import atomic_write_json
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
-from shared.runs import CHECKPOINTS, FRAMEWORKS, NotARunError, read_run
+from shared.process import FRAMEWORKS
+from shared.runs import CHECKPOINTS, NotARunError, read_run
 from shared.spec import SHORTCUTS, get_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN_MODULES = {"torch": "pytorch_impl.train", "keras": "keras_impl.train"}
 STATE_FILE = "ablation-state.json"
 # Settings that change what a cell computes: a re-run with other values must not reuse the cells.
 RESULT_SETTINGS = ("ablation", "dataset", "epochs", "iters", "batch_size", "lr", "seed", "shortcut", "num_classes")
@@ -135,9 +134,9 @@ def check_cell(cell: Cell, settings: dict[str, Any]) -> None:
 
 def train_command(cell: Cell, settings: dict[str, Any], *, resume: bool) -> list[str]:
     """The train CLI invocation of a cell (absolute paths: it runs from the repository root)."""
-    cmd = [sys.executable, "-m", TRAIN_MODULES[cell.framework], "--model", cell.model,
-           "--dataset", settings["dataset"], "--data-dir", str(Path(settings["data_dir"]).resolve()),
-           "--shortcut", settings["shortcut"], "--out", str(cell.path.resolve())]
+    cmd = process.module_command(cell.framework, "train", "--model", cell.model, "--dataset", settings["dataset"],
+                                 "--data-dir", Path(settings["data_dir"]).resolve(),
+                                 "--shortcut", settings["shortcut"], "--out", cell.path.resolve())
     for key in ("epochs", "iters", "batch_size", "lr", "seed", "num_classes"):
         if settings.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
@@ -199,7 +198,8 @@ def run_cells(cells: list[Cell], settings: dict[str, Any], state: dict[str, Any]
         _say(f"{tag}: {action} -> {cell.path}")
         cmd = train_command(cell, settings, resume=status == "resume")
         t0 = time.monotonic()
-        rc = subprocess.call(cmd, cwd=ROOT)
+        # the cell's stdout (epoch lines) and stderr (progress bars) reach the user as they come
+        rc = process.run(cmd, show_stdout=True, env=process.child_env(keras=cell.framework == "keras")).returncode
         elapsed = time.monotonic() - t0
         entry = {"status": "finished" if rc == 0 else f"failed (exit {rc})", "seconds": round(elapsed, 1),
                  "hardware": hardware, "command": shlex.join(cmd), "ended": datetime.now(UTC).isoformat()}

@@ -5,6 +5,7 @@ with the real training CLIs of both frameworks is ``test_ablation_e2e.py``.
 """
 
 import json
+import sys
 
 import pytest
 
@@ -19,7 +20,8 @@ FIXTURE_TRAINER = "tests.shared.ablation_fixtures"
 
 @pytest.fixture
 def fake_trainer(monkeypatch):
-    monkeypatch.setattr(ablation, "TRAIN_MODULES", {"torch": FIXTURE_TRAINER, "keras": FIXTURE_TRAINER})
+    fixture_command = lambda framework, module, *args: [sys.executable, "-m", FIXTURE_TRAINER, *map(str, args)]
+    monkeypatch.setattr(ablation.process, "module_command", fixture_command)
 
 
 def _calls(runs):

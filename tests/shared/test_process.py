@@ -34,3 +34,21 @@ def test_child_env_carries_the_backend_and_the_repository_root(monkeypatch):
 def test_unknown_framework_is_one_line_with_the_choices():
     with pytest.raises(ValueError, match=r"unknown framework 'mxnet'; valid choices: torch, keras"):
         process.module_command("mxnet", "train")
+
+
+def test_a_child_without_keras_runs_whatever_the_backend(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "mxnet")
+    with pytest.raises(SystemExit, match=r"unknown Keras backend 'mxnet'"):
+        process.child_env()
+    env = process.child_env(keras=False, EXTRA="1")
+    assert env["KERAS_BACKEND"] == "mxnet" and env["EXTRA"] == "1"  # passed through unchecked, as the user set it
+
+
+def test_call_returns_stdout_forwards_notes_and_raises_the_childs_error_line(monkeypatch, capsys):
+    code = ("import sys; print('out'); sys.stderr.write('noise\\nnote: used plan B\\n'); "
+            "sys.exit(sys.stderr.write('error: bad value 7; valid choices: 1, 2\\n') and int(sys.argv[1]))")
+    monkeypatch.setattr(process, "module_command", lambda fw, module, *a: [sys.executable, "-c", code, *map(str, a)])
+    assert process.call("torch", "x", 0) == "out\n"
+    assert capsys.readouterr().err == "note: used plan B\n"  # the notes reach the user, the noise does not
+    with pytest.raises(process.ChildError, match=r"^bad value 7; valid choices: 1, 2$"):
+        process.call("torch", "x", 3)
