@@ -44,7 +44,7 @@ TOPK        ?=
 ABLATION    ?= cifar10
 FRAMEWORKS  ?= torch,keras
 PYTEST_ARGS ?=
-# Keras backend of every Keras command (summary, compare, parity, convert, train, export, bench, ablation).
+# Keras backend of every Keras command (summary, compare, onnx-parity, convert, train, export, bench, ablation).
 BACKEND     ?= $(or $(KERAS_BACKEND),tensorflow)
 KERAS_BACKENDS := tensorflow jax torch
 ifeq ($(filter $(KERAS_BACKENDS),$(BACKEND)),)
@@ -63,7 +63,7 @@ TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
-	bench-data train-torch train-keras export infer parity quantize bench-deploy ablation bench clean
+	bench-data train-torch train-keras export infer onnx-parity quantize bench-deploy ablation bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -130,10 +130,10 @@ compare-all: $(STAMP) ## one line per registry model (INCLUDE_1202=1 adds resnet
 	$(PY) -m shared.harness.compare --all $(if $(INCLUDE_1202),--include-1202)
 
 convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras MODEL=resnet34 PRETRAINED=1 OUT=r34.weights.h5
-	$(PY) -m export.convert --from $(FROM) --to $(TO) --out $(or $(OUT),$(error OUT=file is required, e.g. OUT=model.weights.h5)) \
+	$(PY) -m export.transfer --from $(FROM) --to $(TO) --out $(or $(OUT),$(error OUT=file is required, e.g. OUT=model.weights.h5)) \
 		$(CONVERT_SPEC) $(or $(strip $(CONVERT_SOURCE)),--init)
 
-# ONNX export, ONNX Runtime inference and parity reports (export/). With RUN, FRAMEWORK is passed
+# ONNX export, ONNX Runtime inference and the native-vs-ONNX parity report (export/). With RUN, FRAMEWORK is passed
 # only when given explicitly (the run's own framework by default; the other one exports its weights too).
 INPUT_SIZE   ?=
 PARITY_LIMIT ?=
@@ -153,7 +153,7 @@ infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx
 		$(call opt,--topk,$(TOPK)) $(call opt,--out,$(OUT)) $(call opt,--batch-size,$(BATCH_SIZE)) \
 		$(call opt,--provider,$(PROVIDER))
 
-parity: $(STAMP) ## native model vs ONNX Runtime report: make parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
+onnx-parity: $(STAMP) ## native model vs its ONNX export in ONNX Runtime: make onnx-parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
 		--data-dir $(DATA_DIR) $(call opt,--limit,$(PARITY_LIMIT)) $(call opt,--opset,$(OPSET))
 

@@ -4,7 +4,7 @@
     python -m keras_impl.convert import --spec JSON --src W.safetensors --out FILE(.weights.h5 | .keras | .safetensors)
 
 Native files: ``model.save_weights`` output (``.weights.h5``) or a whole saved model (``.keras``).
-The driver is ``python -m export.convert``; ``pytorch_impl/convert.py`` is the mirror image.
+The driver is ``python -m export.transfer``; ``pytorch_impl/convert.py`` is the mirror image.
 """
 
 from __future__ import annotations

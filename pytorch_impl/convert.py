@@ -7,12 +7,13 @@
 Native files: a ``state_dict`` saved with ``torch.save`` (``.pt``/``.pth``, read with
 ``weights_only=True``) or a training checkpoint holding one under ``model``/``state_dict``/
 ``model_state_dict``. ``--pretrained`` takes torchvision's ImageNet weights. The driver is
-``python -m export.convert``; ``keras_impl/convert.py`` is the mirror image.
+``python -m export.transfer``; ``keras_impl/convert.py`` is the mirror image.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights-file", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    spec = ModelSpec.from_dict(__import__("json").loads(args.spec))
+    spec = ModelSpec.from_dict(json.loads(args.spec))
     try:
         if args.action == "import":
             write_native(args.out, spec, load_weights(args.src)[0], source=str(args.src))

@@ -16,6 +16,8 @@ import os
 import platform
 import sys
 
+from shared.process import FRAMEWORKS
+
 # The import name of each package, for the error message (pip names differ for a few).
 PIP_NAMES = {"PIL": "pillow", "yaml": "pyyaml"}
 
@@ -60,7 +62,7 @@ def needed(target: str, framework: str = "torch", variants: str | None = None,
         "train-keras": (*keras_modules(backend), "tensorboard"),
         "export": (*framework_modules(framework, backend), *ONNX, *(("tf2onnx",) if framework == "keras" else ())),
         "infer": ("onnxruntime", "PIL"),
-        "parity": (*framework_modules(framework, backend), *ONNX),
+        "onnx-parity": (*framework_modules(framework, backend), *ONNX),
         "summary": (*framework_modules(framework, backend), *(("torchinfo",) if framework == "torch" else ())),
         "data": (),
         "bench-data": TORCH,
@@ -93,7 +95,7 @@ def missing(modules: tuple[str, ...]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shared.requires", description=__doc__.split("\n\n")[0])
     p.add_argument("targets", nargs="*", help="make targets (none: nothing to check)")
-    p.add_argument("--framework", default="torch", choices=("torch", "keras"))
+    p.add_argument("--framework", default="torch", choices=FRAMEWORKS)
     p.add_argument("--variants", default=None, help="the bench's --variants")
     p.add_argument("--backend", default=None, help="the Keras backend (default: KERAS_BACKEND or tensorflow)")
     args = p.parse_args(argv)

@@ -380,7 +380,8 @@ def test_export_paths_and_make_dispatch(tmp_path):
                                     text=True, check=True).stdout
     assert "--framework" not in dry("export", "RUN=r")  # the run's own framework
     assert "--run r --framework keras" in dry("export", "RUN=r", "FRAMEWORK=keras")
-    assert "--opset 17" in dry("export", "RUN=r", "OPSET=17") and "--opset 17" in dry("parity", "RUN=r", "OPSET=17")
+    assert "--opset 17" in dry("export", "RUN=r", "OPSET=17")
+    assert "--opset 17" in dry("onnx-parity", "RUN=r", "OPSET=17")
     assert "--model resnet50" in dry("export", "MODEL=resnet50", "FRAMEWORK=keras") and "--framework keras" in dry(
         "export", "MODEL=resnet50", "FRAMEWORK=keras")
     # infer: each IMAGES word quoted, so the shell leaves patterns for Python (recursive **, no-match errors)

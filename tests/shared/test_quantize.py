@@ -151,7 +151,7 @@ def test_fp16_keeps_float32_io_and_tracks_float32(framework, qrun, data_dir):
 
 
 def test_parity_checks_quantized_files_with_the_second_runtime(qrun, data_dir):
-    """`make parity`'s ReferenceEvaluator step covers the int8/fp16 files beside the float32 one."""
+    """`make onnx-parity`'s ReferenceEvaluator step covers the int8/fp16 files beside the float32 one."""
     from export.infer import load
 
     x, _ = _test_split(data_dir, "NHWC")

@@ -1,6 +1,6 @@
 """Weight conversion through Keras, checked against torch and torchvision in this (torch-only) process.
 
-The Keras side always runs in a subprocess (``python -m export.convert`` / ``keras_impl.parity``).
+The Keras side always runs in a subprocess (``python -m export.transfer`` / ``keras_impl.parity``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ def _random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
 def test_round_trip_torch_keras_torch_is_bit_identical(tmp_path):
     state = _random_state("resnet20", 7)
     torch.save(state, tmp_path / "a.pt")
-    run_module("export.convert", "--from", "torch", "--to", "keras", "--model", "resnet20",
+    run_module("export.transfer", "--from", "torch", "--to", "keras", "--model", "resnet20",
                "--src", tmp_path / "a.pt", "--out", tmp_path / "b.weights.h5")
-    run_module("export.convert", "--from", "keras", "--to", "torch", "--model", "resnet20",
+    run_module("export.transfer", "--from", "keras", "--to", "torch", "--model", "resnet20",
                "--src", tmp_path / "b.weights.h5", "--out", tmp_path / "c.pt")
     back = torch.load(tmp_path / "c.pt", weights_only=True)
     keys = [k for k in state if not k.endswith("num_batches_tracked")]
@@ -62,7 +62,7 @@ def _torchvision_checkpoint(torch_home, seed: int = 0) -> tuple[torch.nn.Module,
 def test_pretrained_torchvision_file_becomes_a_keras_model_computing_the_same(tmp_path):
     tv, _ = _torchvision_checkpoint(tmp_path / "th")
     out = tmp_path / "r18.weights.h5"
-    run_module("export.convert", "--from", "torch", "--to", "keras", "--model", "resnet18", "--pretrained",
+    run_module("export.transfer", "--from", "torch", "--to", "keras", "--model", "resnet18", "--pretrained",
                "--out", out, env={"TORCH_HOME": str(tmp_path / "th")})
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x.transpose(0, 2, 3, 1))
@@ -83,16 +83,16 @@ def test_pretrained_torchvision_file_becomes_a_keras_model_computing_the_same(tm
 def test_keras_file_formats_and_run_folder(tmp_path):
     state = _random_state("resnet20", 3)
     torch.save({"model": state, "epoch": 1}, tmp_path / "ckpt.pt")  # a training checkpoint wrapper
-    run_module("export.convert", "--from", "torch", "--to", "keras", "--model", "resnet20",
+    run_module("export.transfer", "--from", "torch", "--to", "keras", "--model", "resnet20",
                "--src", tmp_path / "ckpt.pt", "--out", tmp_path / "m.keras")
     run = tmp_path / "run"
     run.mkdir()
-    run_module("export.convert", "--from", "keras", "--to", "keras", "--src", tmp_path / "m.keras",
+    run_module("export.transfer", "--from", "keras", "--to", "keras", "--src", tmp_path / "m.keras",
                "--model", "resnet20", "--out", run / "best.safetensors")
     from shared.spec import get_spec
 
     (run / "config.json").write_text(json.dumps({"framework": "keras", "spec": get_spec("resnet20").to_dict()}))
-    run_module("export.convert", "--from", "keras", "--to", "torch", "--src", run, "--out", tmp_path / "back.pt")
+    run_module("export.transfer", "--from", "keras", "--to", "torch", "--src", run, "--out", tmp_path / "back.pt")
     back = torch.load(tmp_path / "back.pt", weights_only=True)
     for k, v in state.items():
         if not k.endswith("num_batches_tracked"):

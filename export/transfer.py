@@ -1,9 +1,9 @@
 """Move weights between the PyTorch and the Keras ResNet through canonical safetensors.
 
-    python -m export.convert --from torch --to keras --model resnet34 --pretrained --out resnet34.weights.h5
-    python -m export.convert --from keras --to torch --src model.weights.h5 --model resnet20 --out model.pt
-    python -m export.convert --from torch --to keras --src runs/cifar10/resnet20/torch-.../ --out best.keras
-    python -m export.convert --from torch --to keras --model resnet20 --random 0 --out random.weights.h5
+    python -m export.transfer --from torch --to keras --model resnet34 --pretrained --out resnet34.weights.h5
+    python -m export.transfer --from keras --to torch --src model.weights.h5 --model resnet20 --out model.pt
+    python -m export.transfer --from torch --to keras --src runs/cifar10/resnet20/torch-.../ --out best.keras
+    python -m export.transfer --from torch --to keras --model resnet20 --random 0 --out random.weights.h5
 
 Sources (``--src``): a native checkpoint of the ``--from`` framework (torch: a ``.pt``/``.pth``
 state_dict or training checkpoint; keras: ``.weights.h5`` or ``.keras``), a canonical
@@ -23,32 +23,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from shared.backends import keras_env
+from shared import process
 from shared.io import load_weights
+from shared.process import FRAMEWORKS
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
-ROOT = Path(__file__).resolve().parent.parent
-FRAMEWORKS = ("torch", "keras")
-PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
 SUFFIXES = {"torch": (".pt", ".pth", ".safetensors"), "keras": (".weights.h5", ".keras", ".safetensors")}
 
 
 def _run(framework: str, *args: str) -> None:
-    env = keras_env()
-    proc = subprocess.run([sys.executable, "-m", f"{PACKAGES[framework]}.convert", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env)
-    if proc.stderr and proc.returncode == 0:
-        sys.stderr.write("".join(line + "\n" for line in proc.stderr.splitlines() if line.startswith("note:")))
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        message = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
-        raise SystemExit(message if message.startswith("error:") else
-                         f"error: {PACKAGES[framework]}.convert failed: {message}")
+    """``python -m <framework package>.convert args...``; a failure stops the command with the child's error."""
+    try:
+        process.call(framework, "convert", *args)
+    except process.ChildError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def resolve_source(src: str | None) -> tuple[str | None, dict | None]:
@@ -78,13 +70,13 @@ def _check_suffix(path: str, framework: str, what: str) -> None:
                          f"{', '.join(SUFFIXES[framework])}")
 
 
-def convert(src_fw: str, dst_fw: str, out: str, spec: ModelSpec, *, src: str | None = None,
+def transfer(src_fw: str, dst_fw: str, out: str, spec: ModelSpec, *, src: str | None = None,
             random: int | None = None, init: bool = False, pretrained: str | None = None,
             weights_file: str | None = None) -> Path:
     """Source framework -> canonical safetensors -> target framework's ``out``, each in its own process."""
     spec_json = spec.to_json()
     _check_suffix(out, dst_fw, "--out")
-    with tempfile.TemporaryDirectory(prefix="convert-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="transfer-") as tmp:
         canonical = src if (src and src.endswith(".safetensors")) else None
         if canonical is None:
             if src:
@@ -105,7 +97,7 @@ def convert(src_fw: str, dst_fw: str, out: str, spec: ModelSpec, *, src: str | N
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.transfer", description=__doc__.split("\n\n")[0])
     p.add_argument("--from", dest="src_fw", choices=FRAMEWORKS, required=True, help="source framework")
     p.add_argument("--to", dest="dst_fw", choices=FRAMEWORKS, required=True, help="target framework")
     p.add_argument("--out", required=True, help="output file (suffix picks the format)")
@@ -140,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   shortcut=args.shortcut)
         else:
             raise ValueError("the source carries no spec: name the model with --model")
-        out = convert(args.src_fw, args.dst_fw, args.out, spec, src=weights, random=args.random,
+        out = transfer(args.src_fw, args.dst_fw, args.out, spec, src=weights, random=args.random,
                       init=args.init, pretrained=args.pretrained, weights_file=args.weights_file)
     except ValueError as e:
         parser.error(str(e))

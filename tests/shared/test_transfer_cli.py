@@ -1,4 +1,4 @@
-"""export.convert's user errors: one line, the bad value and what to do, no traceback."""
+"""export.transfer's user errors: one line, the bad value and what to do, no traceback."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from tests.conftest import run_module
 
 
 def test_pretrained_offline_names_the_file_and_url(tmp_path):
-    proc = run_module("export.convert", "--from", "torch", "--to", "keras", "--model", "resnet34", "--pretrained",
+    proc = run_module("export.transfer", "--from", "torch", "--to", "keras", "--model", "resnet34", "--pretrained",
                       "--out", tmp_path / "r34.weights.h5", check=False, env={"TORCH_HOME": str(tmp_path / "th")})
     assert proc.returncode != 0
     expected_path = tmp_path / "th" / "hub" / "checkpoints" / "resnet34-b627a593.pth"
@@ -16,17 +16,17 @@ def test_pretrained_offline_names_the_file_and_url(tmp_path):
 
 
 def test_pretrained_needs_a_torchvision_model(tmp_path):
-    proc = run_module("export.convert", "--from", "torch", "--to", "keras", "--model", "plain34", "--pretrained",
+    proc = run_module("export.transfer", "--from", "torch", "--to", "keras", "--model", "plain34", "--pretrained",
                       "--out", tmp_path / "p.weights.h5", check=False)
     assert proc.returncode != 0 and "resnet18, resnet34, resnet50" in proc.stderr and "plain34" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
-    proc = run_module("export.convert", "--from", "torch", "--to", "keras", "--model", "resnet20",
+    proc = run_module("export.transfer", "--from", "torch", "--to", "keras", "--model", "resnet20",
                       "--out", tmp_path / "x.pt", "--random", "0", check=False)
     assert proc.returncode == 2 and "x.pt is not a keras weight file" in proc.stderr
-    proc = run_module("export.convert", "--from", "torch", "--to", "keras", "--out", tmp_path / "x.keras",
+    proc = run_module("export.transfer", "--from", "torch", "--to", "keras", "--out", tmp_path / "x.keras",
                       "--src", tmp_path / "missing.pt", check=False)
     assert proc.returncode == 2 and "missing.pt does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
