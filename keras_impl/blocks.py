@@ -23,6 +23,7 @@ import keras
 from keras import layers, ops
 
 from shared.names import keras_name
+from shared.spec import BlockSpec
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # = 1 - torch's momentum 0.1
@@ -116,30 +117,25 @@ class ShortcutProjection:
         return apply(self.layers, x)
 
 
-def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int, name: str):
-    """The shortcut for a BlockSpec's ``shortcut`` (None for identity or plain)."""
-    if kind == "projection":
-        return ShortcutProjection(in_channels, out_channels, stride, name=name)
-    if kind == "zeropad":
-        return ShortcutZeroPad(in_channels, out_channels, stride, name=keras_name(name))
-    if kind in ("identity", "none"):
-        return None
-    raise ValueError(f"unknown shortcut {kind!r}; valid choices: projection, zeropad, identity, none")
+def make_shortcut(b: BlockSpec):
+    """The shortcut of a block (None for an identity shortcut or a plain block)."""
+    name = f"{b.name}.downsample"
+    if b.shortcut == "projection":
+        return ShortcutProjection(b.in_channels, b.out_channels, b.stride, name=name)
+    if b.shortcut == "zeropad":
+        return ShortcutZeroPad(b.in_channels, b.out_channels, b.stride, name=keras_name(name))
+    return None
 
 
 class _Block:
-    expansion = 1
+    """What both blocks share: the shortcut, added before the final ReLU (skipped by the plain twin)."""
 
-    def _check(self, in_planes: int, planes: int, stride: int, shortcut: str, residual: bool) -> str:
-        out = planes * self.expansion
-        if not residual:
-            return "none"
-        if shortcut == "identity" and (stride != 1 or in_planes != out):
-            raise ValueError(
-                f"identity shortcut needs equal shapes; got {in_planes}->{out} channels, stride "
-                f"{stride}: use 'zeropad' or 'projection'"
-            )
-        return shortcut
+    def __init__(self, b: BlockSpec, main: list[layers.Layer]) -> None:
+        self.residual = b.residual
+        self.main = main
+        self.downsample = make_shortcut(b)
+        self.add = layers.Add(name=keras_name(f"{b.name}.add"))
+        self.out = layers.ReLU(name=keras_name(b.name))
 
     def __call__(self, x):
         out = apply(self.main, x)
@@ -150,25 +146,18 @@ class _Block:
 
 
 class BasicBlock(_Block):
-    """Two 3x3 convolutions; ``residual=False`` is the plain twin (no shortcut, no add)."""
+    """Two 3x3 convolutions; a BlockSpec with shortcut ``none`` is the plain twin (no shortcut, no add)."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "identity",
-                 residual: bool = True, name: str = "block") -> None:
-        shortcut = self._check(in_planes, planes, stride, shortcut, residual)
-        self.residual = residual
-        self.main = [
-            *conv3x3(in_planes, planes, stride, name=f"{name}.conv1"),
-            batch_norm(f"{name}.bn1"),
-            layers.ReLU(name=keras_name(f"{name}.relu")),
-            *conv3x3(planes, planes, name=f"{name}.conv2"),
-            batch_norm(f"{name}.bn2"),
-        ]
-        self.downsample = make_shortcut(shortcut, in_planes, planes, stride, f"{name}.downsample")
-        self.add = layers.Add(name=keras_name(f"{name}.add"))
-        self.out = layers.ReLU(name=keras_name(name))
-        self.stride = stride
+    def __init__(self, b: BlockSpec) -> None:
+        super().__init__(b, [
+            *conv3x3(b.in_channels, b.planes, b.stride, name=f"{b.name}.conv1"),
+            batch_norm(f"{b.name}.bn1"),
+            layers.ReLU(name=keras_name(f"{b.name}.relu")),
+            *conv3x3(b.planes, b.out_channels, name=f"{b.name}.conv2"),
+            batch_norm(f"{b.name}.bn2"),
+        ])
 
 
 class Bottleneck(_Block):
@@ -176,25 +165,17 @@ class Bottleneck(_Block):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "identity",
-                 residual: bool = True, name: str = "block") -> None:
-        shortcut = self._check(in_planes, planes, stride, shortcut, residual)
-        out = planes * self.expansion
-        self.residual = residual
-        self.main = [
-            *conv1x1(in_planes, planes, name=f"{name}.conv1"),
-            batch_norm(f"{name}.bn1"),
-            layers.ReLU(name=keras_name(f"{name}.relu1")),
-            *conv3x3(planes, planes, stride, name=f"{name}.conv2"),
-            batch_norm(f"{name}.bn2"),
-            layers.ReLU(name=keras_name(f"{name}.relu2")),
-            *conv1x1(planes, out, name=f"{name}.conv3"),
-            batch_norm(f"{name}.bn3"),
-        ]
-        self.downsample = make_shortcut(shortcut, in_planes, out, stride, f"{name}.downsample")
-        self.add = layers.Add(name=keras_name(f"{name}.add"))
-        self.out = layers.ReLU(name=keras_name(name))
-        self.stride = stride
+    def __init__(self, b: BlockSpec) -> None:
+        super().__init__(b, [
+            *conv1x1(b.in_channels, b.planes, name=f"{b.name}.conv1"),
+            batch_norm(f"{b.name}.bn1"),
+            layers.ReLU(name=keras_name(f"{b.name}.relu1")),
+            *conv3x3(b.planes, b.planes, b.stride, name=f"{b.name}.conv2"),
+            batch_norm(f"{b.name}.bn2"),
+            layers.ReLU(name=keras_name(f"{b.name}.relu2")),
+            *conv1x1(b.planes, b.out_channels, name=f"{b.name}.conv3"),
+            batch_norm(f"{b.name}.bn3"),
+        ])
 
 
 BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -45,7 +45,7 @@ def ResNet(spec: ModelSpec, input_shape: tuple | None = None) -> keras.Model:
         x = layers.MaxPooling2D(3, 2, padding="valid", name="maxpool")(x)
     block = BLOCK_TYPES[spec.block]
     for b in spec.blocks():
-        x = block(b.in_channels, b.planes, b.stride, b.shortcut, spec.residual, name=b.name)(x)
+        x = block(b)(x)
     x = layers.GlobalAveragePooling2D(name="avgpool")(x)
     # Logits in float32 even under a mixed-precision policy, so the softmax/loss stay stable.
     outputs = layers.Dense(spec.num_classes, name="fc", dtype="float32",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shared.spec import BlockSpec
+
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3x3 convolution, padding 1; no bias because a BatchNorm follows."""
@@ -55,96 +57,67 @@ class ShortcutProjection(nn.Sequential):
         super().__init__(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
 
-def make_shortcut(kind: str, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-    """The shortcut module for a BlockSpec's ``shortcut`` (None for identity or plain)."""
-    if kind == "projection":
-        return ShortcutProjection(in_channels, out_channels, stride)
-    if kind == "zeropad":
-        return ShortcutZeroPad(in_channels, out_channels, stride)
-    if kind in ("identity", "none"):
-        return None
-    raise ValueError(f"unknown shortcut {kind!r}; valid choices: projection, zeropad, identity, none")
+def make_shortcut(b: BlockSpec) -> nn.Module | None:
+    """The shortcut module of a block (None for an identity shortcut or a plain block)."""
+    if b.shortcut == "projection":
+        return ShortcutProjection(b.in_channels, b.out_channels, b.stride)
+    if b.shortcut == "zeropad":
+        return ShortcutZeroPad(b.in_channels, b.out_channels, b.stride)
+    return None
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; ``residual=False`` is the plain twin (no shortcut, no add)."""
+class _Block(nn.Module):
+    """What both blocks share: the shortcut, added before the final ReLU (skipped by the plain twin)."""
 
-    expansion = 1
-
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        stride: int = 1,
-        shortcut: str = "identity",
-        residual: bool = True,
-    ) -> None:
+    def __init__(self, b: BlockSpec) -> None:
         super().__init__()
-        out = planes * self.expansion
-        if not residual:
-            shortcut = "none"
-        elif shortcut == "identity" and (stride != 1 or in_planes != out):
-            raise ValueError(
-                f"identity shortcut needs equal shapes; got {in_planes}->{out} channels, stride "
-                f"{stride}: use 'zeropad' or 'projection'"
-            )
-        self.residual = residual
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.residual = b.residual
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = make_shortcut(shortcut, in_planes, out, stride)
-        self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+    def merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The main path's ``out`` plus the shortcut of the input ``x`` (residual blocks only), then ReLU."""
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
         return self.relu(out)
 
 
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4; plain twin with ``residual=False``."""
+class BasicBlock(_Block):
+    """Two 3x3 convolutions; a BlockSpec with shortcut ``none`` is the plain twin (no shortcut, no add)."""
+
+    expansion = 1
+
+    def __init__(self, b: BlockSpec) -> None:
+        super().__init__(b)
+        self.conv1 = conv3x3(b.in_channels, b.planes, b.stride)
+        self.bn1 = nn.BatchNorm2d(b.planes)
+        self.conv2 = conv3x3(b.planes, b.out_channels)
+        self.bn2 = nn.BatchNorm2d(b.out_channels)
+        self.downsample = make_shortcut(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.merge(self.bn2(self.conv2(out)), x)
+
+
+class Bottleneck(_Block):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4; plain twin with shortcut ``none``."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        stride: int = 1,
-        shortcut: str = "identity",
-        residual: bool = True,
-    ) -> None:
-        super().__init__()
-        out = planes * self.expansion
-        if not residual:
-            shortcut = "none"
-        elif shortcut == "identity" and (stride != 1 or in_planes != out):
-            raise ValueError(
-                f"identity shortcut needs equal shapes; got {in_planes}->{out} channels, stride "
-                f"{stride}: use 'zeropad' or 'projection'"
-            )
-        self.residual = residual
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_planes, out, stride)
-        self.stride = stride
+    def __init__(self, b: BlockSpec) -> None:
+        super().__init__(b)
+        self.conv1 = conv1x1(b.in_channels, b.planes)
+        self.bn1 = nn.BatchNorm2d(b.planes)
+        self.conv2 = conv3x3(b.planes, b.planes, b.stride)
+        self.bn2 = nn.BatchNorm2d(b.planes)
+        self.conv3 = conv1x1(b.planes, b.out_channels)
+        self.bn3 = nn.BatchNorm2d(b.out_channels)
+        self.downsample = make_shortcut(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self.merge(self.bn3(self.conv3(out)), x)
 
 
 BLOCK_TYPES: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -33,9 +33,7 @@ class ResNet(nn.Module):
         stages: dict[str, list[nn.Module]] = {}
         for b in spec.blocks():
             stage = b.name.split(".")[0]
-            stages.setdefault(stage, []).append(
-                block(b.in_channels, b.planes, b.stride, b.shortcut, spec.residual)
-            )
+            stages.setdefault(stage, []).append(block(b))
         for stage, blocks in stages.items():
             self.add_module(stage, nn.Sequential(*blocks))
         self.stage_names = list(stages)

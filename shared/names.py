@@ -30,8 +30,6 @@ WEIGHTS: dict[str, tuple[tuple[str, str, bool], ...]] = {
     ),
     "linear": (("weight", "kernel", True), ("bias", "bias", True)),
 }
-PARAMETERLESS = ("maxpool", "avgpool", "zeropad", "block")
-KINDS = tuple(WEIGHTS) + PARAMETERLESS
 
 # torch conv (out, in, kh, kw) -> keras (kh, kw, in, out); torch linear (out, in) -> keras (in, out)
 _TO_KERAS = {"conv": (2, 3, 1, 0), "linear": (1, 0)}

@@ -146,9 +146,14 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+SHORTCUT_KINDS = ("identity", "zeropad", "projection", "none")
+
+
 @dataclass(frozen=True)
 class BlockSpec:
-    """One residual (or plain) block: ``shortcut`` is identity, zeropad, projection or none."""
+    """One residual (or plain) block, resolved by :meth:`ModelSpec.blocks`: its canonical name, shapes and
+    ``shortcut`` kind (identity, zeropad, projection, or none for the plain twin). Both frameworks' blocks
+    are built from it as it is; the checks below are the only ones."""
 
     name: str
     in_channels: int
@@ -156,6 +161,19 @@ class BlockSpec:
     out_channels: int
     stride: int
     shortcut: str
+
+    def __post_init__(self) -> None:
+        _check_choice("shortcut kind", self.shortcut, SHORTCUT_KINDS)
+        if self.shortcut == "identity" and (self.stride != 1 or self.in_channels != self.out_channels):
+            raise ValueError(
+                f"{self.name}: identity shortcut needs equal shapes; got {self.in_channels}->{self.out_channels} "
+                f"channels, stride {self.stride}: use 'zeropad' or 'projection'"
+            )
+
+    @property
+    def residual(self) -> bool:
+        """False for the plain twin's blocks: no shortcut, no addition."""
+        return self.shortcut != "none"
 
 
 def _check_choice(what: str, value: Any, choices: tuple[Any, ...]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.io import save_weights
+from shared.process import FRAMEWORKS
 from shared.runs import write_config
 from shared.spec import get_spec
 
@@ -78,7 +79,7 @@ def make_run(framework: str, model: str, out: Path, data_dir: Path, seed: int = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.export_helpers")
-    p.add_argument("--framework", choices=("torch", "keras"), required=True)
+    p.add_argument("--framework", choices=FRAMEWORKS, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir", default="data")

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras_impl.blocks import BasicBlock, Bottleneck, ShortcutProjection, ShortcutZeroPad
 from keras_impl.resnet import build_model
 from shared.names import canonical_layers, canonical_name, keras_name
-from shared.spec import MODEL_NAMES, cifar_spec, get_spec
+from shared.spec import MODEL_NAMES, BlockSpec, cifar_spec, get_spec
 from tests.oracles import CIFAR, IMAGENET
 
 
@@ -26,8 +26,10 @@ def apply_block(block, shape):
 def test_seed_shape_checks_nhwc():
     assert apply_block(ShortcutZeroPad(16, 32, 2), (4, 32, 32, 16)).shape == (4, 16, 16, 32)
     assert apply_block(ShortcutProjection(16, 32, 2), (4, 32, 32, 16)).shape == (4, 16, 16, 32)
-    assert apply_block(BasicBlock(16, 32, 2, shortcut="zeropad"), (2, 32, 32, 16)).shape == (2, 16, 16, 32)
-    assert apply_block(Bottleneck(64, 16, 2, shortcut="projection"), (2, 32, 32, 64)).shape == (2, 16, 16, 64)
+    basic = BasicBlock(BlockSpec("block", 16, 32, 32, 2, "zeropad"))
+    assert apply_block(basic, (2, 32, 32, 16)).shape == (2, 16, 16, 32)
+    bottleneck = Bottleneck(BlockSpec("block", 64, 16, 64, 2, "projection"))
+    assert apply_block(bottleneck, (2, 32, 32, 64)).shape == (2, 16, 16, 64)
     assert counts(build_model(cifar_spec(20)))[0] == CIFAR["resnet20"]  # the paper's 0.27M, Table 6
     with pytest.raises(ValueError, match="6n"):
         build_model(cifar_spec(21))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from matplotlib.image import imread
 
+from shared.process import FRAMEWORKS
 from tests.conftest import ROOT, run_module
 
-FRAMEWORKS = ["torch", "keras"]
 STEM = "ablation-cifar10-synthetic"
 RESNET8_PARAMS = 75_290  # CIFAR ResNet with n = 1 block per stage; checked against the formula below
 

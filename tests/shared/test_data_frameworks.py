@@ -19,9 +19,9 @@ from datasets import cifar
 from datasets.fixtures import write_cifar10_python
 from datasets.prepared import write_prepared
 from shared.data import augmentation, epoch_plan, norm_constants, reference_batches
+from shared.process import FRAMEWORKS  # torch's Loader, Keras' tf.data pipeline
 from tests.conftest import ROOT
 
-FRAMEWORKS = ("torch", "keras")  # torch's Loader, Keras' tf.data pipeline
 # The EpochDataset that model.fit trains on, per Keras backend (JAX and torch without tensorflow).
 KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")
 PROBE_N, PROBE_BATCH, PROBE_EPOCHS = 1000, 200, (0, 1, 2)

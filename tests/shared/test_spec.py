@@ -10,7 +10,7 @@ from shared.names import (
     to_keras_layout,
     to_torch_layout,
 )
-from shared.spec import MODEL_NAMES, cifar_spec, get_spec, imagenet_spec
+from shared.spec import MODEL_NAMES, BlockSpec, cifar_spec, get_spec, imagenet_spec
 from tests.oracles import CIFAR, IMAGENET
 
 
@@ -60,6 +60,15 @@ def test_shortcut_kinds_per_option():
     assert {b.shortcut for b in get_spec("plain20").blocks()} == {"none"}
     # ResNet-50's first block changes width (64 -> 256) at stride 1: a projection under option B.
     assert get_spec("resnet50").blocks()[0].shortcut == "projection"
+
+
+def test_a_block_checks_its_resolved_shortcut_once_for_both_frameworks():
+    assert BlockSpec("layer2.0", 16, 32, 32, 2, "zeropad").residual
+    assert not BlockSpec("layer2.0", 16, 32, 32, 2, "none").residual
+    with pytest.raises(ValueError, match=r"layer2\.0: identity shortcut needs equal shapes; got 16->32 channels"):
+        BlockSpec("layer2.0", 16, 32, 32, 2, "identity")
+    with pytest.raises(ValueError, match=r"unknown shortcut kind 'A'; valid choices: identity, zeropad"):
+        BlockSpec("layer1.0", 16, 16, 16, 1, "A")
 
 
 def test_canonical_names_are_torchvision_keys():

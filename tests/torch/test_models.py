@@ -6,7 +6,7 @@ import torchvision
 
 from pytorch_impl.blocks import BasicBlock, Bottleneck, ShortcutProjection, ShortcutZeroPad
 from pytorch_impl.resnet import build_model
-from shared.spec import MODEL_NAMES, cifar_spec, get_spec
+from shared.spec import MODEL_NAMES, BlockSpec, cifar_spec, get_spec
 from tests.oracles import CIFAR, IMAGENET, PAPER_TABLE6_MILLIONS
 
 
@@ -21,9 +21,9 @@ def n_stats(m):
 def test_seed_shape_checks():
     assert ShortcutZeroPad(16, 32, 2)(torch.randn(4, 16, 32, 32)).shape == (4, 32, 16, 16)
     assert ShortcutProjection(16, 32, 2)(torch.randn(4, 16, 32, 32)).shape == (4, 32, 16, 16)
-    blk = BasicBlock(16, 32, 2, shortcut="zeropad")
+    blk = BasicBlock(BlockSpec("block", 16, 32, 32, 2, "zeropad"))
     assert blk(torch.randn(2, 16, 32, 32)).shape == (2, 32, 16, 16)
-    bott = Bottleneck(64, 16, 2, shortcut="projection")
+    bott = Bottleneck(BlockSpec("block", 64, 16, 64, 2, "projection"))
     assert bott(torch.randn(2, 64, 32, 32)).shape == (2, 64, 16, 16)
     assert n_params(build_model(cifar_spec(20))) == CIFAR["resnet20"]  # the paper's 0.27M, Table 6
     with pytest.raises(ValueError, match="6n"):
