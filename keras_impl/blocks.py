@@ -23,7 +23,7 @@ import keras
 from keras import layers, ops
 
 from shared.names import keras_name
-from shared.spec import BlockSpec
+from shared.spec import BlockSpec, check_zero_pad
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # = 1 - torch's momentum 0.1
@@ -76,13 +76,7 @@ class ShortcutZeroPad(layers.Layer):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
-        if out_channels < in_channels:
-            raise ValueError(
-                f"ShortcutZeroPad cannot shrink channels ({in_channels} -> {out_channels}); "
-                "use ShortcutProjection (option B/C)"
-            )
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1; got {stride}")
+        check_zero_pad(in_channels, out_channels, stride)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def call(self, x):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.spec import BlockSpec
+from shared.spec import BlockSpec, check_zero_pad
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -28,13 +28,7 @@ class ShortcutZeroPad(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
-        if out_channels < in_channels:
-            raise ValueError(
-                f"ShortcutZeroPad cannot shrink channels ({in_channels} -> {out_channels}); "
-                "use ShortcutProjection (option B/C)"
-            )
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1; got {stride}")
+        check_zero_pad(in_channels, out_channels, stride)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared.process import ROOT
+
 LIBRARIES = ("torch", "torchvision", "tensorflow", "keras", "jax", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
 
 
@@ -63,7 +65,7 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
 def git_commit(root: str | os.PathLike | None = None) -> str | None:
     """The checkout's HEAD commit (with ``+dirty`` when files differ), or None outside git."""
-    root = Path(root) if root else Path(__file__).resolve().parent.parent
+    root = Path(root) if root else ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=20, check=True).stdout.strip()

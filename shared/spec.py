@@ -149,6 +149,15 @@ class ModelSpec:
 SHORTCUT_KINDS = ("identity", "zeropad", "projection", "none")
 
 
+def check_zero_pad(in_channels: int, out_channels: int, stride: int) -> None:
+    """Option A's shortcut subsamples and appends zero channels: it can neither drop channels nor upsample."""
+    if out_channels < in_channels:
+        raise ValueError(f"a zero-padding shortcut cannot shrink channels ({in_channels} -> {out_channels}); "
+                         "use a projection (option B/C)")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1; got {stride}")
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """One residual (or plain) block, resolved by :meth:`ModelSpec.blocks`: its canonical name, shapes and
@@ -164,6 +173,8 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         _check_choice("shortcut kind", self.shortcut, SHORTCUT_KINDS)
+        if self.shortcut == "zeropad":
+            check_zero_pad(self.in_channels, self.out_channels, self.stride)
         if self.shortcut == "identity" and (self.stride != 1 or self.in_channels != self.out_channels):
             raise ValueError(
                 f"{self.name}: identity shortcut needs equal shapes; got {self.in_channels}->{self.out_channels} "

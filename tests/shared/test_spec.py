@@ -67,6 +67,8 @@ def test_a_block_checks_its_resolved_shortcut_once_for_both_frameworks():
     assert not BlockSpec("layer2.0", 16, 32, 32, 2, "none").residual
     with pytest.raises(ValueError, match=r"layer2\.0: identity shortcut needs equal shapes; got 16->32 channels"):
         BlockSpec("layer2.0", 16, 32, 32, 2, "identity")
+    with pytest.raises(ValueError, match=r"zero-padding shortcut cannot shrink channels \(32 -> 16\)"):
+        BlockSpec("layer2.0", 32, 16, 16, 2, "zeropad")
     with pytest.raises(ValueError, match=r"unknown shortcut kind 'A'; valid choices: identity, zeropad"):
         BlockSpec("layer1.0", 16, 16, 16, 1, "A")
 
