@@ -9,8 +9,6 @@ The driver is ``python -m export.transfer``; ``pytorch_impl/convert.py`` is the 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +20,7 @@ import numpy as np
 import keras_impl.blocks  # noqa: F401  (registers the custom layers a .keras file refers to)
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
+from shared.cli import convert_main
 from shared.harness.parity import randomize_arrays
 from shared.io import load_weights, save_weights
 from shared.spec import ModelSpec
@@ -82,36 +81,20 @@ def write_native(path: str | os.PathLike, spec: ModelSpec, arrays: dict[str, np.
     return path
 
 
+def init_arrays(spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The Keras model's own fresh initialization (seeded), as canonical arrays."""
+    keras.utils.set_random_seed(0)
+    return get_weights(build_model(spec), spec)
+
+
+def random_arrays(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
+    """Every weight and BN statistic random (``randomize_arrays``), shaped by the Keras model."""
+    return randomize_arrays(spec, get_weights(build_model(spec), spec), seed)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m keras_impl.convert")
-    p.add_argument("action", choices=("export", "import"))
-    p.add_argument("--spec", required=True, help="ModelSpec as JSON")
-    p.add_argument("--src", default=None)
-    p.add_argument("--random", type=int, default=None, help="seed: random weights and BN statistics")
-    p.add_argument("--init", action="store_true", help="the model's own fresh initialization")
-    p.add_argument("--pretrained", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--weights-file", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    spec = ModelSpec.from_dict(json.loads(args.spec))
-    try:
-        if args.action == "import":
-            write_native(args.out, spec, load_weights(args.src)[0], source=str(args.src))
-            return 0
-        if args.pretrained:
-            raise ValueError("pretrained ImageNet weights come from torchvision: use --from torch --pretrained")
-        if args.random is not None:
-            model = build_model(spec)
-            arrays, source = randomize_arrays(spec, get_weights(model, spec), args.random), f"random:{args.random}"
-        elif args.init:
-            keras.utils.set_random_seed(0)
-            arrays, source = get_weights(build_model(spec), spec), "init"
-        else:
-            arrays, source = read_native(args.src, spec), str(args.src)
-        write_native(args.out, spec, arrays, source=source)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return 0
+    return convert_main("python -m keras_impl.convert", argv, read_native=read_native, write_native=write_native,
+                        init_arrays=init_arrays, random_arrays=random_arrays)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import numpy as np
 
 from keras_impl.blocks import BLOCK_TYPES
 from keras_impl.resnet import build_model
-from shared.harness.summary import dump, make_summary, spec_from_args, summary_arg_parser
-from shared.io import atomic_write_text
+from shared.cli import summary_main
+from shared.harness.summary import make_summary
 from shared.names import canonical_layers
 from shared.spec import ModelSpec
 
@@ -56,19 +56,16 @@ def summarize(model: keras.Model, spec: ModelSpec) -> dict[str, Any]:
                         _count(model.non_trainable_weights), input_shape)
 
 
+def print_table(model: keras.Model, summary: dict[str, Any]) -> None:
+    """Keras' own ``model.summary()``."""
+    model.summary(line_length=110)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = summary_arg_parser("python -m keras_impl.summary")
-    args = parser.parse_args(argv)
-    spec = spec_from_args(args, parser)
-    model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
-    summary = summarize(model, spec)
-    if args.out:
-        atomic_write_text(args.out, dump(summary))
-    if args.json:
-        print(dump(summary))
-    else:
-        model.summary(line_length=110)
-    return 0
+    return summary_main(
+        "python -m keras_impl.summary", argv, summarize=summarize, print_table=print_table,
+        build_model=lambda spec: build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels)),
+    )
 
 
 if __name__ == "__main__":

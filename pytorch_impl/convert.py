@@ -12,8 +12,6 @@ Native files: a ``state_dict`` saved with ``torch.save`` (``.pt``/``.pth``, read
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
+from shared.cli import convert_main
 from shared.harness.parity import randomize_arrays
 from shared.io import atomic_write, load_weights, save_weights
 from shared.names import canonical_weights
@@ -144,37 +143,20 @@ def pretrained_arrays(spec: ModelSpec, tag: str = "IMAGENET1K_V1", weights_file:
     return full
 
 
+def init_arrays(spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The PyTorch model's own fresh initialization (seeded), as canonical arrays."""
+    torch.manual_seed(0)
+    return get_weights(build_model(spec), spec)
+
+
+def random_arrays(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
+    """Every weight and BN statistic random (``randomize_arrays``), shaped by the PyTorch model."""
+    return randomize_arrays(spec, get_weights(build_model(spec), spec), seed)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pytorch_impl.convert")
-    p.add_argument("action", choices=("export", "import"))
-    p.add_argument("--spec", required=True, help="ModelSpec as JSON")
-    p.add_argument("--src", default=None)
-    p.add_argument("--random", type=int, default=None, help="seed: random weights and BN statistics")
-    p.add_argument("--init", action="store_true", help="the model's own fresh initialization")
-    p.add_argument("--pretrained", default=None, help="torchvision weights tag, e.g. IMAGENET1K_V1")
-    p.add_argument("--weights-file", default=None)
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    spec = ModelSpec.from_dict(json.loads(args.spec))
-    try:
-        if args.action == "import":
-            write_native(args.out, spec, load_weights(args.src)[0], source=str(args.src))
-            return 0
-        if args.pretrained:
-            arrays = pretrained_arrays(spec, args.pretrained, args.weights_file)
-            source = f"torchvision:{args.pretrained}"
-        elif args.random is not None:
-            model = build_model(spec)
-            arrays, source = randomize_arrays(spec, get_weights(model, spec), args.random), f"random:{args.random}"
-        elif args.init:
-            torch.manual_seed(0)
-            arrays, source = get_weights(build_model(spec), spec), "init"
-        else:
-            arrays, source = read_native(args.src, spec), str(args.src)
-        write_native(args.out, spec, arrays, source=source)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    return 0
+    return convert_main("python -m pytorch_impl.convert", argv, read_native=read_native, write_native=write_native,
+                        init_arrays=init_arrays, random_arrays=random_arrays, pretrained_arrays=pretrained_arrays)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from pytorch_impl.resnet import build_model
-from shared.harness.summary import dump, make_summary, spec_from_args, summary_arg_parser
-from shared.io import atomic_write_text
+from shared.cli import summary_main
+from shared.harness.summary import make_summary
 from shared.names import canonical_layers
 from shared.spec import ModelSpec
 
@@ -57,28 +57,23 @@ def summarize(model: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]:
     return make_summary("torch", spec, rows, trainable, stats, input_shape)
 
 
+def print_table(model: torch.nn.Module, summary: dict[str, Any]) -> None:
+    """torchinfo's table (module paths, output sizes, parameters) and the BN statistics it does not count."""
+    try:
+        import torchinfo
+    except ImportError:
+        raise SystemExit("error: the summary table needs the torchinfo package, which is not installed "
+                         "(pip install torchinfo); --json prints the project's summary without it") from None
+    print(torchinfo.summary(
+        model, input_size=tuple(summary["input_shape"]), depth=3, verbose=0,
+        col_names=("output_size", "num_params"), row_settings=("var_names",),
+    ))
+    print(f"BN running statistics (non-trainable): {summary['non_trainable']:,}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = summary_arg_parser("python -m pytorch_impl.summary")
-    args = parser.parse_args(argv)
-    spec = spec_from_args(args, parser)
-    model = build_model(spec)
-    summary = summarize(model, spec)
-    if args.out:
-        atomic_write_text(args.out, dump(summary))
-    if args.json:
-        print(dump(summary))
-    else:
-        try:
-            import torchinfo
-        except ImportError:
-            raise SystemExit("error: the summary table needs the torchinfo package, which is not installed "
-                             "(pip install torchinfo); --json prints the project's summary without it") from None
-        print(torchinfo.summary(
-            model, input_size=tuple(summary["input_shape"]), depth=3, verbose=0,
-            col_names=("output_size", "num_params"), row_settings=("var_names",),
-        ))
-        print(f"BN running statistics (non-trainable): {summary['non_trainable']:,}")
-    return 0
+    return summary_main("python -m pytorch_impl.summary", argv, build_model=build_model, summarize=summarize,
+                        print_table=print_table)
 
 
 if __name__ == "__main__":
