@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shared.io import save_weights
+from shared.onnx_meta import DEFAULT_OPSET, REQUIRED_KEYS, Source, graph_opset
 from shared.process import FRAMEWORKS
 from shared.runs import write_config
-from shared.spec import get_spec
+from shared.spec import MODEL_NAMES, get_spec
 
 
 def randomize_bn(arrays: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
@@ -90,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def assert_logits_match(reference: np.ndarray, other: np.ndarray, labels: np.ndarray | None = None) -> float:
     """The issue's bar: |diff| <= 1e-4*max(1, max|reference|), 100% top-1 agreement, equal accuracy."""
     assert reference.shape == other.shape, (reference.shape, other.shape)
@@ -115,3 +113,80 @@ def fixture_images(data_dir: str | Path, n: int = 64) -> tuple[np.ndarray, np.nd
     x, y = prepared.arrays("test")
     mean, std = norm_constants(prepared.manifest)
     return normalize(x[:n], mean, std), y[:n].astype(np.int64)
+
+
+def ort_logits(path: str | Path, x_nhwc: np.ndarray, layout: str) -> np.ndarray:
+    """ONNX Runtime's logits for NHWC images, transposed first when the model's ``layout`` is NCHW."""
+    import onnxruntime as ort
+
+    x = x_nhwc.transpose(0, 3, 1, 2) if layout == "NCHW" else x_nhwc
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": np.ascontiguousarray(x)})[0]
+
+
+class ExportContract:
+    """The ONNX export tests both frameworks must pass; ``tests/<framework>/test_export.py`` subclasses it.
+
+    A subclass names its ``framework`` and ``layout`` and gives the framework's ``load_model``,
+    ``get_weights``, ``predict`` and ``export(spec, path, seed=0, opset=DEFAULT_OPSET)`` (a model with
+    BN-randomized weights, exported to ``path``); its module defines the ``images`` fixture.
+    """
+
+    framework: str
+    layout: str
+
+    def ort_logits(self, path: Path, x_nhwc: np.ndarray) -> np.ndarray:
+        return ort_logits(path, x_nhwc, self.layout)
+
+    def check_onnx_file(self, path: Path, spec) -> None:
+        """Checker, metadata, input/output names and the symbolic batch dimension of an exported file."""
+        import onnx
+
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert set(REQUIRED_KEYS) <= set(meta) and meta["layout"] == self.layout
+        assert meta["framework"] == self.framework
+        assert json.loads(meta["spec"]) == spec.to_dict() and meta["input_size"] == str(spec.input_size)
+        assert [i.name for i in proto.graph.input] == ["input"] and [o.name for o in proto.graph.output] == ["logits"]
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        size, channels = spec.input_size, spec.in_channels
+        assert dims[0].dim_param == "batch"
+        assert [d.dim_value for d in dims[1:]] == ([channels, size, size] if self.layout == "NCHW"
+                                                   else [size, size, channels])
+
+    def check_logits(self, model, path: Path, x: np.ndarray, y: np.ndarray) -> None:
+        """ORT's logits equal the framework's, on the whole set and on batches of 1 and 5 (symbolic batch)."""
+        native = self.predict(model, x)
+        assert_logits_match(native, self.ort_logits(path, x), y)
+        for batch in (1, 5):
+            assert_logits_match(native[:batch], self.ort_logits(path, x[:batch]))
+
+    def test_random_weights_are_seeded(self):
+        spec = get_spec("resnet20")
+        a, b, c = (self.get_weights(self.load_model(Source(spec=spec, seed=s)), spec) for s in (0, 0, 1))
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert not np.array_equal(a["conv1.weight"], c["conv1.weight"])
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if not n.endswith("1202")])
+    def test_every_registry_model_exports(self, name, tmp_path):
+        spec = get_spec(name)
+        spec = spec.with_overrides(input_size=64) if spec.stem == "imagenet" else spec
+        model = self.export(spec, tmp_path / "m.onnx")
+        x = np.random.default_rng(0).standard_normal((3, spec.input_size, spec.input_size, 3)).astype(np.float32)
+        assert_logits_match(self.predict(model, x), self.ort_logits(tmp_path / "m.onnx", x))
+
+    @pytest.mark.parametrize("opset", [DEFAULT_OPSET, 17, 13])
+    def test_export_writes_the_requested_opset(self, opset, images, tmp_path):
+        import onnx
+
+        x, y = images
+        model = self.export(get_spec("resnet20"), tmp_path / "m.onnx", opset=opset)
+        proto = onnx.load(str(tmp_path / "m.onnx"))
+        assert graph_opset(proto) == opset and {p.key: p.value for p in proto.metadata_props}["opset"] == str(opset)
+        assert_logits_match(self.predict(model, x), self.ort_logits(tmp_path / "m.onnx", x), y)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
