@@ -1,15 +1,22 @@
-"""``prepare`` and ``load_prepared``: the library side of ``python -m datasets.prepare``."""
+"""``prepare`` and ``load_prepared``: the library side of ``python -m datasets.prepare``.
+
+``loader_main`` is the flow of ``python -m pytorch_impl.data`` and ``python -m keras_impl.data``, written once.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from datasets import synthetic
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared, write_prepared
 from shared import process
 from shared.data import CIFAR_DATASETS, check_dataset
+from shared.io import atomic_save_npz
 
 
 def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool = True,
@@ -60,3 +67,30 @@ def load_prepared(name: str, data_dir: str | os.PathLike = "data", *, prepare_mi
     elif not prepare_missing:
         raise DataError(f"{path.resolve()} is not prepared; run `make data DATASET={name} DATA_DIR={data_dir}`")
     return prepare(name, data_dir)
+
+
+def loader_main(args: argparse.Namespace, *, bench: Callable[[Prepared], dict],
+                batches: Callable[[Prepared], tuple[int, Iterable]]) -> int:
+    """Run a framework's loader on the flags of ``shared.data.loader_arg_parser``.
+
+    ``--bench`` prints ``bench(prepared)`` as JSON. Otherwise ``batches(prepared)`` gives (batches in
+    an epoch, iterable of NHWC numpy (x, y)); up to ``--batches`` of them go to ``--dump`` as
+    ``x0, y0, x1, ...`` and the counts are printed as JSON.
+    """
+    try:
+        prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)
+    except (DataError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.bench:
+        print(json.dumps(bench(prepared)))
+        return 0
+    length, numpy_batches = batches(prepared)
+    out = {}
+    for i, (x, y) in enumerate(numpy_batches):
+        if args.batches is not None and i >= args.batches:
+            break
+        out[f"x{i}"], out[f"y{i}"] = x, y
+    if args.dump:
+        atomic_save_npz(args.dump, out)
+    print(json.dumps({"batches": len(out) // 2, "len": length}))
+    return 0

@@ -16,7 +16,6 @@ writes batches for the cross-framework tests.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -171,35 +170,22 @@ def _tf_version() -> str:
     return tf.__version__
 
 
+def numpy_batches(prepared, split: str, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0):
+    """(batches in the epoch, the ``tf.data`` batches as NHWC numpy (x, y)), for ``--dump``."""
+    ds = make_dataset(prepared, split, batch_size, train=train, seed=seed, epoch=epoch)
+    return int(ds.cardinality()), ((x.numpy(), y.numpy()) for x, y in ds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from datasets import DataError, load_prepared, read_prepared
+    from datasets.loading import loader_main
 
-    parser = loader_arg_parser("python -m keras_impl.data", "dump or time the pipeline")
-    args = parser.parse_args(argv)
-    try:
-        prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)
-    except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    if args.bench:
-        print(json.dumps(bench(prepared, args.batch_size, args.batches or 100, args.train, args.device)))
-        return 0
-    ds = make_dataset(prepared, args.split, args.batch_size, train=args.train, seed=args.seed, epoch=args.epoch)
-    out = {}
-    for i, (x, y) in enumerate(ds):
-        if args.batches is not None and i >= args.batches:
-            break
-        out[f"x{i}"] = x.numpy()
-        out[f"y{i}"] = y.numpy()
-    if args.dump:
-        from shared.io import atomic_write
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **out)
-
-        atomic_write(args.dump, write)
-    print(json.dumps({"batches": len(out) // 2, "len": int(ds.cardinality())}))
-    return 0
+    args = loader_arg_parser("python -m keras_impl.data", "dump or time the pipeline").parse_args(argv)
+    return loader_main(
+        args,
+        bench=lambda prepared: bench(prepared, args.batch_size, args.batches or 100, args.train, args.device),
+        batches=lambda prepared: numpy_batches(prepared, args.split, args.batch_size, train=args.train,
+                                               seed=args.seed, epoch=args.epoch),
+    )
 
 
 if __name__ == "__main__":

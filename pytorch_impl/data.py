@@ -12,7 +12,6 @@ writes batches for the cross-framework tests.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -135,37 +134,27 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
             "train": train, "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+def numpy_batches(prepared, split: str, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+                  device: str = "cpu"):
+    """(batches in the epoch, the loader's batches as NHWC numpy (x, y)), for ``--dump``."""
+    loader = make_loader(prepared, split, batch_size, train=train, seed=seed, device=device)
+    loader.set_epoch(epoch)
+    return len(loader), ((x.permute(0, 2, 3, 1).cpu().numpy(), y.cpu().numpy()) for x, y in loader)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from datasets import DataError, load_prepared, read_prepared
+    from datasets.loading import loader_main
 
     parser = loader_arg_parser("python -m pytorch_impl.data", "dump or time the loader")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for --bench")
     args = parser.parse_args(argv)
-    try:
-        prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)
-    except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    if args.bench:
-        print(json.dumps(bench(prepared, args.batch_size, args.batches or 100, args.train, args.device, args.threads)))
-        return 0
-    loader = make_loader(prepared, args.split, args.batch_size, train=args.train, seed=args.seed, device=args.device)
-    loader.set_epoch(args.epoch)
-    out = {}
-    for i, (x, y) in enumerate(loader):
-        if args.batches is not None and i >= args.batches:
-            break
-        out[f"x{i}"] = x.permute(0, 2, 3, 1).cpu().numpy()
-        out[f"y{i}"] = y.cpu().numpy()
-    if args.dump:
-        from shared.io import atomic_write
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **out)
-
-        atomic_write(args.dump, write)
-    print(json.dumps({"batches": len(out) // 2, "len": len(loader)}))
-    return 0
+    return loader_main(
+        args,
+        bench=lambda prepared: bench(prepared, args.batch_size, args.batches or 100, args.train, args.device,
+                                     args.threads),
+        batches=lambda prepared: numpy_batches(prepared, args.split, args.batch_size, train=args.train,
+                                               seed=args.seed, epoch=args.epoch, device=args.device),
+    )
 
 
 if __name__ == "__main__":

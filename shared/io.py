@@ -81,3 +81,14 @@ def atomic_save_npy(path: str | os.PathLike, array: Any) -> Path:
             np.save(f, np.asarray(array))
 
     return atomic_write(path, write)
+
+
+def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
+    """Write named numpy arrays as one uncompressed ``.npz`` (exactly at ``path``), atomically."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)

@@ -448,3 +448,32 @@ def test_make_data_passes_labels():
                           "DATA_DIR=/x"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     line = " ".join(out.replace("\\\n", " ").split()).split("-m datasets.prepare", 1)[1]
     assert line.split() == ["--dataset", "cifar100", "--labels", "coarse", "--data-dir", "/x"]
+
+
+def test_loader_cli_dumps_the_first_batches_and_names_a_bad_folder(tmp_path, capsys):
+    """The flow of ``python -m <package>.data``, driven here by the numpy reference pipeline."""
+    from datasets.loading import loader_main
+    from datasets.prepared import write_prepared
+    from shared.data import loader_arg_parser
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10
+    prepared = write_prepared(tmp_path / "p", {s: (x, y) for s in ("train", "val", "test")},
+                              {"name": "cifar10", "class_names": [str(i) for i in range(10)], "synthetic": True,
+                               "source": "test", "version": "test"})
+    parser = loader_arg_parser("test", "test")
+    args = parser.parse_args(["--prepared", str(prepared.path), "--train", "--batches", "2", "--batch-size", "8",
+                              "--seed", "3", "--dump", str(tmp_path / "d.npz")])
+
+    def batches(p):
+        return 5, reference_batches(*p.arrays("train"), p.manifest, 8, train=True, seed=3)
+
+    assert loader_main(args, bench=dict, batches=batches) == 0
+    assert json.loads(capsys.readouterr().out) == {"batches": 2, "len": 5}
+    dumped = np.load(tmp_path / "d.npz")
+    assert sorted(dumped) == ["x0", "x1", "y0", "y1"]
+    for i, (xb, yb) in zip(range(2), reference_batches(x, y, prepared.manifest, 8, train=True, seed=3)):
+        np.testing.assert_array_equal(dumped[f"x{i}"], xb)
+        np.testing.assert_array_equal(dumped[f"y{i}"], yb)
+    with pytest.raises(SystemExit, match=f"error: .*{tmp_path / 'nowhere'}"):
+        loader_main(parser.parse_args(["--prepared", str(tmp_path / "nowhere")]), bench=dict, batches=batches)
