@@ -4,16 +4,19 @@
     python -m pytorch_impl.train --nproc 2 ...                 # DDP (nccl on GPUs, gloo on CPU)
     torchrun --nproc_per_node 2 -m pytorch_impl.train ...      # the same, started by hand
 
-Mirrors ``keras_impl/train.py`` function for function. The framework-neutral parts (flags, recipe
-and per-iteration lr schedule, run folder, metrics, best tracking, NaN guard) are in ``shared/``.
+Mirrors ``keras_impl/train.py`` where the frameworks share a shape. The framework-neutral parts are
+in ``shared/``: the flags and the resolved :class:`~shared.training.Settings`, the recipe and its
+per-iteration lr, the NaN guard, and the run folder (:class:`~shared.run_folder.RunFolder`), which
+this plain loop drives: ``record_epoch`` after every epoch, then the checkpoint when it is due, and
+``finish`` with the test split.
 
 * SGD(momentum 0.9, weight_decay 1e-4) on every parameter: torch's coupled weight decay
   (``g += wd * w`` before momentum), ``buf = mu * buf + g``, ``w -= lr * buf``.
 * The lr of every step is ``shared.recipes.lr_at(plan, iteration)``, written into the param groups
   before the step.
-* Checkpoints (``checkpoint.pt``) hold model, optimizer (momentum buffers), grad scaler, progress
-  (epoch, global iteration, best so far, metrics rows, wall time) and RNG states; written atomically
-  at the end of every epoch and read back with ``torch.load(weights_only=True)``.
+* Checkpoints (``checkpoint.pt``, ``pytorch_impl/checkpoint.py``) hold model, optimizer (momentum
+  buffers), grad scaler, progress and RNG states; written atomically when the run folder says one is
+  due (every epoch) and read back with ``torch.load(weights_only=True)``.
 * No host synchronisation per step on CUDA: the loader uploads each epoch's plan once and slices it
   on the device, image counts are kept on the host, SGD is fused (GradScaler then skips its
   ``.item()``), and the loss/accuracy sums stay on the device until the host check every
@@ -32,12 +35,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
-import subprocess
 import sys
 import time
-import types
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,31 +45,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import datasets
+from pytorch_impl.checkpoint import load_checkpoint, save_checkpoint
 from pytorch_impl.data import make_loader
+from pytorch_impl.distributed import init_distributed, launch
 from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model as build_resnet
 from pytorch_impl.weights import get_weights, set_weights
-from shared import runs
-from shared.io import atomic_write, load_weights
+from shared import runs, training
+from shared.io import load_weights
 from shared.recipes import Plan
+from shared.run_folder import Progress, RunFolder
 from shared.spec import ModelSpec
-from shared.training import (
-    EpochLog,
-    NonFiniteLoss,
-    Progress,
-    RunSetup,
-    check_finite,
-    end_of_epoch,
-    fail,
-    metrics_row,
-    nonfinite_message,
-    resolve_device_name,
-    results_dict,
-    seed_python,
-    setup_run,
-    train_arg_parser,
-    write_steps,
-)
+from shared.training import EpochLog, NonFiniteLoss, fail
 
 FRAMEWORK = "torch"
 CHECK_EVERY = 10  # steps between host syncs (progress bar, NaN guard); every step is checked at the end
@@ -77,7 +65,7 @@ CHECK_EVERY = 10  # steps between host syncs (progress bar, NaN guard); every st
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The training flags (shared with ``keras_impl.train``)."""
-    return train_arg_parser("python -m pytorch_impl.train", FRAMEWORK)
+    return training.train_arg_parser("python -m pytorch_impl.train", FRAMEWORK)
 
 
 class Context:
@@ -118,53 +106,6 @@ def autocast_dtype(device: torch.device, requested: str = "auto") -> torch.dtype
         raise fail(f"--amp-dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16; "
                    "valid choices here: auto, float16")
     return getattr(torch, requested)
-
-
-def check_nproc(nproc: int, device_name: str, gpus: int) -> None:
-    """One CUDA process per visible GPU at most (more would die with "invalid device ordinal")."""
-    if nproc < 1:
-        raise fail(f"--nproc must be >= 1; got {nproc}")
-    if device_name.startswith("cuda") and nproc > gpus:
-        raise fail(f"{nproc} processes (NPROC={nproc}) but {gpus} CUDA GPU(s) visible "
-                   f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use NPROC <= {gpus}, "
-                   "or --device cpu (DEVICE=cpu) for gloo processes on the CPU")
-
-
-def launch(nproc: int, requested: str, argv: list[str]) -> int:
-    """``--nproc N``: check, then start this command N times through ``python -m torch.distributed.run``."""
-    gpus = torch.cuda.device_count()
-    check_nproc(nproc, resolve_device_name(requested, gpus), gpus)
-    rest, skip = [], False  # the processes run without --nproc (torchrun would take it for its own option)
-    for arg in argv:
-        if not skip and not arg.startswith("--nproc"):
-            rest.append(arg)
-        skip = arg == "--nproc"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "pytorch_impl.train", *rest]
-    return subprocess.call(cmd)
-
-
-def init_distributed(requested: str) -> tuple[torch.device, int, int]:
-    """(device, rank, world size); joins the torchrun process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    gpus = torch.cuda.device_count()
-    name = resolve_device_name(requested, gpus)
-    if world == 1:
-        return torch.device(name), 0, 1
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    try:  # started by hand with torchrun: every process would die with "invalid device ordinal"
-        check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world)), name, gpus)
-    except SystemExit:
-        if local_rank:  # the first process says why
-            raise SystemExit(1) from None
-        raise
-    if name.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return device, rank, world
 
 
 def build_model(spec: ModelSpec, ctx: Context, seed: int, init: str | None = None) -> nn.Module:
@@ -215,13 +156,16 @@ def host_totals(sums: torch.Tensor, ctx: Context) -> list[float]:
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, plan: Plan, epoch: int,
-                    progress: Progress, ctx: Context, trace: dict[str, list] | None = None,
-                    show_progress: bool = True) -> tuple[EpochLog, float]:
-    """One epoch of SGD steps with the per-iteration lr; returns (train loss/acc sums, last lr).
+                    progress: Progress, ctx: Context, trace_steps: int = 0,
+                    trace: Callable[[float, float], None] | None = None, show_progress: bool = True
+                    ) -> tuple[EpochLog, float]:
+    """One epoch of SGD steps with the per-iteration lr; returns (its training loss/accuracy, last lr).
 
     A step queues its work and returns: the sums stay on the device and the image count on the
-    host, until the host check every ``CHECK_EVERY`` steps and after the last one.
+    host, until the host check every ``CHECK_EVERY`` steps and after the last one. The run's first
+    ``trace_steps`` steps also hand their loss (over every rank) and lr to ``trace`` (a sync each).
     """
+    t0 = time.perf_counter()
     model.train()
     loader.set_epoch(epoch)
     steps = plan.iters_in_epoch(epoch)
@@ -243,20 +187,21 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
+        if progress.iteration < trace_steps:  # opt-in: every rank joins the reduction
+            traced = _all_reduce(loss.detach(), ctx).item() / ctx.world
+            if trace is not None:
+                trace(traced, lr)
         progress.iteration += 1
         seen += n * ctx.world
         with torch.no_grad():
             sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
-        if trace is not None and len(trace["loss"]) < trace["limit"]:  # opt-in: syncs on the traced steps
-            trace["loss"].append(_all_reduce(loss.detach(), ctx).item() / ctx.world)
-            trace["lr"].append(lr)
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
             total = host_totals(sums, ctx)
-            check_finite(total[0], epoch, progress.iteration, lr)
+            training.check_finite(total[0], epoch, progress.iteration, lr)
             bar.set_postfix(loss=f"{total[0] / seen:.4f}", acc=f"{total[1] / seen:.3f}", lr=f"{lr:.3g}")
             bar.update((i + 1) - bar.n)
     bar.close()
-    return EpochLog(total[0], int(total[1]), seen), lr
+    return EpochLog(total[0] / max(seen, 1), total[1] / max(seen, 1), seen, time.perf_counter() - t0), lr
 
 
 @torch.no_grad()
@@ -283,69 +228,6 @@ def evaluate(model: nn.Module, loader, ctx: Context, pad_to: int | None = None) 
     return float(loss_sum) / max(n, 1), int(correct) / max(n, 1)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    version, internal, gauss = random.getstate()
-    state["python"] = [version, list(internal), gauss]
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
-                    ctx: Context) -> Path:
-    """The resume checkpoint, atomically: model, optimizer, scaler, progress, RNG (tensors and plain data)."""
-    state = {
-        "format": 1,
-        "framework": FRAMEWORK,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": ctx.scaler.state_dict() if ctx.scaler.is_enabled() else {},
-        "progress": progress.to_dict(),
-        "rng": _rng_state(ctx.device),
-    }
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Context) -> Progress:
-    """Restore a :func:`save_checkpoint` file (``weights_only=True``: no code runs on load)."""
-    try:
-        state = torch.load(path, map_location=ctx.device, weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise fail(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if state["scaler"] and ctx.scaler.is_enabled():
-        ctx.scaler.load_state_dict(state["scaler"])
-    rng = state["rng"]
-    rng["torch"] = rng["torch"].cpu()
-    if "cuda" in rng:
-        rng["cuda"] = [t.cpu() for t in rng["cuda"]]
-    _set_rng_state(rng, ctx.device)
-    return Progress.from_dict(state["progress"])
-
-
-def tensorboard_writer(run_dir: Path):
-    """torch's SummaryWriter writing into the run folder, without importing tensorflow.
-
-    tensorboard resolves its ``tf`` lazily and uses its own TF-free stub when the module
-    ``tensorboard.compat.notf`` exists (its documented no-TensorFlow switch); tensorflow must not be
-    imported next to torch here (torch.export crashes in such a process).
-    """
-    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(run_dir))
-
-
 def _device_description(device: torch.device, ctx: Context) -> dict[str, Any]:
     desc: dict[str, Any] = {"type": device.type, "name": str(device), "world_size": ctx.world,
                             "threads": torch.get_num_threads()}
@@ -354,101 +236,79 @@ def _device_description(device: torch.device, ctx: Context) -> dict[str, Any]:
     return desc
 
 
-def _end_of_epoch(setup: RunSetup, raw: nn.Module, optimizer, progress: Progress, row: dict, ctx: Context,
-                  writer) -> None:
-    """Metrics, weights, checkpoint, TensorBoard and the summary line (``shared.training.end_of_epoch``)."""
-    end_of_epoch(setup, FRAMEWORK, progress, row, get_weights(raw, setup.spec),
-                 lambda path: save_checkpoint(path, raw, optimizer, progress, ctx), writer)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.nproc != 1 and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, args.device, sys.argv[1:] if argv is None else list(argv))
-    if args.workers is not None:
-        if args.workers < 1:
-            raise fail(f"--workers must be >= 1; got {args.workers}")
-        torch.set_num_threads(args.workers)
-    setup = setup_run(args, FRAMEWORK)
-    if args.jit:
+    settings, prepared = training.setup_run(args, FRAMEWORK, datasets.load_prepared)
+    threads, thread_record = training.choose_threads(settings, torch.get_num_threads())
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if settings.jit:
         print("note: --jit is the Keras XLA switch; for torch use --compile", file=sys.stderr)
-    device, rank, world = init_distributed(args.device)
-    cuda_graphs = bool(args.compile) and device.type == "cuda" and args.compile_mode in ("reduce-overhead",
-                                                                                          "max-autotune")
-    ctx = Context(device, args.amp, args.channels_last, rank, world, args.amp_dtype, cuda_graphs)
-    plan, spec = setup.plan, setup.spec
+    device, rank, world = init_distributed(settings.device)
+    cuda_graphs = settings.compile and device.type == "cuda" and settings.compile_mode in ("reduce-overhead",
+                                                                                             "max-autotune")
+    ctx = Context(device, settings.amp, settings.channels_last, rank, world, settings.amp_dtype, cuda_graphs)
+    plan, spec = settings.plan, settings.spec
     if plan.batch_size % world:
         raise fail(f"--batch-size {plan.batch_size} must be divisible by the {world} processes")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    seed_python(args.seed)
 
-    raw = build_model(spec, ctx, args.seed, None if setup.resumed else args.init)
+    raw = build_model(spec, ctx, settings.seed, None if settings.resumed else settings.init)
     optimizer = build_optimizer(raw, plan, ctx)
-    progress = Progress()
-    if setup.resumed:
-        progress = load_checkpoint(setup.run_dir / runs.CHECKPOINTS[FRAMEWORK], raw, optimizer, ctx)
+    run: RunFolder | None = None  # the run folder is rank 0's
+    if settings.resumed:
+        progress = load_checkpoint(settings.run_dir / runs.CHECKPOINTS[FRAMEWORK], raw, optimizer, ctx.scaler,
+                                   device)
+        if ctx.main:
+            run = RunFolder.reopen(settings, progress)
+    elif ctx.main:
+        run = RunFolder.create(settings, prepared.manifest, _device_description(device, ctx), thread_record)
+        progress = run.progress
+    else:
+        progress = Progress()
     net: nn.Module = raw
     if world > 1:
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:  # static shapes: training drops the last short batch, evaluation pads it
-        net = torch.compile(net, mode=None if args.compile_mode == "default" else args.compile_mode, dynamic=False)
+    if settings.compile:  # static shapes: training drops the last short batch, evaluation pads it
+        mode = None if settings.compile_mode == "default" else settings.compile_mode
+        net = torch.compile(net, mode=mode, dynamic=False)
     eval_net = raw if world > 1 else net  # DDP's forward syncs buffers across ranks: evaluate on rank 0 alone
-    eval_pad = plan.batch_size if args.compile and world == 1 else None
+    eval_pad = plan.batch_size if settings.compile and world == 1 else None
 
     loader_args = {"device": device, "channels_last": ctx.channels_last}
-    train_loader = make_loader(setup.prepared, "train", plan.batch_size, train=not args.no_augment, seed=args.seed,
+    train_loader = make_loader(prepared, "train", plan.batch_size, train=settings.augment, seed=settings.seed,
                                **loader_args)
-    val_loader = make_loader(setup.prepared, "val", plan.batch_size, train=False, **loader_args)
-    writer = None
-    if ctx.main:
-        setup.run_dir.mkdir(parents=True, exist_ok=True)
-        if not setup.resumed:
-            setup.config["device"] = _device_description(device, ctx)
-            runs.write_config(setup.run_dir, setup.config)
-        else:
-            runs.write_metrics(setup.run_dir, progress.rows)  # drop rows written after the checkpoint
-        writer = tensorboard_writer(setup.run_dir)
-        verb = f"resuming at epoch {progress.epoch + 1}" if setup.resumed else "training"
-        print(f"{verb} {spec.name} ({FRAMEWORK}, {device}{f' x{world}' if world > 1 else ''}) on {args.dataset}: "
-              f"{plan.epochs} epochs x {plan.iters_per_epoch} it = {plan.total_iters} iterations, batch "
-              f"{plan.batch_size}, lr {plan.lr:g} (milestones {list(plan.milestones)}) -> {setup.run_dir}", flush=True)
-    trace = {"loss": [], "lr": [], "limit": args.trace_steps} if args.trace_steps else None
-
+    val_loader = make_loader(prepared, "val", plan.batch_size, train=False, **loader_args)
+    if run is not None:
+        run.announce(f"{FRAMEWORK}, {device}{f' x{world}' if world > 1 else ''}")
     try:
         while progress.epoch < plan.epochs:
             epoch, t0 = progress.epoch, time.perf_counter()
             try:
-                log, lr = train_one_epoch(net, optimizer, train_loader, plan, epoch, progress, ctx, trace,
-                                          not args.no_progress)
+                log, lr = train_one_epoch(net, optimizer, train_loader, plan, epoch, progress, ctx,
+                                          settings.trace_steps, run.trace_step if run else None, settings.show_progress)
             except NonFiniteLoss as e:
-                raise SystemExit(nonfinite_message(e, setup.run_dir, progress.epoch)) from None
-            train_s = time.perf_counter() - t0
-            if ctx.main:
+                raise SystemExit(training.nonfinite_message(e, settings.run_dir, progress.epoch)) from None
+            if run is not None:
                 val_loss, val_acc = evaluate(eval_net, val_loader, ctx, eval_pad)
-                seconds = time.perf_counter() - t0
-                row = metrics_row(epoch + 1, log, val_loss, val_acc, lr, seconds)
-                row["images_per_s"] = log.seen / train_s
-                progress.wall_time_s += seconds
-                _end_of_epoch(setup, raw, optimizer, progress, row, ctx, writer)
-                if trace is not None:
-                    write_steps(setup.run_dir, trace["loss"], trace["lr"])
+                row = training.metrics_row(epoch + 1, log, val_loss, val_acc, lr, time.perf_counter() - t0)
+                run.record_epoch(row, get_weights(raw, spec))
+                if run.checkpoint_due(progress.epoch):
+                    save_checkpoint(run.checkpoint_path, raw, optimizer, ctx.scaler, progress, device)
             else:
                 progress.epoch += 1
             if world > 1:
                 torch.distributed.barrier()
-        if ctx.main:
-            arrays, _ = load_weights(setup.run_dir / runs.BEST)
-            set_weights(raw, spec, arrays)
-            test_loader = make_loader(setup.prepared, "test", plan.batch_size, train=False, **loader_args)
-            test_loss, test_acc = evaluate(raw, test_loader, ctx)
-            results = results_dict(test_loss, test_acc, progress, plan)
-            runs.write_results(setup.run_dir, results)
-            print(f"test acc {test_acc:.4f} loss {test_loss:.4f} with the best weights (epoch {progress.best_epoch}, "
-                  f"val acc {progress.best_val_acc:.4f}); {progress.wall_time_s:.1f}s -> {setup.run_dir}", flush=True)
+        if run is not None:
+            set_weights(raw, spec, run.best_weights())
+            test_loader = make_loader(prepared, "test", plan.batch_size, train=False, **loader_args)
+            run.finish(*evaluate(raw, test_loader, ctx))
     finally:
-        if writer is not None:
-            writer.close()
+        if run is not None:
+            run.close()
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

@@ -3,7 +3,7 @@
 A run folder (default ``runs/<dataset>/<model>/<framework>-<timestamp>/``) holds:
 
 * ``config.json``: the resolved configuration (model, framework, dataset, synthetic, spec, class_names,
-  input_size, normalization {mean, std}, recipe, versions, git_commit, device, ...);
+  input_size, normalization {mean, std}, recipe, threads, versions, git_commit, device, ...);
 * ``metrics.csv``: one row per finished epoch, columns :data:`METRICS_COLUMNS`;
 * ``best.safetensors`` / ``last.safetensors``: canonical weights (``shared.io.save_weights``) with
   metadata ``spec`` (JSON), ``framework`` and ``epoch``; best = highest validation accuracy;
@@ -13,7 +13,8 @@ A run folder (default ``runs/<dataset>/<model>/<framework>-<timestamp>/``) holds
 * ``results.json`` once the run has finished: test_acc, test_loss, best_epoch, best_val_acc, epochs,
   wall_time_s, finished (accuracies are fractions in [0, 1]).
 
-This module imports neither torch nor tensorflow.
+The trainers write it through ``shared.run_folder.RunFolder``. This module imports neither torch nor
+tensorflow.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ import csv
 import io
 import json
 import os
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from shared.io import atomic_write_json, atomic_write_text
+from shared.process import FRAMEWORKS
 
-FRAMEWORKS = ("torch", "keras")
 CONFIG = "config.json"
 METRICS = "metrics.csv"
 RESULTS = "results.json"
@@ -67,19 +67,6 @@ def default_run_dir(dataset: str, model: str, framework: str, root: str | os.Pat
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
-
-
-def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The checkout's HEAD commit (with ``+dirty`` when there are uncommitted changes), or None."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 # Writing --------------------------------------------------------------------------------------------
@@ -175,10 +162,3 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
         "finished": bool(results and results.get("finished")),
     }
 
-
-def find_runs(root: str | os.PathLike = "runs") -> list[Path]:
-    """Every run folder under ``root`` (folders holding a config.json), sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.rglob(CONFIG))

@@ -1,27 +1,27 @@
 """Framework-neutral pieces of the two training CLIs (``pytorch_impl.train``, ``keras_impl.train``).
 
-Both CLIs accept the same flags (:func:`train_arg_parser`), resolve a run the same way
-(:func:`setup_run`: data, spec, recipe, plan, run folder, or the saved state of ``--resume``), log
-the same per-epoch row and summary line (:class:`EpochLog`, :func:`epoch_line`), track the best
-validation accuracy the same way (:class:`Progress`) and stop the same way on a non-finite loss
-(:func:`check_finite`). Only the framework-specific steps (model, optimizer, one step, checkpoint
-format) live in the framework packages. This module imports neither torch nor tensorflow.
+Both CLIs accept the same flags (:func:`train_arg_parser`) and resolve them into one :class:`Settings`
+object (:func:`setup_run`): from the command line for a new run, from the run's ``config.json`` for
+``--resume``. They pick their threads the same way (:func:`choose_threads`), build the same metrics
+row (:class:`EpochLog`, :func:`metrics_row`) and stop the same way on a non-finite loss
+(:func:`check_finite`). The run folder itself is :class:`shared.run_folder.RunFolder`. The data are
+loaded by the trainers (they pass ``datasets.load_prepared`` in). This module imports neither torch
+nor tensorflow.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import random
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared import runs
-from shared.data import DATASETS, LABELS, augmentation, with_labels
-from shared.machine import library_versions
+from shared.data import DATASETS, LABELS, with_labels
+from shared.process import package
 from shared.recipes import Plan, make_plan, recipe_for
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
@@ -104,85 +104,93 @@ def fail(message: str) -> SystemExit:
     return SystemExit(f"error: {message}")
 
 
-# Setting a run up -------------------------------------------------------------------------------
-@dataclass
-class RunSetup:
-    """Everything a framework needs to start (or continue) a run."""
+# The settings of a run ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one run, resolved once (:func:`setup_run`) and read, never written, by the trainer.
 
-    args: argparse.Namespace
+    A new run takes them from the command line; ``--resume`` from the run's ``config.json`` (``saved``),
+    except what only concerns this invocation (device request, progress bar, step trace).
+    """
+
     framework: str
     run_dir: Path
     spec: ModelSpec
     plan: Plan
-    prepared: Any
-    config: dict[str, Any]
-    resumed: bool = False
+    reference: str | None  # the recipe's source (paper table, ...)
+    dataset: str
+    data_dir: str
+    seed: int
+    init: str | None
+    augment: bool
+    amp: bool
+    compile: bool
+    channels_last: bool
+    jit: bool
+    strategy: str
+    amp_dtype: str
+    compile_mode: str
+    workers: int | None  # --workers as given (None: the framework's default threading)
+    device: str  # --device as given (auto, cpu, cuda, ...)
+    trace_steps: int = 0
+    show_progress: bool = True
+    saved: dict[str, Any] | None = None  # the config.json of the run being resumed
+
+    @property
+    def resumed(self) -> bool:
+        return self.saved is not None
+
+    def fast_paths(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in FAST_PATHS}
 
 
-def load_data(dataset: str, data_dir: str) -> Any:
-    """``datasets.load_prepared`` with its errors turned into one-line user errors."""
-    import datasets
+Loader = Callable[[str, str], Any]  # datasets.load_prepared(name, data_dir) -> a Prepared dataset
 
+
+def load_data(load: Loader, dataset: str, data_dir: str) -> Any:
+    """``load(dataset, data_dir)`` with its errors turned into one-line user errors."""
     try:
-        return datasets.load_prepared(dataset, data_dir)
+        return load(dataset, data_dir)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         raise fail(str(e)) from e
 
 
-def setup_run(args: argparse.Namespace, framework: str) -> RunSetup:
-    """Resolve the data, spec, plan and run folder of a new run, or reload them for ``--resume``."""
+def setup_run(args: argparse.Namespace, framework: str, load: Loader) -> tuple[Settings, Any]:
+    """(settings, prepared data) of a new run, or of the run that ``--resume`` names."""
     if args.resume:
-        return _resume_setup(args, framework)
+        return _resume_setup(args, framework, load)
     if args.epochs is not None and args.iters is not None:
         raise fail(f"give --epochs or --iters, not both; got --epochs {args.epochs} --iters {args.iters}")
     try:
-        args.dataset = with_labels(args.dataset, args.labels)
+        dataset = with_labels(args.dataset, args.labels)
     except ValueError as e:
         raise fail(str(e)) from e
-    prepared = load_data(args.dataset, args.data_dir)
+    prepared = load_data(load, dataset, args.data_dir)
     manifest = prepared.manifest
     if args.num_classes is not None and args.num_classes != manifest["num_classes"]:
-        raise fail(f"--num-classes {args.num_classes} does not match {args.dataset}, which has "
+        raise fail(f"--num-classes {args.num_classes} does not match {dataset}, which has "
                    f"{manifest['num_classes']} classes ({', '.join(manifest['class_names'])})")
     try:
         spec = get_spec(args.model, num_classes=manifest["num_classes"], shortcut=args.shortcut,
                         input_size=manifest["image_size"])
-        recipe = recipe_for(args.dataset, spec)
+        recipe = recipe_for(dataset, spec)
         plan = make_plan(recipe, manifest["splits"]["train"], epochs=args.epochs, iters=args.iters,
                          batch_size=args.batch_size, lr=args.lr)
     except ValueError as e:
         raise fail(str(e)) from e
     if args.init and not Path(args.init).is_file():
         raise fail(f"--init {args.init}: no such weight file")
-    run_dir = Path(args.out) if args.out else runs.default_run_dir(args.dataset, spec.name, framework)
+    run_dir = Path(args.out) if args.out else runs.default_run_dir(dataset, spec.name, framework)
     if (run_dir / runs.CONFIG).exists():
         raise fail(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    config = {
-        "model": spec.name,
-        "framework": framework,
-        "dataset": args.dataset,
-        "synthetic": bool(manifest.get("synthetic", False)),
-        "spec": spec.to_dict(),
-        "class_names": list(manifest["class_names"]),
-        "input_size": spec.input_size,
-        "normalization": {"mean": list(manifest["mean"]), "std": list(manifest["std"])},
-        "augmentation": ({"pad": augmentation(args.dataset).pad, "crop": spec.input_size, "hflip": True}
-                         if not args.no_augment else None),
-        "recipe": plan.to_dict() | {"reference": recipe.reference},
-        "seed": args.seed,
-        "data": {"data_dir": str(args.data_dir), "splits": manifest["splits"], "source": manifest.get("source"),
-                 "version": manifest.get("version")},
-        "init": args.init,
-        "fast_paths": {k: getattr(args, k) for k in FAST_PATHS},
-        "versions": library_versions(),
-        "git_commit": runs.git_commit(),
-        "device": None,  # filled in by the framework once the device is known
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-    }
-    return RunSetup(args, framework, run_dir, spec, plan, prepared, config)
+    settings = Settings(
+        framework, run_dir, spec, plan, recipe.reference, dataset, str(args.data_dir), args.seed, args.init,
+        not args.no_augment, **{k: getattr(args, k) for k in FAST_PATHS}, workers=args.workers, device=args.device,
+        trace_steps=args.trace_steps, show_progress=not args.no_progress)
+    return settings, prepared
 
 
-def _resume_setup(args: argparse.Namespace, framework: str) -> RunSetup:
+def _resume_setup(args: argparse.Namespace, framework: str, load: Loader) -> tuple[Settings, Any]:
     try:
         run = runs.read_run(args.resume)
     except runs.NotARunError as e:
@@ -190,7 +198,7 @@ def _resume_setup(args: argparse.Namespace, framework: str) -> RunSetup:
     config = run["config"]
     if config["framework"] != framework:
         raise fail(f"--resume {args.resume} is a {config['framework']} run; resume it with "
-                   f"python -m {'pytorch_impl' if config['framework'] == 'torch' else 'keras_impl'}.train")
+                   f"python -m {package(config['framework'])}.train")
     if run["checkpoint"] is None:
         raise fail(f"--resume {args.resume}: no checkpoint yet ({runs.CHECKPOINTS[framework]} is written at the "
                    "end of every epoch); start the run again instead")
@@ -198,27 +206,57 @@ def _resume_setup(args: argparse.Namespace, framework: str) -> RunSetup:
         raise fail(f"--resume {args.resume}: the run has already finished (results.json)")
     # The saved configuration wins: the run continues exactly as it was started. Say so when a flag
     # asks for something else, rather than ignore it silently.
-    saved = {"model": config["model"], "dataset": config["dataset"], "epochs": config["recipe"].get("epochs"),
-             "iters": config["recipe"].get("total_iters"), "batch_size": config["recipe"].get("batch_size"),
-             "lr": config["recipe"].get("lr"), "num_classes": config["spec"]["num_classes"],
-             "shortcut": config["spec"]["shortcut"]}
+    recipe = config["recipe"]
+    saved = {"model": config["model"], "dataset": config["dataset"], "epochs": recipe.get("epochs"),
+             "iters": recipe.get("total_iters"), "batch_size": recipe.get("batch_size"), "lr": recipe.get("lr"),
+             "num_classes": config["spec"]["num_classes"], "shortcut": config["spec"]["shortcut"]}
     for key, value in saved.items():
         given = getattr(args, key, None)
         if given is not None and value is not None and given != value:
             print(f"note: --{key.replace('_', '-')} {given} ignored: resuming {args.resume}, which runs with "
                   f"{key} {value}", file=sys.stderr)
-    for key in FAST_PATHS:
-        setattr(args, key, config["fast_paths"].get(key, FAST_PATH_DEFAULTS.get(key)))
-    args.dataset, args.seed, args.init = config["dataset"], config["seed"], config.get("init")
-    args.no_augment = config.get("augmentation") is None
-    args.data_dir = args.data_dir if args.data_dir != "data" else config["data"]["data_dir"]
-    prepared = load_data(config["dataset"], args.data_dir)
+    data_dir = args.data_dir if args.data_dir != "data" else config["data"]["data_dir"]
+    prepared = load_data(load, config["dataset"], data_dir)
     if prepared.manifest["splits"] != config["data"]["splits"]:
         raise fail(f"--resume: the prepared {config['dataset']} splits {prepared.manifest['splits']} differ from "
                    f"the run's {config['data']['splits']}")
-    spec = ModelSpec.from_dict(config["spec"])
-    plan = Plan.from_dict({k: v for k, v in config["recipe"].items() if k != "reference"})
-    return RunSetup(args, framework, Path(args.resume), spec, plan, prepared, config, resumed=True)
+    fast = {k: config["fast_paths"].get(k, FAST_PATH_DEFAULTS.get(k)) for k in FAST_PATHS}
+    settings = Settings(
+        framework, Path(args.resume), ModelSpec.from_dict(config["spec"]),
+        Plan.from_dict({k: v for k, v in recipe.items() if k != "reference"}), recipe.get("reference"),
+        config["dataset"], str(data_dir), config["seed"], config.get("init"), config.get("augmentation") is not None,
+        **fast, workers=args.workers, device=args.device, trace_steps=args.trace_steps,
+        show_progress=not args.no_progress, saved=config)
+    return settings, prepared
+
+
+def choose_threads(settings: Settings, default: int | None) -> tuple[int | None, dict[str, Any]]:
+    """(intra-op thread count to set, or None to keep the framework's default; the ``threads`` record).
+
+    ``default`` is the framework's own count in this process (None where it cannot be changed once
+    running, as XLA's CPU pool). Results depend on the thread count, so ``--resume`` restores the count
+    the run started with and says so in one line; a different explicit ``--workers`` is refused.
+    """
+    workers = settings.workers
+    if workers is not None and workers < 1:
+        raise fail(f"--workers must be >= 1; got {workers}")
+    if default is None:  # the framework sizes its pool at start-up: nothing to set or restore here
+        return None, {"workers": workers, "intra_op": None}
+    saved = (settings.saved or {}).get("threads")
+    if saved is None or saved.get("intra_op") is None:  # a new run (or a resumed one that recorded none)
+        return workers, {"workers": workers, "intra_op": workers or default}
+    count = int(saved["intra_op"])
+    if workers is not None and workers != count:
+        raise fail(f"--workers {workers}: {settings.run_dir} started with {count} intra-op thread(s) and resumes "
+                   f"with them (results depend on the thread count); leave --workers out or give --workers {count}")
+    if saved.get("workers") is None and default == count:
+        print(f"note: resuming with the framework's default threading ({count} intra-op threads), as the run "
+              "started", file=sys.stderr)
+        return None, saved
+    how = (f"--workers {count}" if saved.get("workers") is not None
+           else f"the default where it started; this machine's default is {default}")
+    print(f"note: resuming with {count} intra-op thread(s) ({how}), as the run started", file=sys.stderr)
+    return count, saved
 
 
 def resolve_device_name(requested: str, cuda_count: int) -> str:
@@ -237,12 +275,6 @@ def resolve_device_name(requested: str, cuda_count: int) -> str:
             raise fail(f"--device {requested}: only {cuda_count} GPU(s) visible (cuda:0..cuda:{cuda_count - 1})")
         return req
     raise fail(f"unknown --device {requested!r}; valid choices: auto, cpu, cuda, cuda:N, gpu")
-
-
-def seed_python(seed: int) -> None:
-    """Seed Python's own RNG (nothing in training draws from it; kept for completeness)."""
-    random.seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
 # During a run ------------------------------------------------------------------------------------
@@ -264,123 +296,19 @@ def nonfinite_message(err: NonFiniteLoss, run_dir: Path, last_good_epoch: int) -
             f"(or --resume {run_dir} after fixing the cause).")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EpochLog:
-    """Running sums of one epoch's training loss and accuracy (sample-weighted)."""
+    """An epoch's training phase: mean loss, accuracy (sample-weighted), images seen, seconds it took."""
 
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-
-    def add(self, mean_loss: float, correct: int, n: int) -> None:
-        self.loss_sum += mean_loss * n
-        self.correct += int(correct)
-        self.seen += int(n)
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(self.seen, 1)
-
-    @property
-    def acc(self) -> float:
-        return self.correct / max(self.seen, 1)
-
-
-@dataclass
-class Progress:
-    """Where a run is: finished epochs, global iteration, best validation accuracy, metrics rows.
-
-    This is the framework-neutral part of every resume checkpoint (stored as JSON-able values).
-    """
-
-    epoch: int = 0  # epochs finished
-    iteration: int = 0  # optimizer steps taken
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    wall_time_s: float = 0.0
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def finish_epoch(self, row: dict[str, Any]) -> bool:
-        """Record an epoch's metrics row; True when its validation accuracy is the best so far."""
-        self.rows.append(row)
-        self.epoch = int(row["epoch"])
-        if row["val_acc"] > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = float(row["val_acc"]), self.epoch
-            return True
-        return False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "iteration": self.iteration, "best_val_acc": self.best_val_acc,
-                "best_epoch": self.best_epoch, "wall_time_s": self.wall_time_s, "rows": list(self.rows)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Progress:
-        return cls(int(d["epoch"]), int(d["iteration"]), float(d["best_val_acc"]), int(d["best_epoch"]),
-                   float(d["wall_time_s"]), [dict(r) for r in d["rows"]])
+    loss: float
+    acc: float
+    images: int
+    seconds: float
 
 
 def metrics_row(epoch: int, train: EpochLog, val_loss: float, val_acc: float, lr: float, seconds: float) -> dict:
-    """One ``metrics.csv`` row (``epoch`` is 1-based; ``lr`` is the lr of the epoch's last step)."""
+    """One ``metrics.csv`` row (``epoch`` is 1-based; ``lr`` is the lr of the epoch's last step; ``seconds``
+    train + validation; ``images_per_s`` of the training phase alone)."""
     return {"epoch": epoch, "train_loss": float(train.loss), "train_acc": float(train.acc),
             "val_loss": float(val_loss), "val_acc": float(val_acc), "lr": float(lr), "seconds": float(seconds),
-            "images_per_s": float(train.seen / seconds) if seconds > 0 else 0.0}
-
-
-def epoch_line(row: dict[str, Any], epochs: int, progress: Progress) -> str:
-    """The one summary line printed after every epoch."""
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.4g}  "
-            f"{row['seconds']:.1f}s  {row['images_per_s']:.0f} img/s  "
-            f"best val acc {progress.best_val_acc:.4f} (epoch {progress.best_epoch})")
-
-
-def weights_metadata(spec: ModelSpec, framework: str, epoch: int, **extra: Any) -> dict[str, str]:
-    """safetensors metadata of best/last weights: spec (JSON), framework, epoch (+ extras)."""
-    return {"spec": spec.to_json(), "framework": framework, "epoch": str(epoch),
-            **{k: str(v) for k, v in extra.items()}}
-
-
-def end_of_epoch(setup: RunSetup, framework: str, progress: Progress, row: dict[str, Any],
-                 arrays: dict[str, Any], save_checkpoint: Any, writer: Any) -> None:
-    """Close an epoch the same way in both frameworks: the metrics row, the last (and, when val
-    accuracy improved, best) canonical weights, then the framework's resume checkpoint
-    (``save_checkpoint(path)``; None where the framework writes it itself right after, as Keras'
-    BackupAndRestore callback does), each written atomically and in this order; then TensorBoard
-    scalars and the summary line."""
-    from tqdm import tqdm
-
-    from shared.io import save_weights
-
-    run_dir, spec = setup.run_dir, setup.spec
-    improved = progress.finish_epoch(row)
-    runs.write_metrics(run_dir, progress.rows)
-    save_weights(run_dir / runs.LAST, arrays, weights_metadata(spec, framework, progress.epoch))
-    if improved:
-        save_weights(run_dir / runs.BEST, arrays,
-                     weights_metadata(spec, framework, progress.epoch, val_acc=row["val_acc"]))
-    if save_checkpoint is not None:
-        save_checkpoint(run_dir / runs.CHECKPOINTS[framework])
-    e = row["epoch"]
-    for split in ("train", "val"):
-        writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], e)
-        writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], e)
-    writer.add_scalar("lr", row["lr"], e)
-    writer.add_scalar("images_per_s", row["images_per_s"], e)
-    writer.flush()
-    tqdm.write(epoch_line(row, setup.plan.epochs, progress), file=sys.stdout)
-    sys.stdout.flush()
-
-
-def results_dict(test_loss: float, test_acc: float, progress: Progress, plan: Plan) -> dict[str, Any]:
-    """``results.json``: the test split evaluated once, with the best (validation) weights."""
-    return {"test_acc": float(test_acc), "test_loss": float(test_loss), "best_epoch": progress.best_epoch,
-            "best_val_acc": progress.best_val_acc, "epochs": progress.epoch, "iterations": progress.iteration,
-            "total_iters": plan.total_iters, "wall_time_s": round(progress.wall_time_s, 3),
-            "weights": runs.BEST, "finished": True}
-
-
-def write_steps(run_dir: Path, losses: list[float], lrs: list[float]) -> None:
-    """``steps.json``: the loss and lr of the first optimizer steps (``--trace-steps``)."""
-    from shared.io import atomic_write_json
-
-    atomic_write_json(run_dir / "steps.json", {"loss": [float(x) for x in losses], "lr": [float(x) for x in lrs]})
+            "images_per_s": float(train.images / train.seconds) if train.seconds > 0 else 0.0}

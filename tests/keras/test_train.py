@@ -2,19 +2,16 @@
 is complete, the same seed gives the same metrics.csv, a SIGKILLed run resumes to the same metrics, a NaN
 stops the run, fast paths run (mixed_bfloat16, XLA jit_compile, MirroredStrategy on the CPU).
 
-Runs are subprocesses (as users start them) on ResNet-8 with the threading a user gets.
-``tests/keras/test_train_backends.py`` runs the JAX and PyTorch backends.
+Runs are subprocesses (as users start them) on ResNet-8; the determinism and resume tests run with the
+threading a user gets and at one thread. ``tests/keras/test_train_backends.py`` runs the JAX and PyTorch
+backends.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -23,9 +20,11 @@ import pytest
 from keras_impl.train import main
 from shared import runs
 from shared.io import load_weights
+from shared.machine import cpu_cores
 from shared.names import canonical_weights
 from shared.spec import ModelSpec, get_spec
-from tests.conftest import ROOT, run_module
+from tests.conftest import run_module
+from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 CHANCE = 0.1  # 10 balanced classes
 
@@ -44,12 +43,7 @@ def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
             "--no-progress", "--out", str(out), *extra]
 
 
-DETERMINISTIC = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")  # all but time and speed
-
-
-def same_metrics(a: Path, b: Path) -> bool:
-    ra, rb = runs.read_metrics(a), runs.read_metrics(b)
-    return [{k: r[k] for k in DETERMINISTIC} for r in ra] == [{k: r[k] for k in DETERMINISTIC} for r in rb]
+THREADING = {"default threading": (), "one thread": ("--workers", "1")}
 
 
 def backup_state(run_dir: Path) -> tuple[dict, dict]:
@@ -60,12 +54,13 @@ def backup_state(run_dir: Path) -> tuple[dict, dict]:
     return meta, opt
 
 
-@pytest.fixture(scope="module")
-def full_run(data_dir, tmp_path_factory) -> Path:
-    """Two epochs of 20 iterations, uninterrupted (the reference for the resume test)."""
+@pytest.fixture(scope="module", params=THREADING)
+def full_run(request, data_dir, tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
+    """(two epochs of 20 iterations, uninterrupted: the reference run; its threading flags)."""
+    threads = THREADING[request.param]
     out = tmp_path_factory.mktemp("runs") / "full"
-    run_module("keras_impl.train", *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5"))
-    return out
+    run_module("keras_impl.train", *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5", *threads))
+    return out, threads
 
 
 def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -77,6 +72,7 @@ def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 def test_learns_and_leaves_a_complete_run_folder(full_run):
+    full_run, threads = full_run
     run = runs.read_run(full_run)
     rows, results, config = run["metrics"], run["results"], run["config"]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -87,6 +83,8 @@ def test_learns_and_leaves_a_complete_run_folder(full_run):
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.001])  # milestones at 20 and 30 of 40 iterations
     assert set(runs.CONFIG_KEYS) <= set(config) and config["framework"] == "keras"
     assert config["recipe"]["milestones"] == [20, 30] and config["device"]["type"] == "cpu"
+    workers = int(threads[1]) if threads else None  # TensorFlow's default: one intra-op thread per core
+    assert config["threads"] == {"workers": workers, "intra_op": workers or cpu_cores()}
     assert set(runs.RESULTS_KEYS) <= set(results) and results["finished"] is True
     assert results["best_epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
     assert results["best_val_acc"] == max(r["val_acc"] for r in rows)
@@ -105,7 +103,9 @@ def test_learns_and_leaves_a_complete_run_folder(full_run):
 
 
 def test_same_seed_same_metrics(full_run, data_dir, tmp_path):
-    run_module("keras_impl.train", *base_args(data_dir, tmp_path / "again", "--epochs", "2", "--trace-steps", "5"))
+    full_run, threads = full_run
+    run_module("keras_impl.train", *base_args(data_dir, tmp_path / "again", "--epochs", "2", "--trace-steps", "5",
+                                              *threads))
     first = json.loads((full_run / "steps.json").read_text())
     again = json.loads((tmp_path / "again" / "steps.json").read_text())
     assert again["lr"] == first["lr"] == [0.1] * 5
@@ -114,32 +114,16 @@ def test_same_seed_same_metrics(full_run, data_dir, tmp_path):
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir, tmp_path):
+    full_run, threads = full_run
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "keras_impl.train", *base_args(data_dir, out, "--epochs", "2")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ckpt = out / runs.CHECKPOINTS["keras"]
-        deadline = time.monotonic() + 300
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(1.0)  # into the second epoch (20 steps of about 0.2 s)
-        assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    assert len(runs.read_metrics(out)) == 1 and not (out / runs.RESULTS).exists()
-    out_text = run_module("keras_impl.train", "--resume", str(out), "--no-progress").stdout
-    assert "resuming at epoch 2" in out_text
-    resumed, full = runs.read_run(out), runs.read_run(full_run)
-    assert same_metrics(out, full_run)
-    assert (resumed["results"]["test_acc"], resumed["results"]["test_loss"]) == (
-        full["results"]["test_acc"], full["results"]["test_loss"])
-    a, _ = load_weights(resumed["last"])
-    b, _ = load_weights(full["last"])
-    assert all((a[k] == b[k]).all() for k in a)
+    cmd = [sys.executable, "-m", "keras_impl.train", *base_args(data_dir, out, "--epochs", "2", *threads)]
+    kill_in_second_epoch(cmd, out, "keras", settle=1.0)  # 20 steps of about 0.2 s in epoch 2
+    proc = run_module("keras_impl.train", "--resume", str(out), "--no-progress")  # the threads come back by themselves
+    assert "resuming at epoch 2" in proc.stdout
+    restored = ("note: resuming with 1 intra-op thread(s) (--workers 1), as the run started" if threads
+                else f"note: resuming with the framework's default threading ({cpu_cores()} intra-op threads)")
+    assert restored in proc.stderr
+    assert_resumed_like(out, full_run)
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(data_dir, tmp_path):
@@ -205,10 +189,10 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(data_dir, tmp_path, monkeypatch):
-    import keras_impl.train as train
+    from keras_impl.callbacks import RunFolder
     from shared.training import NonFiniteLoss
 
-    real = train.RunFolder.on_train_batch_end
+    real = RunFolder.on_train_batch_end
 
     def diverge_in_epoch_2(self, batch, logs=None):
         if self.progress.epoch == 1 and batch == 4:
@@ -216,13 +200,16 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(data_dir,
         return real(self, batch, logs)
 
     out = tmp_path / "diverged"
-    monkeypatch.setattr(train.RunFolder, "on_train_batch_end", diverge_in_epoch_2)
+    monkeypatch.setattr(RunFolder, "on_train_batch_end", diverge_in_epoch_2)
     with pytest.raises(SystemExit, match=r"became nan at epoch 2.*last good checkpoint \(epoch 1\) is kept") as e:
         main(base_args(data_dir, out, "--epochs", "2"))
     assert str(e.value.code).startswith("error: ")
     meta, opt = backup_state(out)
     assert meta["epoch"] == 1 and opt["0"] == 20
     assert load_weights(out / runs.LAST)[1]["epoch"] == "1" and not (out / runs.RESULTS).exists()
-    monkeypatch.setattr(train.RunFolder, "on_train_batch_end", real)
+    monkeypatch.setattr(RunFolder, "on_train_batch_end", real)
+    other = cpu_cores() + 1  # the run started with the default threading: one thread per core
+    with pytest.raises(SystemExit, match=rf"^error: --workers {other}: .* started with {cpu_cores()} intra-op"):
+        main(["--resume", str(out), "--workers", str(other), "--no-progress"])
     assert main(["--resume", str(out), "--no-progress"]) == 0
     assert runs.read_run(out)["finished"] and len(runs.read_metrics(out)) == 2

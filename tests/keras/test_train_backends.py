@@ -5,18 +5,15 @@ trains, the same seed gives the same metrics.csv, and a run killed mid-epoch res
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from shared import runs
-from shared.io import load_weights
-from tests.conftest import ROOT, run_module
-from tests.keras.test_train import base_args, data_dir, same_metrics  # noqa: F401  (data_dir: a fixture)
+from tests.conftest import run_module
+from tests.keras.test_train import base_args, data_dir  # noqa: F401  (data_dir: a fixture)
+from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 BACKENDS = ("jax", "torch")
 
@@ -45,27 +42,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(data_dir, tmp_path
     train(backend, *base_args(data_dir, full, "--epochs", "2"))
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "tests.no_tensorflow", "keras_impl.train", *base_args(data_dir, out, "--epochs", "2")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "KERAS_BACKEND": backend})
-    try:
-        ckpt = out / runs.CHECKPOINTS["keras"]
-        deadline = time.monotonic() + 300
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(1.5)  # into the second epoch
-        assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert len(runs.read_metrics(out)) == 1 and not (out / runs.RESULTS).exists()
+    kill_in_second_epoch(cmd, out, "keras", settle=1.5, KERAS_BACKEND=backend)
     assert "resuming at epoch 2" in train(backend, "--resume", str(out), "--no-progress").stdout
-    assert same_metrics(out, full)
-    assert runs.read_run(out)["results"]["test_acc"] == runs.read_run(full)["results"]["test_acc"]
-    wa, _ = load_weights(out / runs.LAST)
-    wb, _ = load_weights(full / runs.LAST)
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert_resumed_like(out, full)
 
 
 def test_jax_data_parallel_on_two_cpu_devices_takes_the_same_steps(data_dir, tmp_path):  # noqa: F811

@@ -20,8 +20,8 @@ import pytorch_impl.train as train
 from datasets import load_prepared
 from pytorch_impl.data import make_loader
 from pytorch_impl.resnet import build_model
+from shared.run_folder import Progress
 from shared.spec import get_spec
-from shared.training import Progress
 
 TENSOR_METHODS = ("to", "cpu", "cuda", "item", "tolist", "__float__", "__int__", "__bool__")
 TORCH_FUNCTIONS = ("tensor", "as_tensor", "from_numpy")
@@ -90,7 +90,7 @@ def test_a_cpu_training_step_makes_no_transfer_and_no_host_read(synthetic, count
     assert short["tolist"] == 1 and short.get("item", 0) == 0  # the one host check per epoch
     # the epoch plan: index, dy, dx and flip, each sent to the device once
     assert short["from_numpy"] == 4 and short.get("tensor", 0) == short.get("as_tensor", 0) == 0
-    assert (log2.seen, log6.seen) == (100, 300)  # counts kept on the host are right
+    assert (log2.images, log6.images) == (100, 300)  # counts kept on the host are right
 
 
 def test_the_counter_sees_host_checks_inside_the_loop(synthetic, counter, monkeypatch):
@@ -140,4 +140,4 @@ def test_a_cuda_training_step_never_syncs(synthetic, monkeypatch, amp):
         log, _ = epoch(8, number=1)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert log.seen == 400 and log.loss_sum > 0
+    assert log.images == 400 and log.loss > 0

@@ -1,18 +1,17 @@
-"""pytorch_impl.train on the synthetic set, on CPU: it learns, the run folder is complete, same seed gives
-the same steps, a SIGKILLed run resumes to the same metrics, a NaN stops the run, fast paths run.
+"""pytorch_impl.train on the synthetic set, on CPU: it learns, the run folder is complete, the same seed
+gives the same metrics.csv, a SIGKILLed run resumes to the same metrics (with its thread count restored),
+a NaN stops the run, fast paths run.
 
-Runs are subprocesses (as users start them) on ResNet-8 with one CPU thread, so they stay quick.
+Runs are subprocesses (as users start them) on ResNet-8; the determinism and resume tests run at one
+thread and at the default threading.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from shared import runs
 from shared.io import load_weights
 from shared.spec import ModelSpec
 from tests.conftest import ROOT, run_module
+from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 CHANCE = 0.1  # 10 balanced classes
 
@@ -37,17 +37,29 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+def base_args(data_dir: Path, out: Path, *extra: str, workers: str | None = "1") -> list[str]:
+    threads = ["--workers", workers] if workers else []  # None: the default threading
     return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",
-            "--workers", "1", "--no-progress", "--device", "cpu", "--out", str(out), *extra]
+            *threads, "--no-progress", "--device", "cpu", "--out", str(out), *extra]
+
+
+THREADING = {"one thread": "1", "default threading": None}
 
 
 @pytest.fixture(scope="module")
-def full_run(data_dir, tmp_path_factory) -> Path:
-    """Two epochs of 20 iterations, uninterrupted (the reference for the resume test)."""
+def default_threads() -> int:
+    """torch's own thread count in a fresh process (this one's may have been set by an in-process run)."""
+    code = "import torch; print(torch.get_num_threads())"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+@pytest.fixture(scope="module", params=THREADING)
+def full_run(request, data_dir, tmp_path_factory) -> tuple[Path, str | None]:
+    """(two epochs of 20 iterations, uninterrupted: the reference run; its --workers)."""
+    workers = THREADING[request.param]
     out = tmp_path_factory.mktemp("runs") / "full"
-    run_module("pytorch_impl.train", *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5"))
-    return out
+    run_module("pytorch_impl.train", *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5", workers=workers))
+    return out, workers
 
 
 def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -60,7 +72,8 @@ def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_learns_and_leaves_a_complete_run_folder(full_run):
+def test_learns_and_leaves_a_complete_run_folder(full_run, default_threads):
+    full_run, workers = full_run
     run = runs.read_run(full_run)
     rows, results, config = run["metrics"], run["results"], run["config"]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -71,6 +84,8 @@ def test_learns_and_leaves_a_complete_run_folder(full_run):
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.001])  # milestones at 20 and 30 of 40 iterations
     assert set(runs.CONFIG_KEYS) <= set(config) and config["framework"] == "torch"
     assert config["recipe"]["milestones"] == [20, 30] and config["device"]["type"] == "cpu"
+    assert config["threads"] == {"workers": workers and int(workers),
+                                 "intra_op": int(workers) if workers else default_threads}
     assert set(runs.RESULTS_KEYS) <= set(results) and results["finished"] is True
     assert results["best_epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
     assert results["best_val_acc"] == max(r["val_acc"] for r in rows)
@@ -87,46 +102,31 @@ def test_learns_and_leaves_a_complete_run_folder(full_run):
     assert "tensorflow" not in sys.modules
 
 
-def test_same_seed_same_first_steps(full_run, data_dir, tmp_path):
-    # A shorter run: the lr is 0.1 for its first 5 steps too (milestones at 10 and 15 of 20).
-    run_module("pytorch_impl.train", *base_args(data_dir, tmp_path / "again", "--epochs", "1", "--trace-steps", "5"))
+def test_same_seed_same_metrics(full_run, data_dir, tmp_path):
+    full_run, workers = full_run
+    again = tmp_path / "again"
+    run_module("pytorch_impl.train", *base_args(data_dir, again, "--epochs", "2", "--trace-steps", "5",
+                                                workers=workers))
     first = json.loads((full_run / "steps.json").read_text())
-    again = json.loads((tmp_path / "again" / "steps.json").read_text())
-    assert again["lr"] == first["lr"] == [0.1] * 5
-    assert again["loss"] == first["loss"]  # bit for bit
+    steps = json.loads((again / "steps.json").read_text())
+    assert steps["lr"] == first["lr"] == [0.1] * 5
+    assert steps["loss"] == first["loss"]  # bit for bit
+    assert same_metrics(again, full_run)
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir, tmp_path):
+def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir, tmp_path, default_threads):
+    full_run, workers = full_run
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pytorch_impl.train", *base_args(data_dir, out, "--epochs", "2")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ckpt = out / runs.CHECKPOINTS["torch"]
-        deadline = time.monotonic() + 300
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)  # into the second epoch (about 20 x 0.1 s of steps)
-        assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    assert len(runs.read_metrics(out)) == 1 and not (out / runs.RESULTS).exists()
-    # a conflicting --epochs is reported and ignored: the run continues exactly as it was started
-    proc = run_module("pytorch_impl.train", "--resume", str(out), "--epochs", "5", "--workers", "1", "--no-progress",
-                      "--device", "cpu")
+    cmd = [sys.executable, "-m", "pytorch_impl.train", *base_args(data_dir, out, "--epochs", "2", workers=workers)]
+    kill_in_second_epoch(cmd, out, "torch", settle=0.5)  # about 20 x 0.1 s of steps in epoch 2
+    # The run's thread count comes back without --workers; a conflicting --epochs is reported and ignored.
+    proc = run_module("pytorch_impl.train", "--resume", str(out), "--epochs", "5", "--no-progress", "--device", "cpu")
     assert "resuming at epoch 2" in proc.stdout
     assert "note: --epochs 5 ignored" in proc.stderr and "epochs 2" in proc.stderr
-    resumed, full = runs.read_run(out), runs.read_run(full_run)
-    keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
-    assert [{k: r[k] for k in keys} for r in resumed["metrics"]] == [{k: r[k] for k in keys} for r in full["metrics"]]
-    assert (resumed["results"]["test_acc"], resumed["results"]["test_loss"]) == (
-        full["results"]["test_acc"], full["results"]["test_loss"])
-    a, _ = load_weights(resumed["last"])
-    b, _ = load_weights(full["last"])
-    assert all((a[k] == b[k]).all() for k in a)
+    restored = (f"note: resuming with {workers} intra-op thread(s) (--workers {workers})" if workers
+                else f"note: resuming with the framework's default threading ({default_threads} intra-op")
+    assert restored in proc.stderr
+    assert_resumed_like(out, full_run)
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(data_dir, tmp_path):
@@ -219,5 +219,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(data_dir,
     assert ckpt["progress"]["epoch"] == 1 and ckpt["progress"]["iteration"] == 20
     assert load_weights(out / runs.LAST)[1]["epoch"] == "1" and not (out / runs.RESULTS).exists()
     monkeypatch.setattr(train, "train_one_epoch", real)
+    with pytest.raises(SystemExit, match=r"^error: --workers 2: .* started with 1 intra-op thread\(s\) .*--workers 1$"):
+        main(["--resume", str(out), "--workers", "2", "--no-progress", "--device", "cpu"])
     assert main(["--resume", str(out), "--workers", "1", "--no-progress", "--device", "cpu"]) == 0
     assert runs.read_run(out)["finished"] and len(runs.read_metrics(out)) == 2

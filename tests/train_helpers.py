@@ -1,0 +1,60 @@
+"""What the training tests of both frameworks share: comparing two runs' metrics, and killing a run with
+SIGKILL in the middle of its second epoch, then checking that ``--resume`` ends where an uninterrupted
+run ends (``tests/torch/test_train.py``, ``tests/keras/test_train.py``, ``tests/keras/test_train_backends.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from shared import runs
+from shared.io import load_weights
+from shared.process import ROOT, child_env
+
+DETERMINISTIC = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")  # all but time and speed
+
+
+def deterministic_rows(run_dir: Path) -> list[dict]:
+    """``metrics.csv`` without its time and speed columns."""
+    return [{k: r[k] for k in DETERMINISTIC} for r in runs.read_metrics(run_dir)]
+
+
+def same_metrics(a: Path, b: Path) -> bool:
+    rows = deterministic_rows(a)
+    return bool(rows) and rows == deterministic_rows(b)
+
+
+def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: float, **env: str) -> None:
+    """Start ``cmd`` (a 2-epoch run into ``run_dir``), wait for its first checkpoint, let it run ``settle``
+    seconds into the second epoch and SIGKILL it; the folder must then hold one epoch and no results."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        checkpoint = run_dir / runs.CHECKPOINTS[framework]
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(settle)
+        assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(runs.read_metrics(run_dir)) == 1 and not (run_dir / runs.RESULTS).exists()
+
+
+def assert_resumed_like(resumed: Path, full: Path) -> None:
+    """The resumed run ends bit for bit where the uninterrupted one ends: metrics (but time and speed),
+    test accuracy and loss, last weights."""
+    assert deterministic_rows(resumed) == deterministic_rows(full)
+    a, b = runs.read_run(resumed)["results"], runs.read_run(full)["results"]
+    assert (a["test_acc"], a["test_loss"], a["iterations"]) == (b["test_acc"], b["test_loss"], b["iterations"])
+    wa, _ = load_weights(resumed / runs.LAST)
+    wb, _ = load_weights(full / runs.LAST)
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
