@@ -1,16 +1,21 @@
-"""Keras side of the benchmark: eager, graph (tf.function), jit_compile (XLA) and mixed precision.
+"""Keras side of the benchmark, on the backend ``KERAS_BACKEND`` names: the step as ``keras_impl.train``
+compiles it, and the fast paths each backend offers.
 
-    python -m keras_impl.bench --model resnet20 --device cpu --variants graph,jit_compile --json-out k.json
-                               [--onnx model.onnx]
+    KERAS_BACKEND=jax python -m keras_impl.bench --model resnet20 --device cpu --variants jit_compile,eager \
+                                                 --json-out k.json [--onnx model.onnx]
 
-Started by ``python -m shared.bench`` (which owns the timing loops, statistics and report); run
-alone it writes the same JSON. ``--onnx`` also exports the model with ``keras_impl.export`` for
-the ONNX Runtime rows. Steps go through ``train_on_batch`` / ``predict_on_batch``, which return
-NumPy values, so each timed step has finished on the device when it returns.
+Started by ``python -m shared.bench`` once per Keras backend (label ``keras-<backend>``), which owns the
+timing loop, statistics and report; run alone it writes the same JSON. ``--onnx`` also exports the model
+with ``keras_impl.export`` for the ONNX Runtime rows. Steps go through ``train_on_batch`` /
+``predict_on_batch``, which return NumPy values, so each timed step has finished on the device when it
+returns. The optimizer and metric are the training script's (``TorchSGD``, accuracy), so a step costs
+what one step of ``fit`` costs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -19,28 +24,38 @@ from typing import Any
 import keras
 import numpy as np
 
-if keras.backend.backend() != "tensorflow":  # its variants are tf.function / XLA / tf.device ones
-    raise SystemExit(f"error: keras_impl.bench times the TensorFlow backend's variants; got KERAS_BACKEND="
-                     f"{keras.backend.backend()}: run make bench with BACKEND=tensorflow (the training loop's "
-                     "images/s on every backend is in each run's metrics.csv)")
-import tensorflow as tf  # noqa: E402
-
+from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model
 from shared.bench import Workload, first_line, worker_main
 from shared.spec import ModelSpec
 
-FRAMEWORK = "keras"
+BACKEND = keras.backend.backend()
+FRAMEWORK = f"keras-{BACKEND}"
 LAYOUT = "NHWC"
 
 
 def check_device(device: str) -> str:
-    """The TensorFlow device string for ``cpu``/``cuda``; a GPU TensorFlow cannot see is an error."""
-    if device == "cuda":
-        if not tf.config.list_physical_devices("GPU"):
-            raise RuntimeError("device 'cuda' requested but TensorFlow sees no GPU "
-                               "(tf.config.list_physical_devices('GPU') is empty)")
-        return "/GPU:0"
-    return "/CPU:0"
+    """The backend's name for ``cpu``/``cuda``; a GPU the backend cannot see is an error (never a silent CPU run)."""
+    if device != "cuda":
+        return "/CPU:0" if BACKEND == "tensorflow" else "cpu"
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        found = bool(tf.config.list_physical_devices("GPU"))
+        name, probe = "/GPU:0", "tf.config.list_physical_devices('GPU') is empty"
+    elif BACKEND == "jax":
+        import jax
+
+        found = any(d.platform == "gpu" for d in jax.devices())
+        name, probe = "gpu", f"jax.devices() is {jax.devices()}"
+    else:
+        import torch
+
+        found = torch.cuda.is_available()
+        name, probe = "cuda", "torch.cuda.is_available() is False"
+    if not found:
+        raise RuntimeError(f"device 'cuda' requested but the Keras {BACKEND} backend sees no GPU ({probe})")
+    return name
 
 
 def low_precision(device: str) -> str:
@@ -48,38 +63,49 @@ def low_precision(device: str) -> str:
     return "mixed_bfloat16" if device == "cpu" else "mixed_float16"
 
 
+def compile_flags(variant: str) -> dict[str, bool]:
+    """``run_eagerly``/``jit_compile`` of a variant on this backend; the first variant of each backend
+    (``shared.bench.catalog.KERAS_VARIANTS``) is exactly what ``keras_impl.train`` compiles."""
+    jit = variant == "jit_compile" or (BACKEND == "jax" and variant == "mixed_precision")
+    # On the torch backend run_eagerly changes nothing (it runs eagerly unless jit_compile); the loop's False is kept.
+    return {"run_eagerly": variant == "eager" and BACKEND != "torch", "jit_compile": jit}
+
+
+def _device_scope(name: str):
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.device(name)
+    return contextlib.nullcontext()
+
+
 def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) -> Workload:
     """The three timed steps of one variant, on one random batch that stays on the device."""
-    tf_device = check_device(device)
+    name = check_device(device)
     keras.utils.set_random_seed(0)
-    info: dict[str, Any] = {"tf_device": tf_device}
+    info: dict[str, Any] = {"backend": BACKEND, "device": name, **compile_flags(variant)}
     if variant == "mixed_precision":
         # The policy must be set before the layers are built; it is reset in cleanup().
         keras.mixed_precision.set_global_policy(low_precision(device))
         info["policy"] = low_precision(device)
     try:
-        with tf.device(tf_device):
+        with _device_scope(name):
             model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
-            # The paper's optimizer (Keras' weight decay is decoupled; the cost per step is the same).
-            model.compile(
-                optimizer=keras.optimizers.SGD(learning_rate=0.1, momentum=0.9, weight_decay=1e-4),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                run_eagerly=variant == "eager",
-                # Keras' default "auto" turns XLA on where a GPU is present; pin it per variant.
-                jit_compile=variant == "jit_compile",
-            )
+            model.compile(optimizer=make_sgd(model, 0.1, 0.9, 1e-4),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")], **compile_flags(variant))
             rng = np.random.default_rng(0)
             shape = (batch_size, spec.input_size, spec.input_size, spec.in_channels)
-            x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
-            y = tf.constant(rng.integers(0, spec.num_classes, batch_size, dtype=np.int32))
-            x1 = tf.identity(x[:1])
+            host = rng.standard_normal(shape, dtype=np.float32)
+            x, x1 = keras.ops.convert_to_tensor(host), keras.ops.convert_to_tensor(host[:1])
+            y = keras.ops.convert_to_tensor(rng.integers(0, spec.num_classes, batch_size, dtype=np.int32))
     except BaseException:
         keras.mixed_precision.set_global_policy("float32")
         raise
 
     def on_device(fn):
         def step():
-            with tf.device(tf_device):
+            with _device_scope(name):
                 return fn()
         return step
 
@@ -107,22 +133,23 @@ def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
         keras.utils.set_random_seed(0)
         model = build_model(spec)
         t0 = time.perf_counter()
-        out = export_onnx(model, spec, path, build_metadata(Source(spec=spec), FRAMEWORK, exporter_version()))
+        out = export_onnx(model, spec, path, build_metadata(Source(spec=spec), "keras", exporter_version()))
         return {"path": str(out or path), "layout": LAYOUT, "seconds": time.perf_counter() - t0}
     except Exception as e:  # any exporter failure becomes the ONNX Runtime rows' reason
         return {"error": f"export failed: {first_line(e)}"}
 
 
 def framework_info(device: str) -> dict[str, Any]:
-    """Versions and the devices as TensorFlow sees them."""
-    gpus = tf.config.list_physical_devices("GPU")
-    return {
-        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__, "backend": keras.backend.backend()},
-        "device": device,
-        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
-        "gpu": gpus[0].name if gpus and device == "cuda" else None,
-    }
+    """Versions of Keras and its backend's package."""
+    lib = importlib.import_module(BACKEND)
+    info: dict[str, Any] = {"versions": {"keras": keras.__version__, BACKEND: lib.__version__}, "backend": BACKEND,
+                            "device": device}
+    if BACKEND == "tensorflow":
+        info["threads"] = {"intra_op": lib.config.threading.get_intra_op_parallelism_threads(),
+                           "inter_op": lib.config.threading.get_inter_op_parallelism_threads()}
+    elif BACKEND == "torch":
+        info["threads"] = lib.get_num_threads()
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:

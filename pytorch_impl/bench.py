@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
-from shared.bench import Workload, first_line, worker_main
+from shared.bench import Settings, Workload, first_line, rate, worker_main
+from shared.bench.flops import MATMUL_N, matmul_flops
 from shared.spec import ModelSpec
 
 FRAMEWORK = "torch"
@@ -123,9 +124,48 @@ def framework_info(device: str) -> dict[str, Any]:
     }
 
 
+def count_flops(spec: ModelSpec) -> dict[str, float]:
+    """FLOPs of one image through ``spec`` (``torch.utils.flop_counter``): forward, and forward + backward
+    as a training step runs them (the SGD update itself is a few FLOPs per parameter and not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec)
+    x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fwd:
+        model(x)
+    model.train()
+    x2 = x.repeat(2, 1, 1, 1)  # two images: train-mode BN needs more than one value per channel
+    with FlopCounterMode(display=False) as train:
+        F.cross_entropy(model(x2), torch.zeros(2, dtype=torch.long)).backward()
+    return {"forward": float(fwd.get_total_flops()), "train": train.get_total_flops() / 2.0}
+
+
+def matmul_peak(device: str, settings: Settings, n: int = MATMUL_N) -> dict[str, float]:
+    """FLOP/s of an n x n x n float32 matmul on ``device`` (TF32 off on CUDA: this is the float32 peak),
+    timed with the benchmark's one timing loop."""
+    dev = check_device(device)
+    a, b = (torch.randn(n, n, device=dev) for _ in range(2))
+    out = torch.empty(n, n, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return rate(lambda: torch.mm(a, b, out=out), matmul_flops(n), settings, sync)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+EXTRAS = {
+    "flops": ("count the FLOPs per image (torch.utils.flop_counter)", lambda spec, args, s: count_flops(spec)),
+    "peak": (f"time a {MATMUL_N}^3 float32 matmul on the device", lambda spec, args, s: matmul_peak(args.device, s)),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     return worker_main(FRAMEWORK, "python -m pytorch_impl.bench", argv, check_device=check_device,
-                       build_workload=build_workload, export_for_ort=export_for_ort, framework_info=framework_info)
+                       build_workload=build_workload, export_for_ort=export_for_ort, framework_info=framework_info,
+                       extras=EXTRAS)
 
 
 if __name__ == "__main__":

@@ -39,18 +39,19 @@ def framework_modules(framework: str, backend: str | None) -> tuple[str, ...]:
 
 
 def bench_modules(variants: str | None, backend: str | None) -> tuple[str, ...]:
-    """The frameworks that ``--variants`` selects (``shared.bench.parse_variants``), plus the exporters."""
+    """The packages of the labels that ``--variants`` selects (``shared.bench.parse_variants``), the exporters,
+    and PyTorch (it counts the FLOPs and times the matmul peak in every run)."""
     from shared.bench import parse_variants
 
     chosen = {fw: vs for fw, vs in parse_variants(variants).items() if vs}
-    mods: list[str] = ["tqdm"]
+    mods: list[str] = ["tqdm", *TORCH]
     for fw, vs in chosen.items():
         if fw == "onnxruntime":
             mods += ONNX
             mods += [m for v in vs for m in framework_modules(v.removesuffix("_export"), backend)]
         else:
-            mods += framework_modules(fw, backend)
-    return tuple(mods)
+            mods += framework_modules(fw.partition("-")[0], fw.partition("-")[2] or backend)
+    return tuple(dict.fromkeys(mods))
 
 
 def needed(target: str, framework: str = "torch", variants: str | None = None,

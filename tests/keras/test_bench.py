@@ -14,6 +14,7 @@ from keras_impl import bench as kbench
 from shared import bench
 from shared.bench import Settings
 from shared.spec import get_spec
+from tests.conftest import run_module
 
 SPEC = get_spec("resnet8")
 TINY = Settings(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
@@ -30,6 +31,34 @@ def test_variants_compile_as_named():
         work = kbench.build_workload(SPEC, variant, 4, "cpu")
         assert (work.model.run_eagerly, work.model.jit_compile) == expected, variant
         work.cleanup()
+
+
+def test_the_loop_variant_is_the_step_the_training_script_compiles():
+    from keras_impl import train
+    from shared.bench import LOOP_VARIANT
+    from shared.recipes import make_plan, recipe_for
+
+    work = kbench.build_workload(SPEC, LOOP_VARIANT["keras-tensorflow"], 4, "cpu")
+    model = kbench.build_model(SPEC)
+    train.compile_model(model, make_plan(recipe_for("cifar10", SPEC), 8, epochs=1, batch_size=4), False, False)
+    assert (work.model.run_eagerly, work.model.jit_compile) == (model.run_eagerly, model.jit_compile)
+    assert type(work.model.optimizer) is type(model.optimizer)
+    work.cleanup()
+
+
+@pytest.mark.parametrize("backend, first", [("jax", "jit_compile"), ("torch", "eager")])
+def test_worker_runs_on_the_other_backends_without_tensorflow(tmp_path, backend, first):
+    out = tmp_path / "k.json"
+    run_module("tests.no_tensorflow", "keras_impl.bench", "--model", "resnet8", "--variants", first, "--batch-size",
+               "4", "--iters", "1", "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--min-time", "0",
+               "--json-out", out, env={"KERAS_BACKEND": backend})
+    result = json.loads(out.read_text())
+    assert result["framework"] == f"keras-{backend}" and result["backend"] == backend
+    (row,) = result["rows"]
+    assert row["error"] is None and row["info"]["jit_compile"] == (backend == "jax")
+    assert row["info"]["run_eagerly"] is False  # as keras_impl.train compiles it
+    for metric in bench.METRICS:
+        assert row[metric]["n"] == 2 and row[metric]["min"] > 0
 
 
 @pytest.mark.parametrize("variant", ["eager", "graph"])
@@ -74,7 +103,7 @@ def test_a_failing_build_resets_the_policy_and_is_reported(monkeypatch):
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="device 'cuda' requested but TensorFlow sees no GPU"):
+    with pytest.raises(RuntimeError, match="device 'cuda' requested but the Keras tensorflow backend sees no GPU"):
         kbench.build_workload(SPEC, "graph", 4, "cuda")
 
 
@@ -94,7 +123,7 @@ def test_worker_cli_writes_positive_figures(tmp_path):
     assert kbench.main(["--model", "resnet8", "--variants", "graph", "--batch-size", "4", "--iters", "1",
                         "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--json-out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["framework"] == "keras" and result["versions"]["keras"] == keras.__version__
+    assert result["framework"] == "keras-tensorflow" and result["versions"]["keras"] == keras.__version__
     (row,) = result["rows"]
     assert row["variant"] == "graph" and row["error"] is None
     for metric in bench.METRICS:

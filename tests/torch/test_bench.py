@@ -79,11 +79,30 @@ def test_export_failure_becomes_a_reason(monkeypatch, tmp_path):
 def test_worker_cli_writes_positive_figures(tmp_path):
     out = tmp_path / "torch.json"
     assert tbench.main(["--model", "resnet8", "--variants", "eager,autocast", "--batch-size", "4", "--iters", "1",
-                        "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--json-out", str(out)]) == 0
+                        "--repeats", "2", "--warmup", "1", "--latency-iters", "2", "--json-out", str(out),
+                        "--flops"]) == 0
     result = json.loads(out.read_text())
+    assert result["flops"] == tbench.count_flops(SPEC) and "peak" not in result
     assert result["framework"] == "torch" and result["versions"]["torch"] == torch.__version__
     assert [r["variant"] for r in result["rows"]] == ["eager", "autocast"]
     for row in result["rows"]:
         assert row["error"] is None
         for metric in bench.METRICS:
             assert row[metric]["n"] == 2 and row[metric]["min"] > 0
+
+
+def test_flop_counter_gives_the_resnet20_figures():
+    # 0.081 GFLOP forward (~41M multiply-adds, He et al. 2015 count ~41M for ResNet-20) and 3x that to train.
+    flops = tbench.count_flops(get_spec("resnet20"))
+    assert round(flops["forward"] / 1e9, 3) == 0.081
+    assert round(flops["train"] / 1e9, 3) == 0.242
+    assert flops["train"] == pytest.approx(3 * flops["forward"], rel=0.01)  # backward = 2x forward for convs
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b, out: calls.append(a.shape) or real_mm(a, b, out=out))
+    peak = tbench.matmul_peak("cpu", TINY, n=64)
+    assert calls[0] == (64, 64) and len(calls) == TINY.warmup + TINY.iters * TINY.repeats
+    assert peak["steps"] == TINY.iters and peak["median"] > 0

@@ -1,0 +1,49 @@
+"""Speed benchmarks: training and inference images/s, batch-1 latency, GFLOP/s and the real training loops,
+per framework, Keras backend and fast path (``python -m shared.bench``; docs/bench.md).
+
+    timing    the one timing loop and its statistics (every speed figure of the project goes through it)
+    catalog   the framework labels (torch, keras-tensorflow, keras-jax, keras-torch, onnxruntime) and variants
+    workers   what a framework process hands the timing loop, and its main
+    flops     achieved GFLOP/s and the share of the float32 matmul peak
+    loops     the real training loops beside their steps, and their profiles
+    run       one benchmark run, each framework in its own process
+    report    the Markdown and JSON report
+"""
+
+from shared.bench.catalog import (
+    BASELINE,
+    DESCRIPTIONS,
+    LABELS,
+    LOOP_VARIANT,
+    VARIANTS,
+    parse_frameworks,
+    parse_variants,
+)
+from shared.bench.run import BenchConfig, add_ratios, failed_rows, resolve_device, run_bench, run_framework
+from shared.bench.timing import (
+    DEFAULTS,
+    MIN_TIME,
+    Settings,
+    first_line,
+    is_measured,
+    rate,
+    ratio,
+    summarize,
+    time_latency,
+    time_throughput,
+)
+from shared.bench.workers import (
+    METRICS,
+    Workload,
+    measure_workload,
+    parse_worker_args,
+    run_variants,
+    worker_main,
+    worker_parser,
+)
+
+__all__ = ["BASELINE", "DEFAULTS", "DESCRIPTIONS", "LABELS", "LOOP_VARIANT", "METRICS", "MIN_TIME", "VARIANTS",
+           "BenchConfig", "Settings", "Workload", "add_ratios", "failed_rows", "first_line", "is_measured",
+           "measure_workload", "parse_frameworks", "parse_variants", "parse_worker_args", "rate", "ratio",
+           "resolve_device", "run_bench", "run_framework", "run_variants", "summarize", "time_latency",
+           "time_throughput", "worker_main", "worker_parser"]

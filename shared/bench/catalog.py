@@ -1,0 +1,114 @@
+"""What the benchmark can run: the framework labels, their variants and processes, and the selection syntax.
+
+A label is ``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch`` or ``onnxruntime``; ``keras``
+alone means the backend ``KERAS_BACKEND`` (``make ... BACKEND=``) names, default tensorflow. Each Keras
+label runs ``keras_impl.bench`` in its own process with its ``KERAS_BACKEND``.
+"""
+
+from __future__ import annotations
+
+from shared.backends import BACKENDS, keras_backend
+
+KERAS_LABELS = tuple(f"keras-{b}" for b in BACKENDS)
+LABELS = ("torch", *KERAS_LABELS, "onnxruntime")
+TRAINING = ("torch", *KERAS_LABELS)  # the labels with a training loop
+MODULES = {"torch": "pytorch_impl.bench", **{k: "keras_impl.bench" for k in KERAS_LABELS},
+           "onnxruntime": "export.bench_ort"}
+# Each backend's variants, the first being the step exactly as its training loop compiles it.
+KERAS_VARIANTS = {
+    "tensorflow": ("graph", "eager", "jit_compile", "mixed_precision"),
+    "jax": ("jit_compile", "eager", "mixed_precision"),
+    "torch": ("eager", "jit_compile", "mixed_precision"),
+}
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "torch": ("eager", "channels_last", "compile", "autocast"),
+    **{f"keras-{b}": v for b, v in KERAS_VARIANTS.items()},
+    "onnxruntime": ("torch_export", "keras_export"),
+}
+# The step variant that each training loop runs (its row's loop / step ratio divides by it).
+LOOP_VARIANT = {label: VARIANTS[label][0] for label in TRAINING}
+LOOP_MODULES = {"torch": "pytorch_impl.train", **{k: "keras_impl.train" for k in KERAS_LABELS}}
+_MP = "policy mixed_bfloat16 on CPU / mixed_float16 on GPU"
+DESCRIPTIONS = {
+    ("torch", "eager"): "PyTorch eager, NCHW, float32 (the training loop's step)",
+    ("torch", "channels_last"): "model and input in torch.channels_last (NHWC in memory)",
+    ("torch", "compile"): "torch.compile (inductor); compilation excluded, shown as first call",
+    ("torch", "autocast"): "torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA",
+    ("keras-tensorflow", "graph"): "Keras default on TensorFlow: tf.function graph, jit_compile=False "
+                                   "(the training loop's step)",
+    ("keras-tensorflow", "eager"): "Keras run_eagerly=True (no tf.function)",
+    ("keras-tensorflow", "jit_compile"): "Keras jit_compile=True (XLA)",
+    ("keras-tensorflow", "mixed_precision"): f"{_MP}, graph mode",
+    ("keras-jax", "jit_compile"): "Keras default on JAX: the step under jax.jit (the training loop's step)",
+    ("keras-jax", "eager"): "Keras run_eagerly=True (JAX op by op)",
+    ("keras-jax", "mixed_precision"): f"{_MP}, jax.jit",
+    ("keras-torch", "eager"): "Keras default on PyTorch: torch ops eagerly, jit_compile=False "
+                              "(the training loop's step)",
+    ("keras-torch", "jit_compile"): "Keras jit_compile=True: torch.compile of the step",
+    ("keras-torch", "mixed_precision"): f"{_MP}, eager",
+    ("onnxruntime", "torch_export"): "ONNX Runtime on the PyTorch export (NCHW), inference only",
+    ("onnxruntime", "keras_export"): "ONNX Runtime on the Keras export (NHWC), inference only",
+}
+BASELINE = ("torch", "eager")
+
+
+def canonical(label: str) -> str:
+    """``keras`` -> ``keras-<KERAS_BACKEND>``; any other label checked against :data:`LABELS`."""
+    if label == "keras":
+        try:
+            return f"keras-{keras_backend()}"
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+    if label not in VARIANTS:
+        raise ValueError(f"unknown framework {label!r}; valid choices: keras, {', '.join(LABELS)}")
+    return label
+
+
+def backend_of(label: str) -> str | None:
+    """The Keras backend of a ``keras-<backend>`` label, else None."""
+    return label.removeprefix("keras-") if label in KERAS_LABELS else None
+
+
+def parse_variants(text: str | None) -> dict[str, list[str]]:
+    """``"torch,keras-jax:eager,onnxruntime:torch_export"`` -> the selected variants per label.
+
+    A bare label selects all its variants; ``None``/``"all"`` selects everything.
+    """
+    if text is None or text.strip() in ("", "all"):
+        return {label: list(vs) for label, vs in VARIANTS.items()}
+    chosen: dict[str, list[str]] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, _, variant = item.partition(":")
+        label = canonical(name)
+        if not variant:
+            selected = list(VARIANTS[label])
+        elif variant in VARIANTS[label]:
+            selected = [variant]
+        else:
+            raise ValueError(f"unknown {label} variant {variant!r}; valid choices: {', '.join(VARIANTS[label])}")
+        chosen.setdefault(label, [])
+        chosen[label] += [v for v in selected if v not in chosen[label]]
+    return chosen
+
+
+def parse_frameworks(text: str) -> dict[str, list[str]]:
+    """``"torch,keras-jax,onnxruntime"`` -> each training label's loop step variant, and both ONNX Runtime rows."""
+    chosen: dict[str, list[str]] = {}
+    for name in (t.strip() for t in text.split(",") if t.strip()):
+        label = canonical(name)
+        chosen[label] = list(VARIANTS[label]) if label == "onnxruntime" else [LOOP_VARIANT[label]]
+    if not chosen:
+        raise ValueError(f"no framework in {text!r}; valid choices: keras, {', '.join(LABELS)}")
+    return chosen
+
+
+def merge(*selections: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The union of selections, in label order, each label's variants in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for selection in selections:
+        for label, variants in selection.items():
+            out.setdefault(label, [])
+            out[label] += [v for v in variants if v not in out[label]]
+    return {label: out[label] for label in LABELS if label in out}
