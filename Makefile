@@ -53,6 +53,8 @@ endif
 export KERAS_BACKEND := $(BACKEND)
 
 opt = $(if $(2),$(1) $(2))
+comma := ,
+space := $(subst ,, )
 MODEL_ARGS = --model $(MODEL) $(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT))
 FW_PKG = $(if $(filter keras,$(FRAMEWORK)),keras_impl,$(if $(filter torch,$(FRAMEWORK)),pytorch_impl,$(error FRAMEWORK must be torch or keras; got '$(FRAMEWORK)')))
 TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
@@ -72,7 +74,7 @@ ifeq ($(STAMP),system-python)
 .PHONY: system-python
 system-python:
 	@$(PY) -m shared.requires $(filter-out system-python,$(MAKECMDGOALS)) --framework $(FRAMEWORK) \
-		$(call opt,--variants,$(BENCH_VARIANTS)) $(call opt,--backend,$(BACKEND))
+		$(call opt,--variants,$(subst $(space),$(comma),$(strip $(BENCH_VARIANTS) $(BENCH_FRAMEWORKS)))) $(call opt,--backend,$(BACKEND))
 else
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
@@ -212,20 +214,27 @@ data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cat
 bench-data: $(STAMP) ## images/s of each framework's input pipeline (CIFAR-10-shaped batches of 128): results/bench/data.*
 	$(PY) -m datasets.bench --data-dir $(DATA_DIR)
 
-# Speed benchmark (shared/bench.py): training/inference images/s and batch-1 latency per framework and fast
-# path, each framework in its own process, ONNX Runtime on both exports -> $(BENCH_OUT)/bench-<model>-<device>.md/.json.
-# BENCH_ITERS batches per timed block (more until a block lasts BENCH_MIN_TIME s, default 1), REPEATS timed
-# blocks (median, min-max); BENCH_VARIANTS e.g. torch,keras:graph.
+# Speed benchmark (shared/bench/): training/inference images/s, batch-1 latency and GFLOP/s per framework, Keras
+# backend and fast path, each in its own process, ONNX Runtime on both exports, and the real training loops
+# beside their steps -> $(BENCH_OUT)/bench-<model>-<device>.md/.json.
+# FRAMEWORKS=torch,keras-tensorflow,keras-jax,keras-torch,onnxruntime picks labels (each with its training loop's
+# step); BENCH_VARIANTS e.g. torch:compile,keras-jax adds fast paths. BENCH_ITERS batches per timed block (more
+# until a block lasts BENCH_MIN_TIME s, default 1), REPEATS timed blocks (median, min-max), LOOP_EPOCHS per loop.
 BENCH_ITERS    ?=
 BENCH_MIN_TIME ?=
 REPEATS        ?=
 BENCH_VARIANTS ?=
+LOOP_EPOCHS    ?=
 BENCH_OUT      ?= results/bench
+# FRAMEWORKS has the ablation's default; the bench takes it only when it is given.
+BENCH_FRAMEWORKS = $(if $(filter command line environment,$(origin FRAMEWORKS)),$(FRAMEWORKS))
 
-bench: $(STAMP) ## speed per framework and fast path: make bench [MODEL=resnet20] [BATCH_SIZE=128] [DEVICE=cpu|cuda]
-	$(PY) -m shared.bench --model $(MODEL) --out $(BENCH_OUT) $(call opt,--batch-size,$(BATCH_SIZE)) \
-		$(call opt,--device,$(DEVICE)) $(call opt,--iters,$(BENCH_ITERS)) $(call opt,--repeats,$(REPEATS)) \
-		$(call opt,--min-time,$(BENCH_MIN_TIME)) $(call opt,--variants,$(BENCH_VARIANTS))
+bench: $(STAMP) ## speed per framework, Keras backend and fast path: make bench [FRAMEWORKS=torch,keras-jax] [DEVICE=cpu|cuda]
+	$(PY) -m shared.bench --model $(MODEL) --out $(BENCH_OUT) --data-dir $(DATA_DIR) \
+		$(call opt,--batch-size,$(BATCH_SIZE)) $(call opt,--device,$(DEVICE)) $(call opt,--iters,$(BENCH_ITERS)) \
+		$(call opt,--repeats,$(REPEATS)) $(call opt,--min-time,$(BENCH_MIN_TIME)) \
+		$(call opt,--variants,$(BENCH_VARIANTS)) $(call opt,--frameworks,$(BENCH_FRAMEWORKS)) \
+		$(call opt,--loop-epochs,$(LOOP_EPOCHS))
 
 # Mutant suite (tests/mutants.py): each curated mutant breaks one cross-framework convention in a copy
 # of the tree and must make its named test fail -> results/mutants.md/.json. MUTANTS=name,... runs a subset.

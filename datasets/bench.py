@@ -18,19 +18,17 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from datasets.prepared import DataError, prepared_dir, read_prepared
-from shared.backends import keras_env
+from shared import process
+from shared.bench.catalog import LOOP_VARIANT, canonical
 from shared.io import atomic_write_json, atomic_write_text
+from shared.markdown import table
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
-TRAIN_VARIANT = {"torch": "eager", "keras": "graph"}
 # (framework, augment, torch threads): torch's pipeline also with one thread, because on a busy CPU
 # its default intra-op threads spin against each other (the ops are small and memory-bound)
 PIPELINES = (("torch", True, None), ("torch", True, 1), ("torch", False, None), ("keras", True, None),
@@ -38,35 +36,38 @@ PIPELINES = (("torch", True, None), ("torch", True, 1), ("torch", False, None), 
 
 
 def _env() -> dict[str, str]:
-    return keras_env(TF_CPP_MIN_LOG_LEVEL="3")
+    return process.child_env(TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def train_variant(framework: str) -> str:
+    """The benchmark variant of the step that ``framework``'s training loop runs (Keras: on its backend)."""
+    return LOOP_VARIANT[canonical(framework)]
 
 
 def bench_pipeline(framework: str, prepared: Path, batch_size: int, batches: int, train: bool,
                    threads: int | None = None) -> dict[str, Any]:
     """One framework's pipeline images/s, measured in its own process (``threads``: torch only)."""
-    cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.data", "--prepared", str(prepared), "--bench",
-           "--batch-size", str(batch_size), "--batches", str(batches)] + (["--train"] if train else [])
+    cmd = process.module_command(framework, "data", "--prepared", prepared, "--bench", "--batch-size", batch_size,
+                                 "--batches", batches) + (["--train"] if train else [])
     cmd += ["--threads", str(threads)] if threads else []
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=1800)
-    if proc.returncode != 0:
-        return {"framework": framework, "train": train, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "threads_requested": threads}
+    done = process.run(cmd, timeout=1800, echo=False, capture_stdout=True, env=_env())
+    if not done.ok:
+        return {"framework": framework, "train": train, "error": done.reason()}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "threads_requested": threads}
 
 
 def bench_training(framework: str, batch_size: int, tmp: Path) -> dict[str, Any]:
     """ResNet-20 training images/s (median of 3 blocks of 3 steps) from the framework's benchmark module."""
-    out = tmp / f"train-{framework}.json"
-    cmd = [sys.executable, "-m", f"{PACKAGES[framework]}.bench", "--model", "resnet20", "--device", "cpu",
-           "--variants", TRAIN_VARIANT[framework], "--batch-size", str(batch_size), "--iters", "3",
-           "--repeats", "3", "--warmup", "2", "--latency-iters", "1", "--json-out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=1800)
+    out, variant = tmp / f"train-{framework}.json", train_variant(framework)
+    cmd = process.module_command(framework, "bench", "--model", "resnet20", "--device", "cpu", "--variants", variant,
+                                 "--batch-size", batch_size, "--iters", 3, "--repeats", 3, "--warmup", 2,
+                                 "--latency-iters", 1, "--json-out", out)
+    done = process.run(cmd, timeout=1800, echo=False, env=_env())
     try:
         row = json.loads(out.read_text())["rows"][0]
-        return {"framework": framework, "variant": TRAIN_VARIANT[framework],
-                "images_per_s": float(row["train"]["median"])}
+        return {"framework": framework, "variant": variant, "images_per_s": float(row["train"]["median"])}
     except Exception as e:  # a missing or failed benchmark is reported, not fatal
-        tail = (proc.stderr.strip().splitlines() or [str(e)])[-1]
-        return {"framework": framework, "variant": TRAIN_VARIANT[framework], "error": tail}
+        return {"framework": framework, "variant": variant, "error": done.reason() if not done.ok else str(e)}
 
 
 def bench_dataset(data_dir: Path, tmp: Path) -> tuple[Path, str]:
@@ -90,9 +91,8 @@ def render(report: dict[str, Any]) -> str:
     lines = ["# Input pipeline throughput (make bench-data)", "",
              f"Data: {report['data']}. Batches of {report['batch_size']}, {report['batches']} timed batches "
              f"after one warm-up, CPU: {report['cpu']} ({report['cores']} cores; load average "
-             f"{report['load_average']} when started).", "",
-             "| framework | pipeline | images/s | ResNet-20 training images/s | pipeline / training |",
-             "|---|---|---:|---:|---:|"]
+             f"{report['load_average']} when started).", ""]
+    body = []
     train = {t["framework"]: t for t in report["training"]}
     for row in report["pipelines"]:
         fw = row["framework"]
@@ -100,12 +100,14 @@ def render(report: dict[str, Any]) -> str:
         what += f", {row['threads']} thread{'s' if row['threads'] > 1 else ''}" if "threads" in row else ""
         t = train.get(fw, {})
         if "error" in row:
-            lines.append(f"| {fw} | {what} | failed: {row['error']} | | |")
+            body.append([fw, what, f"failed: {row['error']}", "", ""])
             continue
         tips = t.get("images_per_s")
         ratio = f"{row['images_per_s'] / tips:.0f}x" if tips else "n/a"
-        lines.append(f"| {fw} | {what} | {row['images_per_s']:,.0f} | "
-                     f"{f'{tips:,.0f}' if tips else t.get('error', 'n/a')} | {ratio} |")
+        body.append([fw, what, f"{row['images_per_s']:,.0f}", f"{tips:,.0f}" if tips else t.get("error", "n/a"),
+                     ratio])
+    lines += table(("framework", "pipeline", "images/s", "ResNet-20 training images/s", "pipeline / training"),
+                   body, "llrrr")
     lines += ["", report["verdict"], ""]
     return "\n".join(lines)
 
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             pipelines.append(row)
             print(f"{fw} {'train' if train else 'eval'} pipeline{f' ({threads} thread)' if threads else ''}: "
                   f"{row.get('images_per_s', 0):,.0f} images/s {row.get('error', '')}", flush=True)
-        training = [] if args.skip_training else [bench_training(fw, args.batch_size, Path(tmp)) for fw in PACKAGES]
+        training = [] if args.skip_training else [bench_training(fw, args.batch_size, Path(tmp))
+                                                  for fw in process.FRAMEWORKS]
         for t in training:
             print(f"{t['framework']} ResNet-20 training ({t['variant']}): "
                   f"{t.get('images_per_s', 0):,.0f} images/s {t.get('error', '')}", flush=True)

@@ -28,6 +28,7 @@ from export import infer
 from export.quantize import PRECISIONS, quantize, write_report
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import machine_info
+from shared.markdown import table
 from shared.onnx_meta import FRAMEWORKS, default_onnx_path, resolve_source
 
 
@@ -93,18 +94,18 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Quantized files against their float32 source",
         "",
-        "| run model | export | precision | float32 acc | acc | top-1 agreement | max abs d logit | "
-        "batch-64 img/s float32 -> q | speedup b64 | batch-1 ms float32 -> q |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    body = []
     for r in report["quantized"]:
         s = r["speed"]
         q = r["precision"]
-        lines.append(
-            f"| {r['model']} | {r['framework']} | {q} | {r['float32_acc']:.4f} | {r['acc']:.4f} | "
-            f"{r['top1_agreement_pct']:.2f}% | {r['max_abs_logit_diff']:.3g} | "
-            f"{s['float32']['throughput_ips_b64']:.0f} -> {s[q]['throughput_ips_b64']:.0f} | "
-            f"**{r['speedup_b64']:.2f}x** | {s['float32']['latency_ms_b1']:.2f} -> {s[q]['latency_ms_b1']:.2f} |")
+        body.append([r["model"], r["framework"], q, f"{r['float32_acc']:.4f}", f"{r['acc']:.4f}",
+                     f"{r['top1_agreement_pct']:.2f}%", f"{r['max_abs_logit_diff']:.3g}",
+                     f"{s['float32']['throughput_ips_b64']:.0f} -> {s[q]['throughput_ips_b64']:.0f}",
+                     f"**{r['speedup_b64']:.2f}x**",
+                     f"{s['float32']['latency_ms_b1']:.2f} -> {s[q]['latency_ms_b1']:.2f}"])
+    lines += table(("run model", "export", "precision", "float32 acc", "acc", "top-1 agreement", "max abs d logit",
+                    "batch-64 img/s float32 -> q", "speedup b64", "batch-1 ms float32 -> q"), body)
     lines += ["", "Accuracy is on the runs' test split (synthetic data, 500 images; the runs are short CPU "
               "trainings, not paper results). int8: ORT static QDQ, per-channel int8 weights, uint8 activations, "
               "MinMax on 256 training images. fp16: float16 weights and activations, float32 input/output; this "
@@ -113,12 +114,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"## `make infer` over a folder of {fb['images']:,} PNG files ({fb['image_px']} px)", "",
               f"`{fb['file']}`: find the files, decode them (thread pool), batch 64, classify, against ORT alone at "
               "batch 64 on the same images already decoded and normalized in memory (timed right before and after "
-              f"each folder run). Decoding alone, 1 thread: {fb['decode_ms_per_image_1_thread']:.3f} ms/image.", "",
-              "| decoding threads | wall s | images/s | ms/image | ORT alone ms/image | ratio |",
-              "|---|---|---|---|---|---|"]
-    for k, r in fb["infer"].items():
-        lines.append(f"| {k.split('=')[1]} | {r['seconds']:.1f} | {r['images_per_s']:.0f} | {r['ms_per_image']:.3f} | "
-                     f"{r['ort_alone_ms_per_image']:.3f} | **{r['ratio_to_ort_alone']:.2f}x** |")
+              f"each folder run). Decoding alone, 1 thread: {fb['decode_ms_per_image_1_thread']:.3f} ms/image.", ""]
+    lines += table(("decoding threads", "wall s", "images/s", "ms/image", "ORT alone ms/image", "ratio"),
+                   [[k.split("=")[1], f"{r['seconds']:.1f}", f"{r['images_per_s']:.0f}", f"{r['ms_per_image']:.3f}",
+                     f"{r['ort_alone_ms_per_image']:.3f}", f"**{r['ratio_to_ort_alone']:.2f}x**"]
+                    for k, r in fb["infer"].items()])
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import keras
 import numpy as np
@@ -149,17 +148,19 @@ def make_dataset(prepared, split: str, batch_size: int, *, train: bool, seed: in
 
 def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = True, device: str = "cpu") -> dict:
     """Images/s of the training input pipeline (gather + augment + normalize), after one warm-up batch."""
-    n, done, epoch, t0 = 0, 0, 0, None
-    while done < batches:
-        for x, _ in make_dataset(prepared, "train", batch_size, train=train, epoch=epoch):
-            if t0 is None:  # warm-up batch (tracing) not timed
-                t0 = time.perf_counter()
-                continue
-            n, done = n + int(x.shape[0]), done + 1
-            if done == batches:
-                break
-        epoch += 1
-    dt = time.perf_counter() - t0
+    from shared.bench.timing import Settings, rate
+
+    def forever():
+        epoch = 0
+        while True:
+            yield from (x for x, _ in make_dataset(prepared, "train", batch_size, train=train, epoch=epoch))
+            epoch += 1
+
+    it, sizes = forever(), []
+    # the one timing loop: one warm-up batch (tracing), then one block of `batches` batches (an eval epoch ends short)
+    speed = rate(lambda: sizes.append(int(next(it).shape[0])), 1,
+                 Settings(batch_size, iters=batches, repeats=1, warmup=1))
+    n, dt = sum(sizes[1:]), batches / speed["median"]
     return {"framework": "keras", "images_per_s": n / dt, "images": n, "seconds": dt, "batch_size": batch_size,
             "train": train, "device": device, "tensorflow": _tf_version()}
 

@@ -41,9 +41,9 @@ def framework_modules(framework: str, backend: str | None) -> tuple[str, ...]:
 def bench_modules(variants: str | None, backend: str | None) -> tuple[str, ...]:
     """The packages of the labels that ``--variants`` selects (``shared.bench.parse_variants``), the exporters,
     and PyTorch (it counts the FLOPs and times the matmul peak in every run)."""
-    from shared.bench import parse_variants
+    from shared.bench.catalog import default_selection, parse_variants
 
-    chosen = {fw: vs for fw, vs in parse_variants(variants).items() if vs}
+    chosen = {fw: vs for fw, vs in (parse_variants(variants) if variants else default_selection()).items() if vs}
     mods: list[str] = ["tqdm", *TORCH]
     for fw, vs in chosen.items():
         if fw == "onnxruntime":

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared.bench.catalog import VARIANTS, merge, parse_frameworks, parse_variants
+from shared.bench.catalog import VARIANTS, default_selection, merge, parse_frameworks, parse_variants
 from shared.bench.report import markdown_table, write_report
 from shared.bench.run import BenchConfig, resolve_device, run_bench
 from shared.bench.timing import DEFAULTS, MIN_TIME, Settings, is_measured
@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "exports), e.g. torch,keras-tensorflow,keras-jax,keras-torch; keras = keras-$KERAS_BACKEND")
     p.add_argument("--variants", default=None,
                    help=f"comma-separated label or label:variant, e.g. torch,keras-jax:eager (default, with no "
-                        f"--frameworks either: all of {_ALL})")
+                        f"--frameworks either: all of {_ALL}; Keras backends that are not installed left out)")
     p.add_argument("--loop-epochs", type=int, default=LOOP_EPOCHS,
                    help="epochs of each real training loop on the synthetic set (0: no loops)")
     p.add_argument("--no-profile", action="store_true", help="do not profile the loops that miss a target")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         get_spec(args.model)
         settings = Settings(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)
         if args.frameworks is None and args.variants is None:
-            variants = parse_variants("all")
+            variants = default_selection()
         else:
             variants = merge(parse_frameworks(args.frameworks) if args.frameworks else {},
                              parse_variants(args.variants) if args.variants else {})

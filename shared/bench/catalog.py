@@ -7,6 +7,8 @@ label runs ``keras_impl.bench`` in its own process with its ``KERAS_BACKEND``.
 
 from __future__ import annotations
 
+import importlib.util
+
 from shared.backends import BACKENDS, keras_backend
 
 KERAS_LABELS = tuple(f"keras-{b}" for b in BACKENDS)
@@ -91,6 +93,12 @@ def parse_variants(text: str | None) -> dict[str, list[str]]:
         chosen.setdefault(label, [])
         chosen[label] += [v for v in selected if v not in chosen[label]]
     return chosen
+
+
+def default_selection() -> dict[str, list[str]]:
+    """Every variant of every label, Keras backends whose package is not installed left out."""
+    return {label: list(vs) for label, vs in VARIANTS.items()
+            if backend_of(label) is None or importlib.util.find_spec(backend_of(label)) is not None}
 
 
 def parse_frameworks(text: str) -> dict[str, list[str]]:
