@@ -28,7 +28,7 @@ from shared.names import count_params
 from shared.runs import read_run
 from shared.spec import ModelSpec
 
-FRAMEWORK_MARKERS = {"torch": "o", "keras": "s"}
+FRAMEWORK_MARKERS = {"torch": "o", "keras": "s", "keras-tensorflow": "s", "keras-jax": "^", "keras-torch": "D"}
 # Two accuracies closer than this are "the same" when a finding compares them (one image in 10,000).
 TIE = 1e-4
 
@@ -345,6 +345,7 @@ def build_report(
                          "status": "missing", "finished": False, "best_val_acc": None})
             continue
         row, metrics = summarize_run(run_dir)
+        row["framework"] = framework  # the cell's label: keras-jax rather than the run's own "keras"
         row["status"] = "finished" if row["finished"] else "unfinished"
         rows.append(row)
         curves.append((row, metrics))

@@ -26,6 +26,7 @@ from typing import Any
 
 from shared import process
 from shared.ablation.report import build_report, format_seconds, write_report
+from shared.backends import BACKENDS
 from shared.data import DATASETS
 from shared.io import atomic_write_json
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
@@ -33,6 +34,9 @@ from shared.process import FRAMEWORKS
 from shared.runs import CHECKPOINTS, NotARunError, read_run
 from shared.spec import SHORTCUTS, get_spec
 
+# A cell's framework label: torch, keras (on the backend KERAS_BACKEND / make BACKEND= names, as before) or
+# keras-<backend>, so that one report can hold several Keras backends.
+LABELS = (*FRAMEWORKS, *(f"keras-{b}" for b in BACKENDS))
 STATE_FILE = "ablation-state.json"
 # Settings that change what a cell computes: a re-run with other values must not reuse the cells.
 RESULT_SETTINGS = ("ablation", "dataset", "epochs", "iters", "batch_size", "lr", "seed", "shortcut", "num_classes")
@@ -80,15 +84,30 @@ ABLATIONS = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of the ablation: a model in a framework, in its fixed folder."""
+    """One training run of the ablation: a model under a framework label, in its fixed folder."""
 
     model: str
-    framework: str
+    label: str
     path: Path
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.framework}"
+        return f"{self.model}-{self.label}"
+
+    @property
+    def framework(self) -> str:
+        """``torch`` or ``keras`` (the training script and its checkpoint)."""
+        return self.label.partition("-")[0]
+
+    @property
+    def backend(self) -> str | None:
+        """The Keras backend a ``keras-<backend>`` label pins (None: the environment's)."""
+        return self.label.partition("-")[2] or None
+
+    def env(self) -> dict[str, str]:
+        """The training process's environment (its Keras backend made explicit)."""
+        extra = {"KERAS_BACKEND": self.backend} if self.backend else {}
+        return process.child_env(keras=self.framework == "keras", **extra)
 
 
 def report_stem(ablation: str, dataset: str) -> str:
@@ -97,7 +116,7 @@ def report_stem(ablation: str, dataset: str) -> str:
 
 
 def plan_cells(models: list[str], frameworks: list[str], runs_dir: Path) -> list[Cell]:
-    """Every (model, framework) cell, model-major, each in ``runs_dir/<model>-<framework>``."""
+    """Every (model, framework label) cell, model-major, each in ``runs_dir/<model>-<label>``."""
     return [Cell(m, fw, runs_dir / f"{m}-{fw}") for m in models for fw in frameworks]
 
 
@@ -143,6 +162,11 @@ def train_command(cell: Cell, settings: dict[str, Any], *, resume: bool) -> list
     if resume:
         cmd += ["--resume", str(cell.path.resolve())]
     return cmd + shlex.split(settings.get("train_args") or "")
+
+
+def shown(cell: Cell, cmd: list[str]) -> str:
+    """The command as a shell line, with the Keras backend a ``keras-<backend>`` cell sets."""
+    return (f"KERAS_BACKEND={cell.backend} " if cell.backend else "") + shlex.join(cmd)
 
 
 def hardware_line() -> str:
@@ -199,10 +223,10 @@ def run_cells(cells: list[Cell], settings: dict[str, Any], state: dict[str, Any]
         cmd = train_command(cell, settings, resume=status == "resume")
         t0 = time.monotonic()
         # the cell's stdout (epoch lines) and stderr (progress bars) reach the user as they come
-        rc = process.run(cmd, show_stdout=True, env=process.child_env(keras=cell.framework == "keras")).returncode
+        rc = process.run(cmd, show_stdout=True, env=cell.env()).returncode
         elapsed = time.monotonic() - t0
         entry = {"status": "finished" if rc == 0 else f"failed (exit {rc})", "seconds": round(elapsed, 1),
-                 "hardware": hardware, "command": shlex.join(cmd), "ended": datetime.now(UTC).isoformat()}
+                 "hardware": hardware, "command": shown(cell, cmd), "ended": datetime.now(UTC).isoformat()}
         state["cells"][cell.name] = entry
         atomic_write_json(runs_dir / STATE_FILE, state)
         if rc != 0:
@@ -218,7 +242,7 @@ def write_ablation_report(cells: list[Cell], settings: dict[str, Any], state: di
     """Build and write the Markdown/JSON table and the PNG plots from the cells' run folders."""
     recorded = [c.get("hardware") for c in state["cells"].values() if c.get("hardware")]
     report, curves = build_report(
-        [(c.model, c.framework, c.path if c.path.exists() else None) for c in cells],
+        [(c.model, c.label, c.path if c.path.exists() else None) for c in cells],
         dataset=settings["dataset"], epochs=settings["epochs"], seed=settings["seed"],
         batch_size=settings["batch_size"], hardware=recorded or [hardware_line()], git_commit=git_commit(),
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), paper=paper,
@@ -237,7 +261,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ablation", default="cifar10", help=f"cell set: {', '.join(ABLATIONS)} (default cifar10)")
     p.add_argument("--dataset", help="train on this dataset instead of the ablation's own (e.g. synthetic)")
-    p.add_argument("--frameworks", default="torch,keras", help="comma-separated: torch,keras (default both)")
+    p.add_argument("--frameworks", default="torch,keras",
+                   help=f"comma-separated labels: {', '.join(LABELS)} (default torch,keras; keras = $KERAS_BACKEND)")
     p.add_argument("--models", help="comma-separated models instead of the ablation's set (e.g. plain8,resnet8)")
     p.add_argument("--shortcut", help=f"shortcut option {'/'.join(SHORTCUTS)} (default: the ablation's)")
     p.add_argument("--epochs", type=int, help="epochs of every cell (default: the dataset recipe's length)")
@@ -263,9 +288,9 @@ def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Nam
         parser.error(f"unknown ablation {args.ablation!r}; valid choices: {', '.join(ABLATIONS)}")
     ab = ABLATIONS[args.ablation]
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    bad = [f for f in frameworks if f not in FRAMEWORKS]
+    bad = [f for f in frameworks if f not in LABELS]
     if bad or not frameworks:
-        parser.error(f"unknown framework(s) {bad or args.frameworks!r}; valid choices: {', '.join(FRAMEWORKS)}")
+        parser.error(f"unknown framework(s) {bad or args.frameworks!r}; valid choices: {', '.join(LABELS)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(ab.models)
     for m in models:
         try:
@@ -307,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             status = cell_status(cell)
             cmd = train_command(cell, settings, resume=status == "resume")
-            _say(f"{cell.name}: {status}" + ("" if status == "finished" else f": {shlex.join(cmd)}"))
+            _say(f"{cell.name}: {status}" + ("" if status == "finished" else f": {shown(cell, cmd)}"))
         return 0
     failed: list[str] = []
     for cell in cells:  # before anything is written: no cell may come from a run with other settings

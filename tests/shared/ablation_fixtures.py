@@ -92,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = p.parse_known_args(argv)
     out = Path(args.out)
     spec = get_spec(args.model, shortcut=args.shortcut)
-    framework = out.name.rsplit("-", 1)[1]  # cell folders are <model>-<framework>
+    framework = out.name.removeprefix(f"{args.model}-").partition("-")[0]  # cell folders are <model>-<label>
     log = out.parent / "fixture-calls.jsonl"
     with open(log, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"cell": out.name, "resume": args.resume}) + "\n")
+        f.write(json.dumps({"cell": out.name, "resume": args.resume,
+                            "keras_backend": os.environ.get("KERAS_BACKEND")}) + "\n")
     start = 0
     if args.resume:
         start = json.loads((Path(args.resume) / CHECKPOINTS[framework]).read_text())["epoch"]

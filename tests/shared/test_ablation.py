@@ -58,7 +58,8 @@ def test_train_command_carries_the_shared_settings(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["--ablation", "imagenet"], "unknown ablation 'imagenet'; valid choices: cifar10, cifar100, cats_vs_dogs"),
-    (["--frameworks", "torch,jax"], "unknown framework(s) ['jax']; valid choices: torch, keras"),
+    (["--frameworks", "torch,jax"], "unknown framework(s) ['jax']; valid choices: torch, keras, keras-tensorflow, "
+                                    "keras-jax, keras-torch"),
     (["--models", "resnet21"], "unknown model 'resnet21'"),
     (["--epochs", "0"], "--epochs must be >= 1; got 0"),
     (["--dataset", "cifar20"], "unknown dataset 'cifar20'; valid choices: cifar10, cifar100, cifar100_coarse, "),
@@ -119,6 +120,28 @@ def test_dry_run_trains_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.count(": new: ") == 4 and "pytorch_impl.train --model plain56" in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_several_keras_backends_in_one_report(tmp_path, fake_trainer, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["--dataset", "synthetic", "--models", "resnet20", "--frameworks", "torch,keras-jax,keras-torch",
+            "--runs-dir", str(runs), "--out", str(out), "--epochs", "1"]
+    assert ablation.main([*argv, "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "resnet20-keras-jax: new: KERAS_BACKEND=jax " in text
+    assert "resnet20-keras-torch: new: KERAS_BACKEND=torch " in text
+    assert "resnet20-torch: new: /" in text  # torch gets no backend
+    cell = ablation.plan_cells(["resnet20"], ["keras-jax"], runs)[0]
+    assert (cell.framework, cell.backend, cell.env()["KERAS_BACKEND"]) == ("keras", "jax", "jax")
+    assert ablation.main(argv) == 0
+    calls = _calls(runs)
+    assert [(c["cell"], c["keras_backend"]) for c in calls][1:] == [("resnet20-keras-jax", "jax"),
+                                                                     ("resnet20-keras-torch", "torch")]
+    report = json.loads((out / "ablation-cifar10-synthetic.json").read_text())
+    assert [r["framework"] for r in report["cells"]] == ["torch", "keras-jax", "keras-torch"]
+    assert "| resnet20 | residual | keras-jax |" in (out / "ablation-cifar10-synthetic.md").read_text()
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [
+        "resnet20-keras-jax", "resnet20-keras-torch", "resnet20-torch"]
 
 
 def test_cell_from_another_run_length_is_refused(tmp_path, fake_trainer):
