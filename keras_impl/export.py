@@ -1,4 +1,10 @@
-"""ONNX export of a Keras ResNet (``model.export(format="onnx")``, tf2onnx), native predictions and timings.
+"""ONNX export of a Keras ResNet (``model.export(format="onnx")``), native predictions and timings.
+
+Keras' own exporter runs on the TensorFlow backend (tf2onnx) and the PyTorch backend (torch.onnx). On the
+JAX backend Keras asks for ``jax2onnx``, which pulls in flax, equinox, optax, orbax and huggingface-hub; the
+route here is instead exact: the model's canonical weights (the same numbers on every backend) are written
+to a safetensors file and exported by Keras on the PyTorch backend (TensorFlow where torch is absent), in
+its own process. The file's metadata names both backends.
 
 ``python -m keras_impl.export onnx|predict|bench ...`` is what the framework-neutral drivers in
 ``export/`` run in a subprocess (this process must never import torch).
@@ -6,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tempfile
 import time
@@ -15,8 +22,8 @@ import keras
 import numpy as np
 
 from keras_impl.resnet import build_model
-from keras_impl.weights import set_weights
-from shared.io import load_weights
+from keras_impl.weights import get_weights, set_weights
+from shared.io import load_weights, save_weights
 from shared.onnx_meta import (
     DEFAULT_OPSET,
     Source,
@@ -40,13 +47,34 @@ def exporter_version(opset: int = DEFAULT_OPSET) -> str:
         import torch
 
         return f"keras {keras.__version__} (torch backend) torch.onnx {torch.__version__}"
-    if BACKEND == "jax":  # Keras asks for jax2onnx there; the same weights export through the TF backend
-        raise SystemExit("error: ONNX export on the Keras JAX backend needs jax2onnx (not installed); the weights "
-                         "are backend-neutral: export the same run with BACKEND=tensorflow (make export ... "
-                         "BACKEND=tensorflow) or BACKEND=torch")
+    if BACKEND == "jax":
+        return f"keras {keras.__version__} (jax backend; canonical weights exported by Keras on {jax_route()})"
     import tf2onnx
 
     return f"keras {keras.__version__} tf2onnx {tf2onnx.__version__}"
+
+
+def jax_route() -> str:
+    """The backend that exports for the JAX backend: torch when installed, else tensorflow."""
+    for backend in ("torch", "tensorflow"):
+        if importlib.util.find_spec(backend) is not None:
+            return backend
+    raise ValueError("ONNX export from the Keras JAX backend needs the torch or tensorflow package (Keras' own "
+                     "route, jax2onnx, is not used here): .venv/bin/pip install torch==2.14.1")
+
+
+def _export_through(model: keras.Model, spec: ModelSpec, raw: Path, opset: int) -> None:
+    """Write ``raw`` from ``model``'s canonical weights with Keras on :func:`jax_route`'s backend (exact: the
+    weights are the same numbers on every backend)."""
+    from shared import process
+
+    weights = raw.with_suffix(".safetensors")
+    save_weights(weights, get_weights(model, spec), {"spec": spec.to_json()})
+    backend = jax_route()
+    cmd = process.module_command("keras", "export", "onnx", "--run", weights, "--out", raw, "--opset", opset)
+    done = process.run(cmd, echo=False, capture_stdout=True, env=process.child_env(KERAS_BACKEND=backend))
+    if not done.ok:
+        raise ValueError(f"the Keras {backend} backend could not export the JAX model's weights: {done.reason()}")
 
 
 def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata: dict[str, str],
@@ -63,7 +91,10 @@ def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata:
     model(np.zeros((1, spec.input_size, spec.input_size, spec.in_channels), np.float32), training=False)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
-        model.export(str(raw), format="onnx", verbose=False, opset_version=opset)
+        if BACKEND == "jax":
+            _export_through(model, spec, raw, opset)
+        else:
+            model.export(str(raw), format="onnx", verbose=False, opset_version=opset)
         return finalize_onnx(raw, path, metadata)
 
 

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import onnx
 import pytest
 
 from keras_impl.export import export_onnx, load_model, predict
@@ -9,7 +10,8 @@ from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
 from shared.onnx_meta import DEFAULT_OPSET, Source, build_metadata
 from shared.spec import get_spec
-from tests.export_helpers import ExportContract, fixture_images, randomize_bn
+from tests.conftest import run_module
+from tests.export_helpers import ExportContract, assert_logits_match, fixture_images, ort_logits, randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +62,20 @@ def test_export_refuses_bad_metadata_and_fixed_batch(tmp_path):
     with pytest.raises(ValueError, match="batch dimension must be None"):
         export_onnx(fixed, spec, tmp_path / "m.onnx", {})
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_jax_backend_exports_its_canonical_weights_exactly(images, tmp_path):
+    # The JAX route: the model's canonical weights exported by Keras on the torch backend, in its own process.
+    x, y = images
+    np.save(tmp_path / "x.npy", x)
+    env = {"KERAS_BACKEND": "jax"}
+    args = ("--model", "resnet8", "--num-classes", "10", "--input-size", "32", "--seed", "3")
+    path = tmp_path / "m.onnx"
+    run_module("tests.no_tensorflow", "keras_impl.export", "onnx", *args, "--out", path, env=env)
+    run_module("tests.no_tensorflow", "keras_impl.export", "predict", *args, "--inputs", tmp_path / "x.npy",
+               "--logits", tmp_path / "native.npy", env=env)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["framework"] == "keras" and meta["layout"] == "NHWC"
+    assert "jax backend" in meta["exporter"] and "torch" in meta["exporter"], meta["exporter"]
+    native = np.load(tmp_path / "native.npy")  # the JAX model's own logits
+    assert_logits_match(native, ort_logits(path, x, "NHWC"), y)
