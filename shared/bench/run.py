@@ -22,7 +22,7 @@ from shared.bench.catalog import BASELINE, DESCRIPTIONS, LOOP_VARIANT, MODULES, 
 from shared.bench.flops import add_compute, add_loop_compute
 from shared.bench.timing import Settings, ratio
 from shared.bench.workers import DEVICES, METRICS
-from shared.machine import load_average, machine_info
+from shared.machine import git_commit, load_average, machine_info
 
 # Environment variables that change threading (recorded in the report when set).
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
@@ -164,7 +164,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every selected framework in its own process and assemble the report (not yet written)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    load_before = load_average()
+    load_before, commit = load_average(), git_commit()  # the code that ran: the checkout may move meanwhile
     rows: list[dict[str, Any]] = []
     frameworks: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -181,6 +181,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         row["description"] = DESCRIPTIONS.get((row["framework"], row["variant"]), "")
     machine = machine_info()
     machine["load_average"] = {"start": load_before, "end": machine.pop("load_average")}
+    machine["git_commit"] = commit
     machine["gpu"] = torch_side.get("gpu") or (machine["gpus"][0] if machine["gpus"] and cfg.device == "cuda" else None)
     return {
         "model": cfg.model,
