@@ -35,8 +35,8 @@ PIPELINES = (("torch", True, None), ("torch", True, 1), ("torch", False, None), 
              ("keras", False, None))
 
 
-def _env() -> dict[str, str]:
-    return process.child_env(TF_CPP_MIN_LOG_LEVEL="3")
+def _env(framework: str) -> dict[str, str]:
+    return process.child_env(keras=framework == "keras", TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def train_variant(framework: str) -> str:
@@ -50,7 +50,7 @@ def bench_pipeline(framework: str, prepared: Path, batch_size: int, batches: int
     cmd = process.module_command(framework, "data", "--prepared", prepared, "--bench", "--batch-size", batch_size,
                                  "--batches", batches) + (["--train"] if train else [])
     cmd += ["--threads", str(threads)] if threads else []
-    done = process.run(cmd, timeout=1800, echo=False, capture_stdout=True, env=_env())
+    done = process.run(cmd, timeout=1800, echo=False, capture_stdout=True, env=_env(framework))
     if not done.ok:
         return {"framework": framework, "train": train, "error": done.reason()}
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "threads_requested": threads}
@@ -62,7 +62,7 @@ def bench_training(framework: str, batch_size: int, tmp: Path) -> dict[str, Any]
     cmd = process.module_command(framework, "bench", "--model", "resnet20", "--device", "cpu", "--variants", variant,
                                  "--batch-size", batch_size, "--iters", 3, "--repeats", 3, "--warmup", 2,
                                  "--latency-iters", 1, "--json-out", out)
-    done = process.run(cmd, timeout=1800, echo=False, env=_env())
+    done = process.run(cmd, timeout=1800, echo=False, env=_env(framework))
     try:
         row = json.loads(out.read_text())["rows"][0]
         return {"framework": framework, "variant": variant, "images_per_s": float(row["train"]["median"])}

@@ -25,7 +25,7 @@ PROFILE_ROWS = 12
 def loop_env(label: str) -> dict[str, str]:
     """The child environment of ``label``: its Keras backend made explicit."""
     backend = backend_of(label)
-    return process.child_env(KERAS_BACKEND=backend) if backend else process.child_env()
+    return process.child_env(KERAS_BACKEND=backend) if backend else process.child_env(keras=False)
 
 
 def loop_command(label: str, model: str, batch_size: int, epochs: int, device: str, data_dir: str,

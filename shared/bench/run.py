@@ -71,7 +71,8 @@ def resolve_device(requested: str | None) -> tuple[str, dict[str, Any]]:
         return "cpu", {}
     code = ("import json, torch; ok = torch.cuda.is_available(); print(json.dumps({'cuda': ok, "
             "'gpu': torch.cuda.get_device_name(0) if ok else None, 'cuda_version': torch.version.cuda}))")
-    done = process.run([sys.executable, "-c", code], timeout=300, echo=False, capture_stdout=True)
+    done = process.run([sys.executable, "-c", code], timeout=300, echo=False, capture_stdout=True,
+                       env=process.child_env(keras=False))
     probe = json.loads(done.stdout) if done.ok else {"cuda": False, "probe_error": done.reason()}
     if requested == "cuda" and not probe["cuda"]:
         raise ValueError("device 'cuda' requested but PyTorch sees no CUDA device here "
@@ -93,7 +94,8 @@ def run_framework(framework: str, cfg: BenchConfig, variants: list[str], workdir
     """One framework process: its JSON when it finished, else failed rows with the crash reason."""
     json_out = workdir / f"{framework}{tag}.json"
     backend = backend_of(framework)
-    env = process.child_env(KERAS_BACKEND=backend) if backend else process.child_env()
+    # only a Keras process needs (and checks) a backend: torch and onnxruntime run where Keras is absent
+    env = process.child_env(KERAS_BACKEND=backend) if backend else process.child_env(keras=False)
     done = process.run(worker_command(framework, cfg, variants, json_out) + list(extra), timeout=cfg.timeout,
                        echo=cfg.echo, env=env)
     result = json.loads(json_out.read_text()) if json_out.is_file() else {"framework": framework, "rows": []}
