@@ -8,8 +8,9 @@ label runs ``keras_impl.bench`` in its own process with its ``KERAS_BACKEND``.
 from __future__ import annotations
 
 import importlib.util
+import os
 
-from shared.backends import BACKENDS, keras_backend
+from shared.backends import BACKENDS, DEFAULT
 
 KERAS_LABELS = tuple(f"keras-{b}" for b in BACKENDS)
 LABELS = ("torch", *KERAS_LABELS, "onnxruntime")
@@ -56,11 +57,12 @@ BASELINE = ("torch", "eager")
 
 def canonical(label: str) -> str:
     """``keras`` -> ``keras-<KERAS_BACKEND>``; any other label checked against :data:`LABELS`."""
-    if label == "keras":
-        try:
-            return f"keras-{keras_backend()}"
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+    if label == "keras":  # whether its package is installed is checked where it runs (process.child_env)
+        backend = os.environ.get("KERAS_BACKEND") or DEFAULT
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown Keras backend {backend!r} (KERAS_BACKEND / make BACKEND=); "
+                             f"valid choices: {', '.join(BACKENDS)}")
+        return f"keras-{backend}"
     if label not in VARIANTS:
         raise ValueError(f"unknown framework {label!r}; valid choices: keras, {', '.join(LABELS)}")
     return label
