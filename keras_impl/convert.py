@@ -21,7 +21,7 @@ import keras_impl.blocks  # noqa: F401  (registers the custom layers a .keras fi
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
 from shared.cli import convert_main
-from shared.harness.parity import randomize_arrays
+from shared.harness.parity.randomize import randomize_arrays
 from shared.io import load_weights, save_weights
 from shared.spec import ModelSpec
 

@@ -22,10 +22,10 @@ from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model
 from keras_impl.summary import summarize
 from keras_impl.weights import get_weights, set_weights
-from shared.harness.parity import randomize_arrays
+from shared.harness.parity.randomize import randomize_arrays
 from shared.harness.summary import dump
 from shared.io import atomic_write_json, atomic_write_text, save_weights
-from shared.names import canonical_name, keras_name
+from shared.names import canonical_name, canonical_weights, keras_name, to_torch_layout
 from shared.spec import ModelSpec
 
 
@@ -52,12 +52,36 @@ def bn_counts(model: keras.Model, x: np.ndarray) -> dict[str, int]:
     return {canonical_name(layer.name): int(np.prod(v.shape[:-1])) for layer, v in zip(bns, values)}
 
 
+def with_dtype(model: keras.Model, dtype: str) -> keras.Model:
+    """A copy of ``model`` whose every layer (the float32 classifier included) computes in ``dtype``."""
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # without it JAX silently computes float64 in float32
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
+
+    inputs = keras.Input(model.inputs[0].shape[1:], dtype=dtype, name=model.inputs[0].name)
+    other = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+    other.set_weights(model.get_weights())
+    return other
+
+
+def canonical_arrays(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Every canonical tensor in the model's own dtype, PyTorch layout (``get_weights`` gives float32)."""
+    variables = {v.path: v for v in model.weights}
+    return {w.key: np.ascontiguousarray(to_torch_layout(w.kind, keras.ops.convert_to_numpy(variables[w.keras_path])))
+            for w in canonical_weights(spec)}
+
+
 def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, momentum: float,
                weight_decay: float) -> float:
     """One SGD step in train mode (BN uses and updates batch statistics), as ``fit`` takes it on any
-    backend (``compile`` + ``train_on_batch``); returns the loss."""
-    model.compile(optimizer=make_sgd(model, lr, momentum, weight_decay),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    backend (``compile`` + ``train_on_batch``); returns the loss, computed in the model's dtype (a Keras
+    loss computes in floatx, float32, unless told otherwise)."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=model.outputs[0].dtype)
+    model.compile(optimizer=make_sgd(model, lr, momentum, weight_decay), loss=loss)
     return float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
@@ -83,12 +107,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         np.savez(fw["out"], **outputs)
     if job.get("train_step"):
         ts = job["train_step"]
+        dtype = ts.get("dtype", "float32")
         x = np.load(ts["input"])
         y = np.load(ts["labels"]).astype(np.int32)
         counts = bn_counts(model, x)
-        loss = train_step(model, x, y, ts["lr"], ts["momentum"], ts["weight_decay"])
-        save_weights(ts["out"], get_weights(model, spec), {"spec": spec.to_json(), "framework": "keras"})
-        report["train_step"] = {"loss": loss, "bn_counts": counts}
+        if dtype != "float32":
+            model = with_dtype(model, dtype)
+        loss = train_step(model, x.astype(dtype), y, ts["lr"], ts["momentum"], ts["weight_decay"])
+        save_weights(ts["out"], canonical_arrays(model, spec), {"spec": spec.to_json(), "framework": "keras"})
+        report["train_step"] = {"loss": loss, "bn_counts": counts, "dtype": dtype}
     return report
 
 

@@ -22,7 +22,7 @@ import torch
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
 from shared.cli import convert_main
-from shared.harness.parity import randomize_arrays
+from shared.harness.parity.randomize import randomize_arrays
 from shared.io import atomic_write, load_weights, save_weights
 from shared.names import canonical_weights
 from shared.spec import ModelSpec

@@ -50,7 +50,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("bn-momentum-keras-default", "BN momentum: Keras 0.9 = 1 - torch's 0.1 (Keras' default is 0.99)",
            "keras_impl/blocks.py", "BN_MOMENTUM = 0.9 ", "BN_MOMENTUM = 0.99 ", COMPARE_E2E),
     Mutant("running-var-biased-prediction", "running-variance estimator: torch's unbiased n/(n-1) update",
-           "shared/harness/parity.py", "predicted = (b - (1 - BN_MOMENTUM) * old) / (n - 1)",
+           "shared/harness/parity/step.py", "predicted = (b - (1 - BN_MOMENTUM) * old) / (n - 1)",
            "predicted = (b - (1 - BN_MOMENTUM) * old) / n",
            "tests/shared/test_compare.py::test_running_variance_gap_is_predicted_from_torchs_unbiased_update"),
     Mutant("weight-decay-decoupled", "weight decay: torch couples it into the gradient before momentum",
@@ -76,6 +76,13 @@ MUTANTS: tuple[Mutant, ...] = (
            "keras_impl/weights.py", "        var.assign(value.astype(var.dtype))",
            "        if w.key.endswith(\".bias\"):\n            continue\n        var.assign(value.astype(var.dtype))",
            COMPARE_E2E),
+    # Deep-only: one BN beta of resnet56's last block stays at Keras' zero init. A bound that grew with the
+    # activations passed it; the parity test of resnet56 fails its layer3 stage by a factor of > 30.
+    Mutant("deep-beta-not-transferred", "bias and beta transfer, deep blocks only (resnet56 layer3.8.bn2)",
+           "keras_impl/weights.py", "        var.assign(value.astype(var.dtype))",
+           "        if w.key == 'layer3.8.bn2.bias':\n            continue\n"
+           "        var.assign(value.astype(var.dtype))",
+           "tests/shared/test_compare.py::test_parity_within_bound[resnet56-torch2keras]"),
     Mutant("normalize-mean-std-swapped", "normalization (x/255 - mean)/std in the torch loader",
            "pytorch_impl/data.py", "x = x.div_(255.0).sub_(self.mean).div_(self.std)",
            "x = x.div_(255.0).sub_(self.std).div_(self.mean)",

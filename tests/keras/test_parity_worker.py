@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_impl.optim import TorchSGD, make_sgd
-from keras_impl.parity import layer_outputs
+from keras_impl.parity import canonical_arrays, layer_outputs, with_dtype
 from keras_impl.resnet import build_model
 from shared.spec import get_spec
 
@@ -47,3 +47,17 @@ def test_layer_outputs_are_pre_relu_and_logits_match_the_model():
     assert out["bn1"].min() < 0 <= out["layer1.0"].min()  # BN output before its ReLU; block after
     np.testing.assert_allclose(out["logits"], keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
     assert layer_outputs(model, x, [])["logits"].shape == (2, 10)
+
+
+def test_float64_copy_computes_in_float64_with_the_same_weights():
+    spec = get_spec("resnet20")
+    model = build_model(spec)
+    wide = with_dtype(model, "float64")
+    assert {v.dtype for v in wide.weights} == {"float64"}  # the float32 classifier included
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))
+    out = keras.ops.convert_to_numpy(wide(x, training=False))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(model(x.astype(np.float32), training=False)),
+                               rtol=1e-4, atol=1e-5)
+    kernel = canonical_arrays(wide, spec)["layer1.0.conv1.weight"]
+    assert kernel.dtype == np.float64 and kernel.shape == (16, 16, 3, 3)  # PyTorch layout, not cast down
