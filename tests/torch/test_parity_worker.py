@@ -8,7 +8,7 @@ from pytorch_impl.optim import make_sgd
 from pytorch_impl.parity import bn_counts, calibrate_bn, layer_outputs
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
-from shared.harness.parity.randomize import randomize_arrays
+from shared.harness.parity.randomize import calibrated_layers, randomize_arrays
 from shared.spec import get_spec
 
 
@@ -65,7 +65,9 @@ def test_calibration_keeps_resnet110_small_and_each_bn_near_its_input():
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         exploded = model.eval()(x).abs().max()
-    calibrate_bn(model, x, seed=0)
+    untouched = model.layer3[17].bn1.running_var.clone()
+    calibrate_bn(model, x, seed=0, layers=calibrated_layers(get_spec("resnet110")))  # as the harness does
+    assert torch.equal(model.layer3[17].bn1.running_var, untouched)  # inside a branch: random statistics
     deep = model.layer3[17].bn2
     seen = {}
     handle = deep.register_forward_pre_hook(lambda _m, inp: seen.setdefault("x", inp[0].detach().clone()))
