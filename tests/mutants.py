@@ -30,6 +30,7 @@ from shared.process import ROOT
 
 COMPARE_E2E = "tests/shared/test_compare.py::test_make_compare_resnet20_end_to_end"
 SGD_RULE = "tests/shared/test_train_parity.py::test_update_rule_matches_torch_sgd_across_an_lr_drop"
+TRAIN_DECAY = "tests/shared/test_train_parity.py::test_twenty_sgd_steps_shrink_the_kernels_as_torchs_weight_decay"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "            g = ops.add(g, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable))",
            "            self.assign_sub(variable, ops.multiply(ops.multiply(lr, ops.cast(self.coupled_weight_decay, "
            "variable.dtype)), variable))", SGD_RULE),
+    Mutant("keras-weight-decay-zero", "weight decay: the Keras trainer's optimizer gets the recipe's 1e-4",
+           "keras_impl/train.py", "plan.momentum, plan.weight_decay, plan.nesterov)",
+           "plan.momentum, 0.0, plan.nesterov)",
+           f"{TRAIN_DECAY}[tensorflow]"),
     Mutant("momentum-dampened", "momentum form: torch's buf = mu*buf + g (no dampening)",
            "keras_impl/optim.py", "new_buf = ops.add(ops.multiply(buf, mu), g)",
            "new_buf = ops.add(ops.multiply(buf, mu), ops.multiply(g, 1 - mu))", SGD_RULE),

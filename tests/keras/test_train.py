@@ -156,6 +156,22 @@ def test_amp_on_a_cpu_without_bf16_falls_back_to_float32(data_dir, tmp_path, mon
     assert runs.read_run(tmp_path / "amp")["config"]["device"]["policy"] == "float32"
 
 
+def test_fit_steps_with_torchs_sgd_and_the_recipes_weight_decay(data_dir, tmp_path, monkeypatch):
+    """The optimizer ``fit`` actually stepped with: TorchSGD, coupled weight decay 1e-4, no Keras decay on top."""
+    import keras_impl.train as train
+    from keras_impl.optim import TorchSGD
+
+    compiled = []
+    real = train.compile_model
+    monkeypatch.setattr(train, "compile_model", lambda model, *a, **k: (real(model, *a, **k), compiled.append(model)))
+    assert main(base_args(data_dir, tmp_path / "sgd", "--iters", "2", "--device", "cpu")) == 0
+    (model,) = compiled
+    opt = model.optimizer
+    assert isinstance(opt, TorchSGD) and int(opt.iterations) == 2
+    assert (opt.coupled_weight_decay, opt.momentum, opt.nesterov) == (1e-4, 0.9, False)
+    assert opt.weight_decay is None  # Keras' own (decoupled) decay would come on top of the coupled one
+
+
 def test_mirrored_strategy_on_cpu(data_dir, tmp_path):
     out = tmp_path / "mirrored"
     proc = run_module("keras_impl.train", *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6",

@@ -96,6 +96,10 @@ def test_learns_and_leaves_a_complete_run_folder(full_run, default_threads):
     ckpt = torch.load(run["checkpoint"], weights_only=True)
     assert ckpt["progress"]["iteration"] == 40 and ckpt["progress"]["epoch"] == 2
     assert len(ckpt["optimizer"]["state"]) == len(ckpt["optimizer"]["param_groups"][0]["params"])  # momentum
+    # The optimizer's own record of what it used: the recipe's SGD on every parameter, coupled weight decay 1e-4.
+    (group,) = ckpt["optimizer"]["param_groups"]
+    assert len(group["params"]) == len(ckpt["model"]) - 3 * sum(k.endswith("running_mean") for k in ckpt["model"])
+    assert (group["weight_decay"], group["momentum"], group["nesterov"], group["dampening"]) == (1e-4, 0.9, False, 0)
     tb = _tb_scalars(full_run)
     assert tb["loss/train"] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
     assert tb["accuracy/val"] == pytest.approx([r["val_acc"] for r in rows], rel=1e-6)
