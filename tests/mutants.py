@@ -30,6 +30,7 @@ from shared.process import ROOT
 
 COMPARE_E2E = "tests/shared/test_compare.py::test_make_compare_resnet20_end_to_end"
 SGD_RULE = "tests/shared/test_train_parity.py::test_update_rule_matches_torch_sgd_across_an_lr_drop"
+DDP_STEPS = "tests/torch/test_train.py::test_ddp_two_cpu_processes_with_gloo_take_the_steps_of_one_process"
 TRAIN_DECAY = "tests/shared/test_train_parity.py::test_twenty_sgd_steps_shrink_the_kernels_as_torchs_weight_decay"
 
 
@@ -63,6 +64,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "keras_impl/train.py", "plan.momentum, plan.weight_decay, plan.nesterov)",
            "plan.momentum, 0.0, plan.nesterov)",
            f"{TRAIN_DECAY}[tensorflow]"),
+    Mutant("ddp-not-wrapped", "DDP: the ranks all-reduce their gradients (DistributedDataParallel)",
+           "pytorch_impl/train.py",
+           "net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == \"cuda\" "
+           "else None)", "net = raw", DDP_STEPS),
     Mutant("momentum-dampened", "momentum form: torch's buf = mu*buf + g (no dampening)",
            "keras_impl/optim.py", "new_buf = ops.add(ops.multiply(buf, mu), g)",
            "new_buf = ops.add(ops.multiply(buf, mu), ops.multiply(g, 1 - mu))", SGD_RULE),

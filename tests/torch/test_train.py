@@ -15,6 +15,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,9 @@ from tests.conftest import ROOT, run_module
 from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 CHANCE = 0.1  # 10 balanced classes
+# DDP's all-reduced steps against the same steps in one process, relative to each tensor's 6-step move: measured
+# 7e-4 at worst (float32 sums in another order, amplified by lr 0.1).
+DDP_RTOL = 5e-3
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +160,61 @@ def test_torch_compile(data_dir, tmp_path):
     assert runs.read_run(out)["finished"]
 
 
-def test_ddp_two_cpu_processes_with_gloo(data_dir, tmp_path):
+def _ddp_reference(data_dir: Path, init: dict, lrs: list[float], world: int, alone: bool = False) -> dict:
+    """What ``world`` DDP processes compute, in one process: each global batch of the trainer's loader is cut
+    into ``world`` contiguous slices, each slice runs its own train-mode forward (BN normalizes with its
+    slice's statistics, as in every DDP process), the gradients are averaged (DDP's all-reduce), one SGD
+    step. The BN running statistics are rank 0's (DDP broadcasts rank 0's buffers at every forward).
+    ``alone``: rank 0's slice only, no averaging (the ranks never share gradients)."""
+    import torch.nn.functional as F
+
+    from datasets import load_prepared
+    from pytorch_impl.data import make_loader
+    from pytorch_impl.optim import make_sgd
+    from pytorch_impl.resnet import build_model
+    from pytorch_impl.weights import get_weights, set_weights
+    from shared.spec import get_spec
+
+    spec = get_spec("resnet8")
+    model = build_model(spec)
+    set_weights(model, spec, init)
+    model.train()
+    optimizer = make_sgd(model, lrs[0], 0.9, 1e-4)
+    loader = make_loader(load_prepared("synthetic", data_dir), "train", 100, train=True, seed=0)
+    loader.set_epoch(0)
+    for lr, (x, y) in zip(lrs, loader):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        rank0_buffers = None
+        for rank, (xs, ys) in enumerate(zip(x.chunk(world), y.chunk(world))):
+            if alone and rank:
+                break
+            (F.cross_entropy(model(xs), ys) / (1 if alone else world)).backward()
+            if rank == 0:
+                rank0_buffers = {k: b.clone() for k, b in model.named_buffers()}
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(rank0_buffers[k])
+        optimizer.step()
+    return get_weights(model, spec)
+
+
+def test_ddp_two_cpu_processes_with_gloo_take_the_steps_of_one_process(data_dir, tmp_path):
+    """Two gloo processes on one global batch end at the weights of the same steps taken in one process
+    (:func:`_ddp_reference`), to float32 rounding; rank 0 training alone would end far away."""
+    from pytorch_impl.resnet import build_model
+    from pytorch_impl.weights import get_weights
+    from shared.io import save_weights
+    from shared.spec import get_spec
+
+    spec = get_spec("resnet8")
+    torch.manual_seed(3)
+    init = get_weights(build_model(spec), spec)
+    save_weights(tmp_path / "init.safetensors", init, {"spec": spec.to_json()})
     out = tmp_path / "ddp"  # --nproc starts the processes through python -m torch.distributed.run
     cmd = [sys.executable, "-m", "pytorch_impl.train", "--nproc", "2",
-           *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6")]
+           *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6", "--init", tmp_path / "init.safetensors")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in proc.stdout
@@ -169,6 +224,17 @@ def test_ddp_two_cpu_processes_with_gloo(data_dir, tmp_path):
     # The global batch is split across the ranks, so the step count and lr match a single-process run.
     steps = json.loads((out / "steps.json").read_text())
     assert len(steps["loss"]) == 6 and steps["lr"] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
+    ddp, _ = load_weights(run["last"])
+    expected = _ddp_reference(data_dir, init, steps["lr"], world=2)
+    alone = _ddp_reference(data_dir, init, steps["lr"], world=2, alone=True)
+    assert set(ddp) == set(expected)
+    for key in ddp:
+        moved = np.linalg.norm(expected[key] - init[key])
+        assert moved > 0, key
+        gap = np.linalg.norm(ddp[key] - expected[key])
+        assert gap <= DDP_RTOL * moved, f"{key}: DDP is {gap / moved:.1e} of its move off the one-process steps"
+    far = max(np.linalg.norm(alone[k] - expected[k]) / np.linalg.norm(expected[k] - init[k]) for k in ddp)
+    assert far > 50 * DDP_RTOL  # ranks that do not share gradients would fail it (measured 0.6)
 
 
 @pytest.mark.parametrize("extra,match", [
