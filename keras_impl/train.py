@@ -146,7 +146,7 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def init_device(requested: str, strategy: str) -> tuple[str, Any, int]:
+def init_device(requested: str, strategy: str, deterministic: bool = True) -> tuple[str, Any, int]:
     """(device name, the scope to build and compile in, replicas) for ``--device`` and ``--strategy``.
 
     TensorFlow: ``tf.distribute.MirroredStrategy`` over the visible GPUs (``auto`` when more than one,
@@ -165,7 +165,7 @@ def init_device(requested: str, strategy: str) -> tuple[str, Any, int]:
         elif ":" in name:
             gpus = [gpus[int(name.split(":")[1])]]
             tf.config.set_visible_devices(gpus, "GPU")
-        if name == "cpu":
+        if name == "cpu" and deterministic:
             tf.config.experimental.enable_op_determinism()  # bit-exact same-seed runs and resume on CPU
         if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
             mirrored = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(len(gpus))] or ["/cpu:0"])
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
               "set XLA_FLAGS=--xla_cpu_multi_thread_eigen=false for one thread)", file=sys.stderr)
     if settings.compile or settings.channels_last:
         print("note: --compile/--channels-last are torch switches; for Keras use --jit", file=sys.stderr)
-    device, scope, replicas = init_device(settings.device, settings.strategy)
+    # Keras compiles without XLA while TF's op determinism is on (trainer.model_supports_jit): --jit gives it up.
+    device, scope, replicas = init_device(settings.device, settings.strategy, deterministic=not settings.jit)
     if settings.amp and device == "cpu" and not machine.cpu_has_bf16():
         print("note: --amp ignored: this CPU has no native bf16 (mixed_bfloat16 measured 13x slower than float32 "
               "on such a CPU); training in float32", file=sys.stderr)

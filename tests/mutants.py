@@ -31,6 +31,7 @@ from shared.process import ROOT
 COMPARE_E2E = "tests/shared/test_compare.py::test_make_compare_resnet20_end_to_end"
 SGD_RULE = "tests/shared/test_train_parity.py::test_update_rule_matches_torch_sgd_across_an_lr_drop"
 DDP_STEPS = "tests/torch/test_train.py::test_ddp_two_cpu_processes_with_gloo_take_the_steps_of_one_process"
+FAST_STEP = "tests/torch/test_train.py::test_amp_and_channels_last_act_inside_the_training_step"
 TRAIN_DECAY = "tests/shared/test_train_parity.py::test_twenty_sgd_steps_shrink_the_kernels_as_torchs_weight_decay"
 
 
@@ -68,6 +69,22 @@ MUTANTS: tuple[Mutant, ...] = (
            "pytorch_impl/train.py",
            "net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == \"cuda\" "
            "else None)", "net = raw", DDP_STEPS),
+    Mutant("torch-autocast-off", "fast path: --amp runs the training forward under autocast",
+           "pytorch_impl/train.py", "        with ctx.autocast():\n            logits = model(x)\n",
+           "        with contextlib.nullcontext():\n            logits = model(x)\n",
+           f"{FAST_STEP}[amp-channels-last]"),
+    Mutant("torch-channels-last-off", "fast path: --channels-last puts the model's parameters in channels_last",
+           "pytorch_impl/train.py", "model = model.to(memory_format=torch.channels_last)",
+           "model = model.to(memory_format=torch.contiguous_format)", f"{FAST_STEP}[amp-channels-last]"),
+    Mutant("torch-compile-skipped", "fast path: --compile trains through torch.compile's module",
+           "pytorch_impl/train.py",
+           'net = torch.compile(net, mode=None if args.compile_mode == "default" else args.compile_mode, '
+           "dynamic=False)", "net = net",
+           "tests/torch/test_train.py::test_torch_compile_trains_through_compiled_graphs"),
+    Mutant("keras-jit-off", "fast path: --jit compiles the Keras steps with XLA",
+           "keras_impl/train.py", 'jit_compile = True if BACKEND == "jax" else bool(jit)',
+           'jit_compile = True if BACKEND == "jax" else False',
+           "tests/keras/test_train.py::test_jit_compiles_the_steps_with_xla"),
     Mutant("momentum-dampened", "momentum form: torch's buf = mu*buf + g (no dampening)",
            "keras_impl/optim.py", "new_buf = ops.add(ops.multiply(buf, mu), g)",
            "new_buf = ops.add(ops.multiply(buf, mu), ops.multiply(g, 1 - mu))", SGD_RULE),

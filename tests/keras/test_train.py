@@ -170,6 +170,17 @@ def test_fit_steps_with_torchs_sgd_and_the_recipes_weight_decay(data_dir, tmp_pa
     assert isinstance(opt, TorchSGD) and int(opt.iterations) == 2
     assert (opt.coupled_weight_decay, opt.momentum, opt.nesterov) == (1e-4, 0.9, False)
     assert opt.weight_decay is None  # Keras' own (decoupled) decay would come on top of the coupled one
+    assert model.jit_compile is False  # no --jit: no XLA (what Keras settled on, not the flag)
+
+
+def test_jit_compiles_the_steps_with_xla(data_dir, tmp_path):
+    """--jit: TensorFlow's own log says an XLA cluster was compiled (Keras silently falls back to plain graphs
+    when it cannot, e.g. while op determinism is on)."""
+    args = base_args(data_dir, tmp_path / "jit", "--iters", "2", "--batch-size", "20", "--jit", "1", "--device", "cpu")
+    proc = run_module("keras_impl.train", *args, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "Compiled cluster using XLA" in proc.stderr
+    assert "doesn't support `jit_compile=True`" not in proc.stderr
+    assert runs.read_run(tmp_path / "jit")["config"]["fast_paths"]["jit"] is True
 
 
 def test_mirrored_strategy_on_cpu(data_dir, tmp_path):

@@ -119,25 +119,39 @@ save_weights(sys.argv[2], get_weights(build_model(spec), spec), {"spec": spec.to
 """
 
 
-@pytest.fixture(scope="module")
-def parity_runs(tmp_path_factory) -> dict[str, Path]:
-    from datasets import load_prepared
+class ParityRuns(dict):
+    """Run folders by name, each trained on first use and kept for the module: ``init`` (the shared weights),
+    ``torch``, ``torch-no-decay`` and one per Keras backend (``model.fit``). A test that names one backend
+    (``-k tensorflow``, the mutant suite) trains only what it reads."""
 
-    tmp = tmp_path_factory.mktemp("parity")
-    load_prepared("synthetic", tmp / "data")
-    init = tmp / "init.safetensors"
-    _python(INIT, "resnet8", str(init))
-    args = ["--dataset", "synthetic", "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "32",
-            "--iters", str(STEPS), "--init", str(init), "--no-augment", "--trace-steps", str(STEPS), "--no-progress",
-            "--device", "cpu"]
-    out = {"init": init, "torch": tmp / "torch"}
-    run_module("pytorch_impl.train", *args, "--out", str(out["torch"]))
-    out["torch-no-decay"] = tmp / "torch-no-decay"
-    run_module("tests.no_weight_decay", "pytorch_impl.train", *args, "--out", str(out["torch-no-decay"]))
-    for backend in KERAS_BACKENDS:  # model.fit on every Keras backend
-        out[backend] = tmp / f"keras-{backend}"
-        run_module("keras_impl.train", *args, "--out", str(out[backend]), env={"KERAS_BACKEND": backend})
-    return out
+    def __init__(self, tmp: Path) -> None:
+        from datasets import load_prepared
+
+        super().__init__(init=tmp / "init.safetensors")
+        self.tmp = tmp
+        load_prepared("synthetic", tmp / "data")
+        _python(INIT, "resnet8", str(self["init"]))
+        self.args = ["--dataset", "synthetic", "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size",
+                     "32", "--iters", str(STEPS), "--init", str(self["init"]), "--no-augment", "--trace-steps",
+                     str(STEPS), "--no-progress", "--device", "cpu"]
+
+    def __missing__(self, name: str) -> Path:
+        out = self.tmp / name
+        if name == "torch":
+            run_module("pytorch_impl.train", *self.args, "--out", out)
+        elif name == "torch-no-decay":
+            run_module("tests.no_weight_decay", "pytorch_impl.train", *self.args, "--out", out)
+        elif name in KERAS_BACKENDS:
+            run_module("keras_impl.train", *self.args, "--out", out, env={"KERAS_BACKEND": name})
+        else:
+            raise KeyError(name)
+        self[name] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def parity_runs(tmp_path_factory) -> ParityRuns:
+    return ParityRuns(tmp_path_factory.mktemp("parity"))
 
 
 @pytest.mark.parametrize("backend", KERAS_BACKENDS)

@@ -145,18 +145,73 @@ def test_nonfinite_loss_stops_with_a_clear_message(data_dir, tmp_path):
     assert not (tmp_path / "nan" / runs.RESULTS).exists()
 
 
-def test_amp_bf16_and_channels_last_on_cpu(data_dir, tmp_path):
-    out = tmp_path / "amp"
-    run_module("pytorch_impl.train", *base_args(data_dir, out, "--iters", "4", "--amp", "1", "--channels-last"))
+def _observe_training_convs(monkeypatch) -> list[dict]:
+    """Record, at every conv forward inside the trainer's training steps, the layout of its input, weight and
+    output and the output's dtype (a forward hook, attached to the model ``train_one_epoch`` is given)."""
+    import pytorch_impl.train as train
+
+    seen: list[dict] = []
+    real = train.train_one_epoch
+
+    def hook(conv, inputs, output):
+        cl = torch.channels_last
+        seen.append({"input": inputs[0].is_contiguous(memory_format=cl), "weight": conv.weight.is_contiguous(
+            memory_format=cl), "output": output.is_contiguous(memory_format=cl), "dtype": output.dtype,
+            "grad": torch.is_grad_enabled() and conv.training})
+
+    def observed(model, *args, **kwargs):
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        try:
+            return real(model, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    monkeypatch.setattr(train, "train_one_epoch", observed)
+    return seen
+
+
+@pytest.mark.parametrize("flags,dtype,layout", [(("--amp", "1", "--channels-last"), torch.bfloat16, True),
+                                                ((), torch.float32, False)], ids=["amp-channels-last", "plain"])
+def test_amp_and_channels_last_act_inside_the_training_step(data_dir, tmp_path, monkeypatch, flags, dtype, layout):
+    """--amp: every conv of the training forward computes in bfloat16 (CPU autocast); --channels-last: its input,
+    weight and output are channels_last. Without the flags: float32, contiguous NCHW."""
+    seen = _observe_training_convs(monkeypatch)
+    out = tmp_path / "fast"
+    assert main(base_args(data_dir, out, "--iters", "2", "--batch-size", "20", *flags)) == 0
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in build_resnet8().modules())
+    assert len(seen) == 2 * convs and all(s["grad"] for s in seen)  # two training steps, every conv
+    assert {s["dtype"] for s in seen} == {dtype}
+    assert {(s["input"], s["weight"], s["output"]) for s in seen} == {(layout,) * 3}
     run = runs.read_run(out)
-    assert run["config"]["fast_paths"]["amp"] is True and run["config"]["fast_paths"]["channels_last"] is True
+    assert run["config"]["fast_paths"]["amp"] is bool(flags) and run["config"]["fast_paths"]["channels_last"] is bool(
+        flags)
     assert math.isfinite(run["metrics"][0]["train_loss"]) and run["finished"]
 
 
+def build_resnet8() -> torch.nn.Module:
+    from pytorch_impl.resnet import build_model
+    from shared.spec import get_spec
+
+    return build_model(get_spec("resnet8"))
+
+
 @pytest.mark.slow
-def test_torch_compile(data_dir, tmp_path):
+def test_torch_compile_trains_through_compiled_graphs(data_dir, tmp_path, monkeypatch):
+    """--compile: the training steps get torch.compile's module, and dynamo captured and compiled graphs."""
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch._dynamo.utils import counters
+
+    import pytorch_impl.train as train
+
+    given = []
+    real = train.train_one_epoch
+    monkeypatch.setattr(train, "train_one_epoch", lambda model, *a, **k: (given.append(model), real(model, *a, **k))[1])
+    counters.clear()
     out = tmp_path / "compiled"
-    run_module("pytorch_impl.train", *base_args(data_dir, out, "--iters", "4", "--compile"), timeout=1200)
+    assert main(base_args(data_dir, out, "--iters", "4", "--compile")) == 0
+    assert given and all(isinstance(m, OptimizedModule) for m in given)
+    assert counters["stats"]["unique_graphs"] > 0 and counters["frames"]["ok"] > 0
     assert runs.read_run(out)["finished"]
 
 
