@@ -168,7 +168,9 @@ def init_device(requested: str, strategy: str, deterministic: bool = True) -> tu
         if name == "cpu" and deterministic:
             tf.config.experimental.enable_op_determinism()  # bit-exact same-seed runs and resume on CPU
         if strategy == "mirrored" or (strategy == "auto" and len(gpus) > 1):
-            mirrored = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(len(gpus))] or ["/cpu:0"])
+            # On the CPU: one replica per logical CPU device (one, unless configured before TF started).
+            cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+            mirrored = tf.distribute.MirroredStrategy(devices=[f"/gpu:{i}" for i in range(len(gpus))] or cpus)
             return name, mirrored, mirrored.num_replicas_in_sync
         return name, contextlib.nullcontext(), 1
     if BACKEND == "jax":

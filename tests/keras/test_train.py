@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from keras_impl.train import main
@@ -27,6 +28,8 @@ from tests.conftest import run_module
 from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 CHANCE = 0.1  # 10 balanced classes
+# 2 replicas against the same steps on one device, relative to each parameter's 6-step move: measured 5e-6 at worst.
+REPLICA_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -183,17 +186,71 @@ def test_jit_compiles_the_steps_with_xla(data_dir, tmp_path):
     assert runs.read_run(tmp_path / "jit")["config"]["fast_paths"]["jit"] is True
 
 
-def test_mirrored_strategy_on_cpu(data_dir, tmp_path):
+def _replica_steps(data_dir: Path, init: dict, lrs: list[float], replicas: int, alone: bool = False) -> dict:
+    """What ``replicas`` MirroredStrategy replicas compute, on one device: each global batch of the trainer's
+    data is cut into ``replicas`` contiguous slices, each runs its own train-mode forward (BN normalizes with
+    its slice's statistics, as on every replica), the loss is the mean over the global batch (the slices'
+    mean), one TorchSGD step. ``alone``: replica 0's slice only (replicas that never share gradients)."""
+    import keras
+    import tensorflow as tf
+
+    from datasets import load_prepared
+    from keras_impl.data import EpochDataset
+    from keras_impl.optim import TorchSGD
+    from keras_impl.resnet import build_model
+    from keras_impl.weights import get_weights, set_weights
+
+    spec = get_spec("resnet8")
+    model = build_model(spec)
+    set_weights(model, spec, init)
+    optimizer = TorchSGD(lrs[0], momentum=0.9, coupled_weight_decay=1e-4)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    data = EpochDataset(load_prepared("synthetic", data_dir), "train", 100, train=True, seed=0)
+    for i, lr in enumerate(lrs):
+        x, y = data[i]
+        slices = list(zip(np.split(x, replicas), np.split(y, replicas)))[:1 if alone else replicas]
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([cross_entropy(ys, model(xs, training=True)) for xs, ys in slices]) / len(slices)
+        optimizer.learning_rate.assign(lr)
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+    return get_weights(model, spec)
+
+
+def test_mirrored_strategy_with_two_cpu_replicas_takes_the_steps_of_one_device(data_dir, tmp_path):
+    """MirroredStrategy over 2 logical CPU devices (tests/cpu_replicas.py) on one global batch: the trained
+    parameters equal the same steps taken on one device (:func:`_replica_steps`) to float32 rounding, while
+    replicas that did not share gradients would end far away. (BN running statistics are aggregated across
+    replicas by the strategy and are not compared.)"""
+    import keras
+
+    from keras_impl.resnet import build_model
+    from keras_impl.weights import get_weights
+    from shared.io import save_weights
+
+    spec = get_spec("resnet8")
+    keras.utils.set_random_seed(3)
+    init = get_weights(build_model(spec), spec)
+    save_weights(tmp_path / "init.safetensors", init, {"spec": spec.to_json()})
     out = tmp_path / "mirrored"
-    proc = run_module("keras_impl.train", *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6",
-                                                     "--strategy", "mirrored"))
-    assert "MirroredStrategy x1" in proc.stdout
+    proc = run_module("tests.cpu_replicas", "2", "keras_impl.train", *base_args(
+        data_dir, out, "--iters", "6", "--trace-steps", "6", "--strategy", "mirrored", "--device", "cpu",
+        "--init", tmp_path / "init.safetensors"))
+    assert "MirroredStrategy x2" in proc.stdout
     run = runs.read_run(out)
-    assert run["config"]["device"]["strategy"] == "MirroredStrategy" and run["finished"]
+    assert run["config"]["device"]["strategy"] == "MirroredStrategy" and run["config"]["device"]["replicas"] == 2
+    assert run["finished"]
     # The same global batch and schedule as a single-device run.
     steps = json.loads((out / "steps.json").read_text())
     assert len(steps["loss"]) == 6 and steps["lr"] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
-    assert run["metrics"][0]["train_acc"] > 0 and math.isfinite(run["metrics"][0]["val_loss"])
+    trained, _ = load_weights(run["last"])
+    expected = _replica_steps(data_dir, init, steps["lr"], replicas=2)
+    alone = _replica_steps(data_dir, init, steps["lr"], replicas=2, alone=True)
+    trainable = [w.key for w in canonical_weights(spec) if w.trainable]
+    gaps = {k: np.linalg.norm(trained[k] - expected[k]) / np.linalg.norm(expected[k] - init[k]) for k in trainable}
+    far = max(np.linalg.norm(alone[k] - expected[k]) / np.linalg.norm(expected[k] - init[k]) for k in trainable)
+    worst = max(gaps, key=gaps.get)
+    assert gaps[worst] <= REPLICA_RTOL, f"{worst}: {gaps[worst]:.1e} of its move off the one-device steps"
+    assert far > 50 * REPLICA_RTOL  # replicas that do not share gradients would fail it (measured 0.34)
 
 
 @pytest.mark.parametrize("extra,match", [
