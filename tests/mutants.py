@@ -65,6 +65,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "keras_impl/train.py", "plan.momentum, plan.weight_decay, plan.nesterov)",
            "plan.momentum, 0.0, plan.nesterov)",
            f"{TRAIN_DECAY}[tensorflow]"),
+    Mutant("torch-weight-decay-zero", "weight decay: the torch trainer's optimizer gets the recipe's 1e-4",
+           "pytorch_impl/train.py", "make_sgd(model, plan.lr, plan.momentum, plan.weight_decay, plan.nesterov,",
+           "make_sgd(model, plan.lr, plan.momentum, 0.0, plan.nesterov,",
+           "tests/torch/test_train.py::test_learns_and_leaves_a_complete_run_folder"),
     Mutant("ddp-not-wrapped", "DDP: the ranks all-reduce their gradients (DistributedDataParallel)",
            "pytorch_impl/train.py",
            "net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == \"cuda\" "
