@@ -28,8 +28,9 @@ from tests.conftest import run_module
 from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 CHANCE = 0.1  # 10 balanced classes
-# 2 replicas against the same steps on one device, relative to each parameter's 6-step move: measured 5e-6 at worst.
-REPLICA_RTOL = 1e-4
+# 2 replicas against the same steps on one device, relative to each parameter's 6-step move: measured 5e-6 at worst,
+# 7.5e-4 once an earlier test has turned TF's op determinism on in this process (other kernels, other rounding).
+REPLICA_RTOL = 5e-3
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +251,7 @@ def test_mirrored_strategy_with_two_cpu_replicas_takes_the_steps_of_one_device(d
     far = max(np.linalg.norm(alone[k] - expected[k]) / np.linalg.norm(expected[k] - init[k]) for k in trainable)
     worst = max(gaps, key=gaps.get)
     assert gaps[worst] <= REPLICA_RTOL, f"{worst}: {gaps[worst]:.1e} of its move off the one-device steps"
-    assert far > 50 * REPLICA_RTOL  # replicas that do not share gradients would fail it (measured 0.34)
+    assert far > 20 * REPLICA_RTOL  # replicas that do not share gradients would fail it (measured 0.34)
 
 
 @pytest.mark.parametrize("extra,match", [
