@@ -36,8 +36,9 @@ FIRST_LOSS_RTOL = 1e-5
 LOSS_RTOL = 1e-2
 DISPLACEMENT_RTOL = 5e-2
 STEPS = 20
-# |scale difference| / (scale change of weight decay): measured 3e-5 (tensorflow) against 1 for decay off.
-SCALE_RTOL = 5e-2
+# |kernel scale difference| / (scale change of weight decay): measured 3e-5 (tensorflow), 2.1e-2 (jax), 0 (the torch
+# backend) against 1 for a run with decay off; 0.75 for decay applied without momentum (Keras' decoupled form).
+SCALE_RTOL = 0.2
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 TORCH_RULE = """
