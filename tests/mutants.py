@@ -4,13 +4,15 @@ named next to it must then fail. It proves the harness is sensitive to the mista
 ``python -m tests.mutants [--only NAME,...] [--out results]`` (``make test-mutants``):
 
 1. copies the tracked tree (``git ls-files``) to a temporary folder;
-2. runs every named test there unmutated: it must pass, or a "kill" would prove nothing;
-3. for each mutant, replaces ``old`` by ``new`` in ``path`` (``old`` must occur exactly once), runs the
+2. for each mutant, runs its named test there unmutated first (once per test): it must pass, or a "kill"
+   would prove nothing;
+3. replaces ``old`` by ``new`` in ``path`` (``old`` must occur exactly once), runs the
    named test in its own pytest process, and restores the file. The mutant is *killed* when pytest
    reports a failing test (exit status 1); an import or collection error (status 2-4) means the edit
    broke the code rather than the convention, and counts as not killed;
-4. writes ``mutants.md`` and ``mutants.json`` (mutant -> killed by which test) to ``--out`` and exits 1
-   unless every mutant was killed.
+4. writes ``mutants.md`` and ``mutants.json`` (mutant -> killed by which test) to ``--out`` after every
+   mutant (a run stopped early reports what it ran, and names the rest), and exits 1 unless every mutant
+   was killed.
 """
 
 from __future__ import annotations
@@ -163,18 +165,20 @@ def run_test(tree: Path, node: str, timeout: int) -> tuple[int, float, str]:
     return rc, time.perf_counter() - start, tail[0] if tail else ""
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], pending: list[str] = ()) -> str:
     killed = sum(r["killed"] for r in rows)
     body = [[r["name"], r["covers"], f"`{r['path']}`", f"`{r['test']}`",
              "killed" if r["killed"] else f"**survived** ({r['detail']})", f"{r['seconds']:.0f}"] for r in rows]
     lines = ["# Mutant suite", "", f"{killed} of {len(rows)} mutants killed (`make test-mutants`).", "",
              *table(["mutant", "convention it breaks", "edited file", "killed by", "result", "s"], body, "lllllr")]
+    if pending:
+        lines += ["", f"Not run (the run stopped before them): {', '.join(pending)}."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default=None, help="comma-separated mutant names (default: all)")
+    p.add_argument("--only", default=None, help="comma-separated mutant names, run in that order (default: all)")
     p.add_argument("--out", default="results", help="folder for mutants.md/.json (default: results)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per pytest process")
     args = p.parse_args(argv)
@@ -185,22 +189,24 @@ def main(argv: list[str] | None = None) -> int:
         bad = [n for n in wanted if n not in names]
         if bad:
             p.error(f"unknown mutant {bad[0]!r}; valid choices: {', '.join(sorted(names))}")
-        chosen = [m for m in MUTANTS if m.name in wanted]
+        by_name = {m.name: m for m in MUTANTS}
+        chosen = [by_name[n] for n in dict.fromkeys(wanted)]  # in the order given
     for m in chosen:
         check_applies(m)
-    from shared.io import atomic_write_json, atomic_write_text
-
+    out = Path(args.out)
     rows: list[dict] = []
+    baseline: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
         tree = Path(tmp)
         copy_tree(ROOT, tree)
-        for node in dict.fromkeys(m.test for m in chosen):
-            rc, secs, tail = run_test(tree, node, args.timeout)
-            print(f"baseline {node}: exit {rc} in {secs:.0f}s", flush=True)
-            if rc != 0:
-                raise SystemExit(f"error: {node} fails on the unmutated tree ({tail}); a mutant it 'kills' proves "
-                                 "nothing. Fix the test first.")
         for i, m in enumerate(chosen, 1):
+            if m.test not in baseline:  # each test first passes unmutated, just before its first mutant
+                rc, secs, tail = run_test(tree, m.test, args.timeout)
+                print(f"baseline {m.test}: exit {rc} in {secs:.0f}s", flush=True)
+                if rc != 0:
+                    raise SystemExit(f"error: {m.test} fails on the unmutated tree ({tail}); a mutant it 'kills' "
+                                     "proves nothing. Fix the test first.")
+                baseline[m.test] = True
             target = tree / m.path
             original = target.read_text()
             target.write_text(check_applies(m, tree))
@@ -211,21 +217,25 @@ def main(argv: list[str] | None = None) -> int:
             killed = rc == 1
             survived = {0: "the test still passes", -1: "timed out"}
             detail = tail if killed else survived.get(rc, f"pytest exit {rc}: {tail}")
-            rows.append({**asdict(m), "killed": killed, "exit": rc, "seconds": secs, "detail": detail})
+            row = {**asdict(m), "killed": killed, "exit": rc, "seconds": secs, "detail": detail}
+            row.pop("old"), row.pop("new")
+            rows.append(row)
             print(f"[{i}/{len(chosen)}] {m.name}: {'killed' if killed else 'SURVIVED'} by {m.test} "
                   f"({secs:.0f}s; {detail})", flush=True)
-    out = Path(args.out)
-    for r in rows:
-        r.pop("old"), r.pop("new")
-    atomic_write_json(out / "mutants.json", {"mutants": rows, "killed": sum(r["killed"] for r in rows),
-                                             "total": len(rows)})
-    atomic_write_text(out / "mutants.md", markdown(rows))
+            write_report(out, rows, [n.name for n in chosen[i:]])  # after every mutant: a stopped run still reports
     print(f"wrote {out / 'mutants.md'}")
     survived = [r["name"] for r in rows if not r["killed"]]
     if survived:
         print(f"survived: {', '.join(survived)}", file=sys.stderr)
     return 1 if survived else 0
 
+
+def write_report(out: Path, rows: list[dict], pending: list[str]) -> None:
+    from shared.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out / "mutants.json", {"mutants": rows, "killed": sum(r["killed"] for r in rows),
+                                             "total": len(rows), "not_run": pending})
+    atomic_write_text(out / "mutants.md", markdown(rows, pending))
 
 if __name__ == "__main__":
     sys.exit(main())

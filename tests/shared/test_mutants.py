@@ -42,3 +42,4 @@ def test_report_marks_survivors():
              "detail": "the test still passes"}]
     md = markdown(rows)
     assert "1 of 2 mutants killed" in md and "**survived** (the test still passes)" in md
+    assert "Not run" not in md and "Not run (the run stopped before them): c, d." in markdown(rows, ["c", "d"])
