@@ -84,8 +84,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "model = model.to(memory_format=torch.contiguous_format)", f"{FAST_STEP}[amp-channels-last]"),
     Mutant("torch-compile-skipped", "fast path: --compile trains through torch.compile's module",
            "pytorch_impl/train.py",
-           'net = torch.compile(net, mode=None if args.compile_mode == "default" else args.compile_mode, '
-           "dynamic=False)", "net = net",
+           "net = torch.compile(net, mode=mode, dynamic=False)", "net = net",
            "tests/torch/test_train.py::test_torch_compile_trains_through_compiled_graphs"),
     Mutant("keras-jit-off", "fast path: --jit compiles the Keras steps with XLA",
            "keras_impl/train.py", 'jit_compile = True if BACKEND == "jax" else bool(jit)',
