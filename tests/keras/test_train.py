@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from keras_impl.train import main
+from keras_impl.train import gpu_count, main
 from shared import runs
 from shared.io import load_weights
 from shared.machine import cpu_cores
@@ -44,7 +44,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",
-            "--no-progress", "--out", str(out), *extra]
+            "--device", "cpu", "--no-progress", "--out", str(out), *extra]
 
 
 THREADING = {"default threading": (), "one thread": ("--workers", "1")}
@@ -255,7 +255,8 @@ def test_mirrored_strategy_with_two_cpu_replicas_takes_the_steps_of_one_device(d
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--device", "cuda"], "no CUDA GPU is visible"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(gpu_count() > 0, reason="this machine has a CUDA GPU")),
     (["--model", "resnet21"], "unknown model 'resnet21'"),
     (["--epochs", "1", "--iters", "5"], "not both"),
     (["--num-classes", "3"], "does not match synthetic, which has 10 classes"),
