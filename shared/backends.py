@@ -34,14 +34,3 @@ def keras_backend(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return check_backend(env.get("KERAS_BACKEND") or DEFAULT)
 
-
-def keras_env(**extra: str) -> dict[str, str]:
-    """The environment of a Keras subprocess: this one's, with its checked backend made explicit.
-
-    A bad or missing backend stops the calling command with one line (these are CLI launchers).
-    """
-    try:
-        backend = keras_backend()
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}

@@ -19,9 +19,9 @@ import argparse
 import json
 from typing import Any
 
+from shared.process import FRAMEWORKS
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
-FRAMEWORKS = ("torch", "keras")
 LAYOUTS = {"torch": "NCHW", "keras": "NHWC"}
 REQUIRED = ("model", "framework", "layout", "input_shape", "spec", "trainable", "non_trainable", "layers")
 

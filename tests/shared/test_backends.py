@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from shared import backends
+from shared import backends, process
 from tests.conftest import ROOT
 
 
@@ -24,7 +24,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
         backends.check_backend("jax")
     with pytest.raises(SystemExit, match="^error: "):
         monkeypatch.setenv("KERAS_BACKEND", "jax")
-        backends.keras_env()
+        process.child_env()
 
 
 def test_pinned_versions_are_the_requirements():
