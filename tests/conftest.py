@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,13 @@ def run_module(module: str, *args: str, check: bool = True, timeout: int = 900,
 @pytest.fixture
 def run():
     return run_module
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data folder holding the prepared synthetic set (``make data DATASET=synthetic``), once per module."""
+    from datasets import load_prepared
+
+    path = tmp_path_factory.mktemp("data")
+    load_prepared("synthetic", path)
+    return path

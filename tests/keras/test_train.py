@@ -33,14 +33,6 @@ CHANCE = 0.1  # 10 balanced classes
 REPLICA_RTOL = 5e-3
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from datasets import load_prepared
-
-    d = tmp_path_factory.mktemp("data")
-    load_prepared("synthetic", d)
-    return d
-
 
 def base_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",

@@ -12,7 +12,7 @@ import pytest
 
 from shared import runs
 from tests.conftest import run_module
-from tests.keras.test_train import base_args, data_dir  # noqa: F401  (data_dir: a fixture)
+from tests.keras.test_train import base_args
 from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
 
 BACKENDS = ("jax", "torch")
@@ -23,7 +23,7 @@ def train(backend: str, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_trains_without_tensorflow_and_the_same_seed_gives_the_same_run(data_dir, tmp_path, backend):  # noqa: F811
+def test_trains_without_tensorflow_and_the_same_seed_gives_the_same_run(data_dir, tmp_path, backend):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):  # 25 iterations: a whole epoch of 20, then 5 of the second
         train(backend, *base_args(data_dir, out, "--iters", "25"))
@@ -37,7 +37,7 @@ def test_trains_without_tensorflow_and_the_same_seed_gives_the_same_run(data_dir
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(data_dir, tmp_path, backend):  # noqa: F811
+def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(data_dir, tmp_path, backend):
     full = tmp_path / "full"
     train(backend, *base_args(data_dir, full, "--epochs", "2"))
     out = tmp_path / "killed"
@@ -47,7 +47,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(data_dir, tmp_path
     assert_resumed_like(out, full)
 
 
-def test_jax_data_parallel_on_two_cpu_devices_takes_the_same_steps(data_dir, tmp_path):  # noqa: F811
+def test_jax_data_parallel_on_two_cpu_devices_takes_the_same_steps(data_dir, tmp_path):
     """keras.distribution.DataParallel over 2 host devices: the same global batch and lr schedule, the same
     losses as one device up to float32 reduction order."""
     args = ("--iters", "6", "--trace-steps", "6")

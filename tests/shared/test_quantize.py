@@ -24,15 +24,6 @@ from tests.conftest import ROOT, run_module
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from datasets import load_prepared
-
-    path = tmp_path_factory.mktemp("data")
-    load_prepared("synthetic", path)  # make data DATASET=synthetic
-    return path
-
-
-@pytest.fixture(scope="module")
 def qrun(tmp_path_factory, data_dir):
     run = tmp_path_factory.mktemp("qrun") / "resnet20"
     run_module("tests.export_helpers", "--framework", "torch", "--model", "resnet20", "--out", run,
