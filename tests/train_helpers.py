@@ -4,11 +4,15 @@ run ends (``tests/torch/test_train.py``, ``tests/keras/test_train.py``, ``tests/
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from shared import runs
 from shared.io import load_weights
@@ -25,6 +29,24 @@ def deterministic_rows(run_dir: Path) -> list[dict]:
 def same_metrics(a: Path, b: Path) -> bool:
     rows = deterministic_rows(a)
     return bool(rows) and rows == deterministic_rows(b)
+
+
+def assert_learned_run(run_dir: Path, framework: str, chance: float) -> dict:
+    """The 2-epoch, 40-iteration synthetic run both training suites make: it starts near chance, learns, follows
+    the recipe's milestones and leaves a complete run folder. Returns the run (``runs.read_run``)."""
+    run = runs.read_run(run_dir)
+    rows, results, config = run["metrics"], run["results"], run["config"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    steps = json.loads((run_dir / "steps.json").read_text())
+    assert steps["loss"][0] == pytest.approx(math.log(10), rel=0.35)  # starts near chance: ln(10)
+    assert rows[-1]["train_loss"] < 0.7 * steps["loss"][0]  # loss goes down
+    assert rows[-1]["val_acc"] > 3 * chance and results["test_acc"] > 3 * chance
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.001])  # milestones at 20 and 30 of 40 iterations
+    assert set(runs.CONFIG_KEYS) <= set(config) and config["framework"] == framework
+    assert config["recipe"]["milestones"] == [20, 30] and config["device"]["type"] == "cpu"
+    assert set(runs.RESULTS_KEYS) <= set(results) and results["finished"] is True
+    assert results["best_epoch"] == max(rows, key=lambda r: r["val_acc"])["epoch"]
+    return run
 
 
 def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: float, **env: str) -> None:
