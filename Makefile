@@ -128,8 +128,9 @@ CONVERT_SOURCE = $(call opt,--src,$(SRC)) $(call opt,--random,$(RANDOM)) $(call 
 compare: $(STAMP) ## side-by-side PyTorch|Keras table, totals, parity: make compare MODEL=resnet34 [NUM_CLASSES=2] [SHORTCUT=B]
 	$(PY) -m shared.harness.compare $(MODEL_ARGS)
 
-compare-all: $(STAMP) ## one line per registry model (INCLUDE_1202=1 adds resnet1202/plain1202)
-	$(PY) -m shared.harness.compare --all $(if $(INCLUDE_1202),--include-1202)
+compare-all: $(STAMP) ## one line per registry model -> results/compare-all.md (INCLUDE_1202=1 adds resnet1202/plain1202)
+	$(PY) -m shared.harness.compare --all $(if $(INCLUDE_1202),--include-1202) --out-dir artifacts/compare
+	mkdir -p results && cp artifacts/compare/all.md results/compare-all.md && cp artifacts/compare/all.json results/compare-all.json
 
 convert: $(STAMP) ## weights across frameworks: make convert FROM=torch TO=keras MODEL=resnet34 PRETRAINED=1 OUT=r34.weights.h5
 	$(PY) -m export.transfer --from $(FROM) --to $(TO) --out $(or $(OUT),$(error OUT=file is required, e.g. OUT=model.weights.h5)) \
