@@ -14,6 +14,7 @@ resume backup, driven the Keras way.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,9 @@ class RunFolder(keras.callbacks.Callback):
         seconds = time.perf_counter() - self.t0
         train = EpochLog(float(logs["loss"]), float(logs["acc"]), self.steps * self.plan.batch_size,
                          self.t_train or seconds)
-        row = metrics_row(epoch + 1, train, logs["val_loss"], logs["val_acc"],
+        row = metrics_row(epoch + 1, train, logs["val_ce"], logs["val_acc"],
                           self.plan.lr_at(self.progress.iteration - 1), seconds)
-        self.folder.record_epoch(row, get_weights(self.model, self.folder.spec))
+        self.folder.record_epoch(row, get_weights(self.model, self.folder.spec) if self.folder.owner else {})
 
 
 class Backup(keras.callbacks.BackupAndRestore):
@@ -86,6 +87,10 @@ class Backup(keras.callbacks.BackupAndRestore):
 
     def _save_model(self) -> None:
         if not self.folder.checkpoint_due(self._current_epoch):
+            return
+        if not self.folder.owner:  # saving is collective on several JAX processes (it creates variables): take
+            with tempfile.TemporaryDirectory() as tmp:  # part, keep nothing; the first process writes the backup
+                self.model.save_weights(Path(tmp) / "backup.weights.h5")
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         old = self.read(self.meta_path)

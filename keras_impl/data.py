@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -35,24 +36,48 @@ from shared.data import (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@dataclass(frozen=True)
+class Part:
+    """This process's part of every global batch under data parallelism: the ``index``-th of ``count``
+    equal slices, with batches split over ``devices`` devices in all (every process's)."""
+
+    index: int = 0
+    count: int = 1
+    devices: int = 1
+
+    def slice(self, size: int) -> slice:
+        per = size // self.count
+        return slice(self.index * per, (self.index + 1) * per)
+
+
 class EpochDataset(keras.utils.PyDataset):
     """One split as (x float32 NHWC normalized, y int32) batches, in numpy: any Keras backend.
 
     ``train=True``: shuffled and augmented by the plan of the epoch chosen with :meth:`set_epoch`, the
-    last incomplete batch dropped; otherwise in order and complete. ``workers`` threads prepare batches
-    ahead of the step (in order: each batch is a pure function of (seed, epoch, index)).
+    last incomplete batch dropped; otherwise in order and complete. Under data parallelism each process
+    yields its ``part`` of every global batch, and an evaluation batch that does not split over the
+    devices is padded with images of sample weight 0 (the compiled metrics are weighted).
+
+    ``workers`` > 1 threads prepare batches ahead of the step (Keras' ``OrderedEnqueuer``, in order: each
+    batch is a pure function of (seed, epoch, index)); with one, Keras builds each batch on demand in the
+    step's input path.
     """
 
     def __init__(self, prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                 workers: int = 1) -> None:
+                 workers: int = 1, part: Part = Part()) -> None:
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
         check_split(split)
         self.x_np, y_np = prepared.arrays(split)
         self.y_np = np.asarray(y_np, dtype=np.int32)
-        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.batch_size, self.train, self.seed, self.part = batch_size, train, seed, part
+        if batch_size % part.devices:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {part.devices} devices")
         self.pad = augmentation(prepared.manifest["name"]).pad
         self.mean, self.std = norm_constants(prepared.manifest)
         self.set_epoch(0)
+        # An evaluation's last batch may not split over the devices: then every batch carries sample
+        # weights, and that one is padded with weight-0 copies of its last image.
+        self.weighted = not train and len(self.x_np) % batch_size % part.devices != 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration produces."""
@@ -67,10 +92,18 @@ class EpochDataset(keras.utils.PyDataset):
         if not 0 <= i < len(self._plan):
             raise IndexError(f"batch {i} out of range (0..{len(self._plan) - 1})")
         idx, dy, dx, flip = self._plan.batch(i)
+        weights = np.ones(len(idx), np.float32)
+        if self.weighted and len(idx) % self.part.devices:
+            extra = self.part.devices - len(idx) % self.part.devices
+            idx = np.concatenate([idx, np.repeat(idx[-1:], extra)])
+            weights = np.concatenate([weights, np.zeros(extra, np.float32)])
+        mine = self.part.slice(len(idx))
+        idx, weights = idx[mine], weights[mine]
         xb = self.x_np[idx]
         if self.train:
-            xb = augment_reference(xb, dy, dx, flip, self.pad)
-        return normalize(xb, self.mean, self.std), self.y_np[idx]
+            xb = augment_reference(xb, dy[mine], dx[mine], flip[mine], self.pad)
+        x, y = normalize(xb, self.mean, self.std), self.y_np[idx]
+        return (x, y, weights) if self.weighted else (x, y)
 
 
 class SetEpoch(keras.callbacks.Callback):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from typing import Any
 
@@ -33,11 +34,12 @@ import keras  # the package's __init__ has checked KERAS_BACKEND before this run
 import numpy as np
 
 import datasets
+from keras_impl import distributed
 from keras_impl.callbacks import Backup, RunFolder
-from keras_impl.data import EpochDataset, SetEpoch
+from keras_impl.data import EpochDataset, Part, SetEpoch
 from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model as build_resnet
-from keras_impl.weights import set_weights
+from keras_impl.weights import get_weights, set_weights
 from shared import machine, run_folder, runs, training
 from shared.io import load_weights
 from shared.recipes import Plan, lr_at
@@ -46,6 +48,11 @@ from shared.training import NonFiniteLoss, fail, resolve_device_name
 
 FRAMEWORK = "keras"
 BACKEND = keras.backend.backend()
+# Threads preparing batches ahead of the step. TensorFlow: 2, because with one Keras builds each batch on
+# demand inside tf.data's from_generator, and epochs ran at half speed at random (190-230 vs 400-460
+# images/s, ResNet-20, 2 cores). JAX and torch: 1; their trainers peek at one batch before the first
+# epoch, and Keras' enqueuer replays the batches it had prefetched then into epoch 1 (the wrong data).
+DATA_WORKERS = 2 if BACKEND == "tensorflow" else 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -96,13 +103,14 @@ class BatchLoss(keras.metrics.Metric):
 def compile_model(model: keras.Model, plan: Plan, jit: bool, trace: bool) -> None:
     """The recipe as ``model.compile``: TorchSGD on the recipe's schedule, cross-entropy on the logits."""
     optimizer = make_sgd(model, RecipeSchedule(plan.to_dict()), plan.momentum, plan.weight_decay, plan.nesterov)
-    metrics: list[Any] = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
-    if trace:
-        metrics.append(BatchLoss())
+    # Weighted, so that the weight-0 images padding an evaluation batch over several devices count for
+    # nothing; "ce" is the evaluation loss the run folder records (Keras' own "loss" averages per batch).
+    weighted = [keras.metrics.SparseCategoricalAccuracy(name="acc"),
+                keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="ce")]
     # JAX without jit runs op by op; on TF and torch, jit (XLA, torch.compile) is the --jit fast path.
     jit_compile = True if BACKEND == "jax" else bool(jit)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=metrics, jit_compile=jit_compile)
+                  metrics=[BatchLoss()] if trace else None, weighted_metrics=weighted, jit_compile=jit_compile)
 
 
 # Backend facts ----------------------------------------------------------------------------------
@@ -176,7 +184,9 @@ def init_device(requested: str, strategy: str, deterministic: bool = True) -> tu
     if BACKEND == "jax":
         devices = keras.distribution.list_devices("gpu" if name.startswith("cuda") else "cpu")
         if strategy == "mirrored" or (strategy == "auto" and len(devices) > 1):
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            # auto_shard_dataset=False: each process's EpochDataset yields its own part of every batch.
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices,
+                                                                                auto_shard_dataset=False))
             return name, contextlib.nullcontext(), len(devices)
         return name, contextlib.nullcontext(), 1
     if strategy == "mirrored":
@@ -207,22 +217,26 @@ def build_model(spec: ModelSpec, scope: Any, seed: int, init: str | None = None)
     return model
 
 
-def _device_description(device: str, replicas: int, scope: Any) -> dict[str, Any]:
+def _device_description(device: str, replicas: int, scope: Any,
+                        processes: distributed.Processes) -> dict[str, Any]:
     strategy = type(scope).__name__ if hasattr(scope, "scope") else None
     distribution = keras.distribution.distribution()
     return {"type": "cuda" if device.startswith("cuda") else "cpu", "name": device, "backend": BACKEND,
-            "replicas": replicas, "strategy": strategy or (type(distribution).__name__ if distribution else None),
+            "replicas": replicas, "processes": processes.count,
+            "strategy": strategy or (type(distribution).__name__ if distribution else None),
             "policy": keras.mixed_precision.global_policy().name}
 
 
 def evaluate(model: keras.Model, data: EpochDataset) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in inference mode over every batch of ``data``."""
+    """(mean cross-entropy, accuracy) in inference mode over every image of ``data``."""
     logs = model.evaluate(data, verbose=0, return_dict=True)
-    return float(logs["loss"]), float(logs["acc"])
+    return float(logs["ce"]), float(logs["acc"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.nproc != 1 and distributed.COUNT not in os.environ:
+        return distributed.launch(args.nproc, BACKEND, sys.argv[1:] if argv is None else list(argv))
     settings, prepared = training.setup_run(args, FRAMEWORK, datasets.load_prepared)
     threads, thread_record = training.choose_threads(settings, thread_count())
     if threads is not None:
@@ -232,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
               "set XLA_FLAGS=--xla_cpu_multi_thread_eigen=false for one thread)", file=sys.stderr)
     if settings.compile or settings.channels_last:
         print("note: --compile/--channels-last are torch switches; for Keras use --jit", file=sys.stderr)
+    processes = distributed.initialize(BACKEND)  # before JAX's first look at its devices
     # Keras compiles without XLA while TF's op determinism is on (trainer.model_supports_jit): --jit gives it up.
     device, scope, replicas = init_device(settings.device, settings.strategy, deterministic=not settings.jit)
     if settings.amp and device == "cpu" and not machine.cpu_has_bf16():
@@ -253,26 +268,38 @@ def main(argv: list[str] | None = None) -> int:
                   "carry over; steps differ from an uninterrupted run in float rounding", file=sys.stderr)
         # Keras' backup holds model, optimizer and epoch; the run's progress is metrics.csv up to that epoch.
         progress = run_folder.Progress.from_rows(runs.read_metrics(settings.run_dir)[: saved["epoch"]], plan)
-        folder = run_folder.RunFolder.reopen(settings, progress)
+        folder = (run_folder.RunFolder.reopen(settings, progress) if processes.owner
+                  else run_folder.RunFolder.follow(settings, dict(settings.saved or {}), progress))
     else:
-        device_record = _device_description(device, replicas, scope)
-        folder = run_folder.RunFolder.create(settings, prepared.manifest, device_record, thread_record)
+        device_record = _device_description(device, replicas, scope, processes)
+        folder = (run_folder.RunFolder.create(settings, prepared.manifest, device_record, thread_record)
+                  if processes.owner else run_folder.RunFolder.follow(settings, {"device": device_record},
+                                                                      run_folder.Progress()))
     strategy = folder.config["device"].get("strategy")
-    folder.announce(f"{FRAMEWORK}/{BACKEND}, " + (f"{device}, {strategy} x{replicas}" if strategy else device))
-    train_data = EpochDataset(prepared, "train", plan.batch_size, train=settings.augment, seed=settings.seed)
-    val_data = EpochDataset(prepared, "val", plan.batch_size, train=False)
+    where = f"{device}, {strategy} x{replicas}" if strategy else device
+    folder.announce(f"{FRAMEWORK}/{BACKEND}, {where}" + (f" over {processes.count} processes"
+                                                         if processes.count > 1 else ""))
+    # Every process feeds its part of each global batch (the whole batch when alone).
+    part = Part(processes.index, processes.count, replicas)
+    train_data = EpochDataset(prepared, "train", plan.batch_size, train=settings.augment, seed=settings.seed,
+                              workers=DATA_WORKERS, part=part)
+    val_data = EpochDataset(prepared, "val", plan.batch_size, train=False, workers=DATA_WORKERS, part=part)
     # Keras' progress bar first, so it closes its line before the epoch's summary line is printed.
-    bar = [keras.callbacks.ProgbarLogger()] if settings.show_progress else []
-    callbacks = [SetEpoch(train_data), *bar, RunFolder(folder), Backup(folder, BACKEND)]
+    shown = settings.show_progress and processes.owner
+    callbacks = [SetEpoch(train_data), *([keras.callbacks.ProgbarLogger()] if shown else []), RunFolder(folder),
+                 Backup(folder, BACKEND)]
     with folder:
         try:
             # shuffle=False: the epoch plan has shuffled already (fit would reorder a PyDataset's batches).
             model.fit(train_data, epochs=plan.epochs, validation_data=val_data, callbacks=callbacks, shuffle=False,
-                      verbose=1 if settings.show_progress else 0)
+                      verbose=1 if shown else 0)
         except NonFiniteLoss as e:
+            if not processes.owner:  # the first process says why
+                raise SystemExit(1) from None
             raise SystemExit(training.nonfinite_message(e, settings.run_dir, folder.progress.epoch)) from None
-        set_weights(model, spec, folder.best_weights())
-        folder.finish(*evaluate(model, EpochDataset(prepared, "test", plan.batch_size, train=False)))
+        best = folder.best_weights() if processes.owner else get_weights(model, spec)
+        set_weights(model, spec, distributed.from_owner(processes, best))
+        folder.finish(*evaluate(model, EpochDataset(prepared, "test", plan.batch_size, train=False, part=part)))
     return 0
 
 

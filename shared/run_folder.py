@@ -149,15 +149,19 @@ class Scalars:
 
 
 class RunFolder:
-    """One run folder, written by the process that owns it (rank 0 under DDP). Use :meth:`create` or
-    :meth:`reopen`; close it (or use it as a context manager) to flush TensorBoard."""
+    """One run folder, written by the process that owns it (the first of several). Use :meth:`create` or
+    :meth:`reopen`; close it (or use it as a context manager) to flush TensorBoard. The other processes of
+    a run that a loop drives the same way on each (Keras on several JAX processes) :meth:`follow` it:
+    their progress advances as the owner's, and they write nothing."""
 
-    def __init__(self, settings: Settings, config: dict[str, Any], progress: Progress) -> None:
-        self.settings, self.config, self.progress = settings, config, progress
+    def __init__(self, settings: Settings, config: dict[str, Any], progress: Progress, owner: bool = True) -> None:
+        self.settings, self.config, self.progress, self.owner = settings, config, progress, owner
         self.path, self.spec, self.plan = settings.run_dir, settings.spec, settings.plan
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.scalars = Scalars(self.path)
         self.steps: dict[str, list[float]] = {"loss": [], "lr": []}
+        self.scalars = None
+        if owner:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.scalars = Scalars(self.path)
 
     @classmethod
     def create(cls, settings: Settings, manifest: dict[str, Any], device: dict[str, Any],
@@ -166,6 +170,11 @@ class RunFolder:
         config = new_config(settings, manifest, device, threads)
         runs.write_config(settings.run_dir, config)
         return cls(settings, config, Progress())
+
+    @classmethod
+    def follow(cls, settings: Settings, config: dict[str, Any], progress: Progress) -> RunFolder:
+        """The run as a process that does not own the folder sees it: nothing is written."""
+        return cls(settings, config, progress, owner=False)
 
     @classmethod
     def reopen(cls, settings: Settings, progress: Progress) -> RunFolder:
@@ -190,6 +199,8 @@ class RunFolder:
 
     def announce(self, where: str) -> None:
         """The run's first line: what trains where, for how long, into which folder."""
+        if not self.owner:
+            return
         verb = f"resuming at epoch {self.progress.epoch + 1}" if self.settings.resumed else "training"
         plan = self.plan
         print(f"{verb} {self.spec.name} ({where}) on {self.settings.dataset}: {plan.epochs} epochs x "
@@ -207,6 +218,8 @@ class RunFolder:
         ``steps.json`` when tracing; TensorBoard; the summary line. True when the weights are the best."""
         framework, progress = self.settings.framework, self.progress
         improved = progress.finish_epoch(row)
+        if not self.owner:
+            return improved
         runs.write_metrics(self.path, progress.rows)
         save_weights(self.path / runs.LAST, arrays, weights_metadata(self.spec, framework, progress.epoch))
         if improved:
@@ -234,6 +247,8 @@ class RunFolder:
     def finish(self, test_loss: float, test_acc: float) -> dict[str, Any]:
         """``results.json``: the test split evaluated once, with the best (validation) weights."""
         p = self.progress
+        if not self.owner:
+            return {}
         results = {"test_acc": float(test_acc), "test_loss": float(test_loss), "best_epoch": p.best_epoch,
                    "best_val_acc": p.best_val_acc, "epochs": p.epoch, "iterations": p.iteration,
                    "total_iters": self.plan.total_iters, "wall_time_s": round(p.wall_time_s, 3),
@@ -244,4 +259,5 @@ class RunFolder:
         return results
 
     def close(self) -> None:
-        self.scalars.close()
+        if self.scalars is not None:
+            self.scalars.close()

@@ -1,0 +1,121 @@
+"""Several processes for the Keras trainer, on the JAX backend: ``keras.distribution.initialize()`` joins
+them (it calls ``jax.distributed.initialize``), and ``keras.distribution.DataParallel`` then spans the
+devices of every process. Each process feeds its own slice of every global batch
+(:class:`keras_impl.data.EpochDataset`'s ``part``); Keras assembles the global batch from them.
+
+* On several hosts, run the same command on each, with Keras' own variables:
+  ``KERAS_DISTRIBUTION_JOB_ADDRESSES=host0:PORT KERAS_DISTRIBUTION_NUM_PROCESSES=N
+  KERAS_DISTRIBUTION_PROCESS_ID=i`` and ``--out`` on a filesystem every host sees.
+* On one machine, ``--nproc N`` (``NPROC=N make train-keras BACKEND=jax DEVICE=cpu``) starts the N
+  processes with those variables set; the CPU processes all-reduce through gloo.
+
+Only the first process writes the run folder. TensorFlow's multi-worker route is
+``MultiWorkerMirroredStrategy`` with a ``TF_CONFIG`` per host and Keras' torch backend has none; both
+are refused here with one line (docs/keras-backends.md).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.training import fail
+
+ADDRESSES, COUNT, INDEX = (f"KERAS_DISTRIBUTION_{k}" for k in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"))
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process among the training processes: ``index`` of ``count`` (0 of 1 alone)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def owner(self) -> bool:
+        """Whether this process writes the run folder (the first one)."""
+        return self.index == 0
+
+
+def requested() -> int:
+    """The process count that Keras' ``KERAS_DISTRIBUTION_NUM_PROCESSES`` asks for (1 when unset)."""
+    value = os.environ.get(COUNT, "1")
+    try:
+        count = int(value)
+    except ValueError:
+        raise fail(f"{COUNT}={value!r} is not a whole number") from None
+    if count < 1:
+        raise fail(f"{COUNT}={count}: must be >= 1")
+    return count
+
+
+def check_backend(backend: str, what: str) -> None:
+    """Several processes are wired on the JAX backend only: one line for the others."""
+    if backend != "jax":
+        routes = {"tensorflow": "TensorFlow's is MultiWorkerMirroredStrategy with a TF_CONFIG per host, not "
+                                "wired in this trainer", "torch": "Keras offers none on the torch backend; "
+                                "pytorch_impl.train --nproc N trains with DDP"}
+        raise fail(f"{what}: several Keras training processes run on the jax backend (keras.distribution), not "
+                   f"on {backend}; use KERAS_BACKEND=jax (BACKEND=jax). {routes.get(backend, '')}".rstrip(". ") + ".")
+
+
+def initialize(backend: str) -> Processes:
+    """Join the other processes when ``KERAS_DISTRIBUTION_NUM_PROCESSES`` > 1 (before JAX lists its devices)."""
+    count = requested()
+    if count == 1:
+        return Processes()
+    check_backend(backend, f"{COUNT}={count}")
+    import jax
+    import keras
+
+    # JAX's CPU collectives are off unless chosen (gloo ships with jaxlib); GPUs use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables; waits for every process
+    return Processes(jax.process_index(), jax.process_count())
+
+
+def from_owner(processes: Processes, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The first process's ``arrays`` (e.g. the best weights it wrote), on every process; the others pass
+    arrays of the same names and shapes (their own weights), which are replaced."""
+    if processes.count == 1:
+        return arrays
+    from jax.experimental import multihost_utils
+
+    return {k: np.asarray(v) for k, v in multihost_utils.broadcast_one_to_all(arrays, processes.owner).items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(nproc: int, backend: str, argv: list[str]) -> int:
+    """``--nproc N``: start this command N times on this machine, joined by Keras' variables; the worst
+    exit status. The processes' output is the command's own (passed through, not captured)."""
+    if nproc < 1:
+        raise fail(f"--nproc must be >= 1; got {nproc}")
+    check_backend(backend, f"--nproc {nproc}")
+    rest, skip = [], False
+    for arg in argv:  # the processes run without --nproc
+        if not skip and not arg.startswith("--nproc"):
+            rest.append(arg)
+        skip = arg == "--nproc"
+    address = f"localhost:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-m", "keras_impl.train", *rest],
+                              env={**os.environ, ADDRESSES: address, COUNT: str(nproc), INDEX: str(i)})
+             for i in range(nproc)]
+    while any(p.poll() is None for p in procs):
+        if any(p.poll() for p in procs):  # one failed: the others would wait for it in a collective
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        time.sleep(0.2)
+    return max((p.returncode for p in procs), key=abs)
