@@ -173,8 +173,9 @@ bench-deploy: $(STAMP) ## int8/fp16 vs float32 and make-infer speed of trained r
 		--data-dir $(DATA_DIR) --out $(DEPLOY_OUT) $(call opt,--images,$(DEPLOY_IMAGES))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
-# NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU);
-# STRATEGY=mirrored forces Keras' MirroredStrategy.
+# NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU),
+# and Keras on BACKEND=jax on N processes joined by keras.distribution.initialize (gloo on the CPU);
+# STRATEGY=mirrored forces Keras' MirroredStrategy (TensorFlow) or DataParallel (JAX).
 NPROC    ?=
 STRATEGY ?=
 
@@ -182,7 +183,7 @@ train-torch: $(STAMP) ## train with PyTorch: make train-torch MODEL=resnet20 DAT
 	$(PY) -m pytorch_impl.train $(TRAIN_ARGS) $(call opt,--nproc,$(NPROC))
 
 train-keras: $(STAMP) ## train with Keras: make train-keras MODEL=resnet20 DATASET=cifar10 [EPOCHS=|ITERS=] [AMP=1] [JIT=1]
-	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY))
+	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY)) $(call opt,--nproc,$(NPROC))
 
 # Ablation (shared/ablation/run.py): plain vs residual twins for the same epochs in both frameworks, then
 # $(ABLATION_OUT)/ablation-<name>.md/.json/-error.png/-loss.png. Cells train in runs/ablation/<name>/;

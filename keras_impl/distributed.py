@@ -16,6 +16,7 @@ are refused here with one line (docs/keras-backends.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -79,6 +80,17 @@ def initialize(backend: str) -> Processes:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables; waits for every process
     return Processes(jax.process_index(), jax.process_count())
+
+
+@contextlib.contextmanager
+def errors_said_once():
+    """A user error (``SystemExit`` with a message) is printed by the first process; the others exit 1 quietly."""
+    try:
+        yield
+    except SystemExit as e:
+        if isinstance(e.code, str) and os.environ.get(INDEX, "0") != "0":
+            raise SystemExit(1) from None
+        raise
 
 
 def from_owner(processes: Processes, arrays: dict[str, Any]) -> dict[str, Any]:

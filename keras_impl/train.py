@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.nproc != 1 and distributed.COUNT not in os.environ:
         return distributed.launch(args.nproc, BACKEND, sys.argv[1:] if argv is None else list(argv))
+    with distributed.errors_said_once():
+        return train(args)
+
+
+def train(args: argparse.Namespace) -> int:
+    """One training process: the whole run, or its part of a run over several processes."""
     settings, prepared = training.setup_run(args, FRAMEWORK, datasets.load_prepared)
     threads, thread_record = training.choose_threads(settings, thread_count())
     if threads is not None:
@@ -294,8 +300,6 @@ def main(argv: list[str] | None = None) -> int:
             model.fit(train_data, epochs=plan.epochs, validation_data=val_data, callbacks=callbacks, shuffle=False,
                       verbose=1 if shown else 0)
         except NonFiniteLoss as e:
-            if not processes.owner:  # the first process says why
-                raise SystemExit(1) from None
             raise SystemExit(training.nonfinite_message(e, settings.run_dir, folder.progress.epoch)) from None
         best = folder.best_weights() if processes.owner else get_weights(model, spec)
         set_weights(model, spec, distributed.from_owner(processes, best))

@@ -92,8 +92,8 @@ def train_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=None,
                    help="CPU threads for the framework's ops (default: the framework's own choice)")
     g.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="torch: N DDP processes on this machine, started through torch.distributed.run "
-                        "(one per GPU; gloo processes with --device cpu)")
+                   help="N processes on this machine: torch DDP through torch.distributed.run (one per GPU; gloo "
+                        "with --device cpu); keras on the jax backend, joined by keras.distribution.initialize")
     g.add_argument("--strategy", default="auto", choices=("auto", "default", "mirrored"),
                    help="keras: tf.distribute strategy (auto = mirrored when more than one GPU is visible)")
     return p
@@ -230,12 +230,13 @@ def _resume_setup(args: argparse.Namespace, framework: str, load: Loader) -> tup
     return settings, prepared
 
 
-def choose_threads(settings: Settings, default: int | None) -> tuple[int | None, dict[str, Any]]:
+def choose_threads(settings: Settings, default: int | None, say: bool = True) -> tuple[int | None, dict[str, Any]]:
     """(intra-op thread count to set, or None to keep the framework's default; the ``threads`` record).
 
     ``default`` is the framework's own count in this process (None where it cannot be changed once
     running, as XLA's CPU pool). Results depend on the thread count, so ``--resume`` restores the count
-    the run started with and says so in one line; a different explicit ``--workers`` is refused.
+    the run started with and says so in one line (``say``: the first of several processes says it); a
+    different explicit ``--workers`` is refused.
     """
     workers = settings.workers
     if workers is not None and workers < 1:
@@ -250,12 +251,14 @@ def choose_threads(settings: Settings, default: int | None) -> tuple[int | None,
         raise fail(f"--workers {workers}: {settings.run_dir} started with {count} intra-op thread(s) and resumes "
                    f"with them (results depend on the thread count); leave --workers out or give --workers {count}")
     if saved.get("workers") is None and default == count:
-        print(f"note: resuming with the framework's default threading ({count} intra-op threads), as the run "
-              "started", file=sys.stderr)
+        if say:
+            print(f"note: resuming with the framework's default threading ({count} intra-op threads), as the "
+                  "run started", file=sys.stderr)
         return None, saved
     how = (f"--workers {count}" if saved.get("workers") is not None
            else f"the default where it started; this machine's default is {default}")
-    print(f"note: resuming with {count} intra-op thread(s) ({how}), as the run started", file=sys.stderr)
+    if say:
+        print(f"note: resuming with {count} intra-op thread(s) ({how}), as the run started", file=sys.stderr)
     return count, saved
 
 

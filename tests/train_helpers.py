@@ -51,9 +51,10 @@ def assert_learned_run(run_dir: Path, framework: str, chance: float) -> dict:
 
 def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: float, **env: str) -> None:
     """Start ``cmd`` (a 2-epoch run into ``run_dir``), wait for its first checkpoint, let it run ``settle``
-    seconds into the second epoch and SIGKILL it; the folder must then hold one epoch and no results."""
+    seconds into the second epoch and SIGKILL it with every process it started (a job killed as a whole);
+    the folder must then hold one epoch and no results."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         checkpoint = run_dir / runs.CHECKPOINTS[framework]
         deadline = time.monotonic() + 300
@@ -61,7 +62,7 @@ def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: 
             time.sleep(0.02)
         time.sleep(settle)
         assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:

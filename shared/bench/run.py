@@ -22,7 +22,7 @@ from shared.bench.catalog import BASELINE, DESCRIPTIONS, LOOP_VARIANT, MODULES, 
 from shared.bench.flops import add_compute, add_loop_compute
 from shared.bench.timing import Settings, ratio
 from shared.bench.workers import DEVICES, METRICS
-from shared.machine import git_commit, load_average, machine_info
+from shared.machine import cpu_has_bf16, git_commit, load_average, machine_info
 
 # Environment variables that change threading (recorded in the report when set).
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
@@ -80,6 +80,19 @@ def resolve_device(requested: str | None) -> tuple[str, dict[str, Any]]:
     return ("cuda" if probe["cuda"] else "cpu"), probe
 
 
+LOW_PRECISION = ("autocast", "mixed_precision")  # bf16 on the CPU
+NO_BF16 = ("not run: this CPU has no native bf16 (bf16 emulated in software measured 0.07-0.08x float32 on such "
+           "a CPU); the trainers fall back to float32 there")
+
+
+def without_emulated_bf16(label: str, cfg: BenchConfig, wanted: list[str], rows: list) -> list[str]:
+    """``wanted`` less the bf16 variants on a CPU that would emulate bf16 (a row saying so for each)."""
+    if cfg.device != "cpu" or cpu_has_bf16():
+        return wanted
+    rows += failed_rows(label, [v for v in wanted if v in LOW_PRECISION], NO_BF16)
+    return [v for v in wanted if v not in LOW_PRECISION]
+
+
 def worker_command(label: str, cfg: BenchConfig, variants: list[str], json_out: Path) -> list[str]:
     """``python -m <module> --model ... --json-out FILE`` for one label's variants."""
     s = cfg.settings
@@ -114,7 +127,7 @@ def _frameworks(cfg: BenchConfig, workdir: Path, rows: list, frameworks: dict) -
     keras_source = canonical("keras") if "keras_export" in ort else None
     exports: dict[str, dict[str, Any]] = {}
     for label in TRAINING:
-        wanted = cfg.variants.get(label, [])
+        wanted = without_emulated_bf16(label, cfg, cfg.variants.get(label, []), rows)
         source = "torch_export" if label == "torch" else "keras_export" if label == keras_source else None
         onnx = workdir / f"{cfg.model}-{label}.onnx"
         extra = ["--onnx", str(onnx)] if source in ort else []

@@ -89,6 +89,19 @@ def test_jax_two_processes_take_the_steps_of_two_devices_in_one(data_dir, tmp_pa
     assert len(list((tmp_path / "two").glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow
+def test_two_jax_processes_killed_mid_epoch_resume_to_the_same_run(data_dir, tmp_path):
+    full, out = tmp_path / "full", tmp_path / "killed"
+    run_module("keras_impl.train", *base_args(data_dir, full, "--epochs", "2"), "--nproc", "2",
+               env={"KERAS_BACKEND": "jax"})
+    cmd = [sys.executable, "-m", "keras_impl.train", *base_args(data_dir, out, "--epochs", "2"), "--nproc", "2"]
+    kill_in_second_epoch(cmd, out, "keras", settle=1.5, KERAS_BACKEND="jax")
+    resumed = run_module("keras_impl.train", "--resume", out, "--no-progress", "--nproc", "2",
+                         env={"KERAS_BACKEND": "jax"})
+    assert resumed.stdout.count("resuming at epoch 2") == 1
+    assert_resumed_like(out, full)
+
+
 def test_jax_evaluation_batches_that_do_not_split_over_the_devices_are_padded_with_weight_zero(data_dir, tmp_path):
     """3 devices, batch 96: the 500-image splits end in a batch of 20, which 3 devices cannot split. It is
     padded with weight-0 copies, and validation and test give what one device gives (the lr is ~0, so the

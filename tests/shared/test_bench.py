@@ -357,3 +357,25 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path):
     proc = run_module("shared.bench", "--device", "cuda", "--out", tmp_path, check=False)
     assert proc.returncode == 2 and "device 'cuda' requested but PyTorch sees no CUDA device" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_variants_are_not_run_on_a_cpu_that_would_emulate_bf16(monkeypatch, has_bf16):
+    """Emulated bf16 measured 0.07-0.08x float32: on such a CPU the autocast / mixed_precision variants get a row
+    saying why instead of a misleading figure; with native bf16 (or on a GPU) they run."""
+    from types import SimpleNamespace
+
+    from shared.bench import run
+
+    monkeypatch.setattr(run, "cpu_has_bf16", lambda: has_bf16)
+    for device in ("cpu", "cuda"):
+        rows: list = []
+        kept = run.without_emulated_bf16("torch", SimpleNamespace(device=device),
+                                         ["eager", "autocast", "compile"], rows)
+        emulated = device == "cpu" and not has_bf16
+        assert kept == (["eager", "compile"] if emulated else ["eager", "autocast", "compile"])
+        assert [(r["variant"], r["error"].startswith("not run: this CPU has no native bf16")) for r in rows] == (
+            [("autocast", True)] if emulated else [])
+        rows.clear()
+        kept = run.without_emulated_bf16("keras-jax", SimpleNamespace(device=device), ["mixed_precision"], rows)
+        assert kept == ([] if emulated else ["mixed_precision"]) and len(rows) == int(emulated)
