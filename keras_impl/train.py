@@ -36,7 +36,7 @@ import numpy as np
 import datasets
 from keras_impl import distributed
 from keras_impl.callbacks import Backup, RunFolder
-from keras_impl.data import EpochDataset, Part, SetEpoch
+from keras_impl.data import EpochDataset, Part, SetEpoch, fit_input
 from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model as build_resnet
 from keras_impl.weights import get_weights, set_weights
@@ -48,11 +48,10 @@ from shared.training import NonFiniteLoss, fail, resolve_device_name
 
 FRAMEWORK = "keras"
 BACKEND = keras.backend.backend()
-# Threads preparing batches ahead of the step. TensorFlow: 2, because with one Keras builds each batch on
-# demand inside tf.data's from_generator, and epochs ran at half speed at random (190-230 vs 400-460
-# images/s, ResNet-20, 2 cores). JAX and torch: 1; their trainers peek at one batch before the first
-# epoch, and Keras' enqueuer replays the batches it had prefetched then into epoch 1 (the wrong data).
-DATA_WORKERS = 2 if BACKEND == "tensorflow" else 1
+# Batches prepared ahead of the step in a background thread: on TensorFlow, whose from_generator input
+# waits for each batch (keras_impl.data.fit_input). JAX dispatches its step asynchronously, and the torch
+# backend's step uses both cores: there a thread would only compete.
+BATCHES_AHEAD = 2 if BACKEND == "tensorflow" else 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -229,7 +228,7 @@ def _device_description(device: str, replicas: int, scope: Any,
 
 def evaluate(model: keras.Model, data: EpochDataset) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) in inference mode over every image of ``data``."""
-    logs = model.evaluate(data, verbose=0, return_dict=True)
+    logs = model.evaluate(fit_input(data), verbose=0, return_dict=True)
     return float(logs["ce"]), float(logs["acc"])
 
 
@@ -288,8 +287,8 @@ def train(args: argparse.Namespace) -> int:
     # Every process feeds its part of each global batch (the whole batch when alone).
     part = Part(processes.index, processes.count, replicas)
     train_data = EpochDataset(prepared, "train", plan.batch_size, train=settings.augment, seed=settings.seed,
-                              workers=DATA_WORKERS, part=part)
-    val_data = EpochDataset(prepared, "val", plan.batch_size, train=False, workers=DATA_WORKERS, part=part)
+                              ahead=BATCHES_AHEAD, part=part)
+    val_data = EpochDataset(prepared, "val", plan.batch_size, train=False, ahead=BATCHES_AHEAD, part=part)
     # Keras' progress bar first, so it closes its line before the epoch's summary line is printed.
     shown = settings.show_progress and processes.owner
     callbacks = [SetEpoch(train_data), *([keras.callbacks.ProgbarLogger()] if shown else []), RunFolder(folder),
@@ -297,8 +296,8 @@ def train(args: argparse.Namespace) -> int:
     with folder:
         try:
             # shuffle=False: the epoch plan has shuffled already (fit would reorder a PyDataset's batches).
-            model.fit(train_data, epochs=plan.epochs, validation_data=val_data, callbacks=callbacks, shuffle=False,
-                      verbose=1 if shown else 0)
+            model.fit(fit_input(train_data), epochs=plan.epochs, validation_data=fit_input(val_data),
+                      callbacks=callbacks, shuffle=False, verbose=1 if shown else 0)
         except NonFiniteLoss as e:
             raise SystemExit(training.nonfinite_message(e, settings.run_dir, folder.progress.epoch)) from None
         best = folder.best_weights() if processes.owner else get_weights(model, spec)
