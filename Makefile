@@ -53,11 +53,14 @@ endif
 export KERAS_BACKEND := $(BACKEND)
 
 opt = $(if $(2),$(1) $(2))
+# $(call given,--flag,VAR): the flag only when VAR was set on the command line or in the environment (not
+# this file's default), so that --resume hears only what the user asked for
+given = $(if $(filter command line environment,$(origin $(2))),$(1) $($(2)))
 comma := ,
 space := $(subst ,, )
 MODEL_ARGS = --model $(MODEL) $(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT))
 FW_PKG = $(if $(filter keras,$(FRAMEWORK)),keras_impl,$(if $(filter torch,$(FRAMEWORK)),pytorch_impl,$(error FRAMEWORK must be torch or keras; got '$(FRAMEWORK)')))
-TRAIN_ARGS = --model $(MODEL) --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
+TRAIN_ARGS = $(call given,--model,MODEL) $(call given,--dataset,DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
 	$(call opt,--num-classes,$(NUM_CLASSES)) $(call opt,--shortcut,$(SHORTCUT)) \
 	$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
 	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) $(call opt,--resume,$(RESUME)) \

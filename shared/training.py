@@ -28,6 +28,7 @@ from shared.spec import SHORTCUTS, ModelSpec, get_spec
 TRUE = ("1", "true", "yes", "on", "y")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DEFAULT_MODEL, DEFAULT_DATASET = "resnet20", "cifar10"
 FAST_PATHS = ("amp", "compile", "channels_last", "jit", "strategy", "amp_dtype", "compile_mode")
 # What runs saved before a fast path existed mean by it.
 FAST_PATH_DEFAULTS = {"amp_dtype": "auto", "compile_mode": "default"}
@@ -54,8 +55,10 @@ def train_arg_parser(prog: str, framework: str) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="resnet20", help="registry name (resnet20, resnet110, resnet34, plain20, ...)")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="prepared dataset")
+    # None: not given (a resume then says nothing about it); a new run takes DEFAULT_MODEL / DEFAULT_DATASET
+    g.add_argument("--model", default=None, help=f"registry name (default {DEFAULT_MODEL}; resnet110, resnet34, "
+                                                 "plain20, ...)")
+    g.add_argument("--dataset", default=None, choices=DATASETS, help=f"prepared dataset (default {DEFAULT_DATASET})")
     g.add_argument("--labels", default=None, choices=tuple(LABELS["cifar100"]),
                    help="cifar100's label set: fine (100 classes) or coarse (20 superclasses: cifar100_coarse)")
     g.add_argument("--data-dir", default="data", help="where datasets are prepared (python -m datasets.prepare)")
@@ -162,7 +165,7 @@ def setup_run(args: argparse.Namespace, framework: str, load: Loader) -> tuple[S
     if args.epochs is not None and args.iters is not None:
         raise fail(f"give --epochs or --iters, not both; got --epochs {args.epochs} --iters {args.iters}")
     try:
-        dataset = with_labels(args.dataset, args.labels)
+        dataset = with_labels(args.dataset or DEFAULT_DATASET, args.labels)
     except ValueError as e:
         raise fail(str(e)) from e
     prepared = load_data(load, dataset, args.data_dir)
@@ -171,7 +174,7 @@ def setup_run(args: argparse.Namespace, framework: str, load: Loader) -> tuple[S
         raise fail(f"--num-classes {args.num_classes} does not match {dataset}, which has "
                    f"{manifest['num_classes']} classes ({', '.join(manifest['class_names'])})")
     try:
-        spec = get_spec(args.model, num_classes=manifest["num_classes"], shortcut=args.shortcut,
+        spec = get_spec(args.model or DEFAULT_MODEL, num_classes=manifest["num_classes"], shortcut=args.shortcut,
                         input_size=manifest["image_size"])
         recipe = recipe_for(dataset, spec)
         plan = make_plan(recipe, manifest["splits"]["train"], epochs=args.epochs, iters=args.iters,

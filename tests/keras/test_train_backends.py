@@ -126,3 +126,11 @@ def test_several_processes_off_jax_fail_with_one_line_naming_the_route(data_dir,
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: --nproc 2: several Keras training processes run on the jax backend "
                            f"(keras.distribution), not on {backend}; use KERAS_BACKEND=jax")
+
+
+@pytest.mark.parametrize("value,message", [("two", "'two' is not a whole number"), ("0", "0: must be >= 1")])
+def test_a_bad_process_count_fails_with_one_line(data_dir, tmp_path, value, message):
+    proc = run_module("tests.no_tensorflow", "keras_impl.train", *base_args(data_dir, tmp_path / "x", "--iters", "2"),
+                      env={"KERAS_BACKEND": "jax", "KERAS_DISTRIBUTION_NUM_PROCESSES": value}, check=False)
+    assert proc.returncode == 1 and not (tmp_path / "x").exists()
+    assert proc.stderr.strip().splitlines()[-1] == f"error: KERAS_DISTRIBUTION_NUM_PROCESSES={message}"

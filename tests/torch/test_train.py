@@ -113,6 +113,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(full_run, data_dir
     proc = run_module("pytorch_impl.train", "--resume", str(out), "--epochs", "5", "--no-progress", "--device", "cpu")
     assert "resuming at epoch 2" in proc.stdout
     assert "note: --epochs 5 ignored" in proc.stderr and "epochs 2" in proc.stderr
+    assert proc.stderr.count("ignored") == 1  # flags not given (--model, --dataset) are not "ignored"
     restored = (f"note: resuming with {workers} intra-op thread(s) (--workers {workers})" if workers
                 else f"note: resuming with the framework's default threading ({default_threads} intra-op")
     assert restored in proc.stderr
