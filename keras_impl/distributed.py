@@ -7,7 +7,8 @@ devices of every process. Each process feeds its own slice of every global batch
   ``KERAS_DISTRIBUTION_JOB_ADDRESSES=host0:PORT KERAS_DISTRIBUTION_NUM_PROCESSES=N
   KERAS_DISTRIBUTION_PROCESS_ID=i`` and ``--out`` on a filesystem every host sees.
 * On one machine, ``--nproc N`` (``NPROC=N make train-keras BACKEND=jax DEVICE=cpu``) starts the N
-  processes with those variables set; the CPU processes all-reduce through gloo.
+  processes with those variables set: CPU processes, which all-reduce through gloo (on GPUs one process
+  already trains on every local GPU).
 
 Only the first process writes the run folder. TensorFlow's multi-worker route is
 ``MultiWorkerMirroredStrategy`` with a ``TF_CONFIG`` per host and Keras' torch backend has none; both
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.training import fail
+from shared.training import fail, without_nproc
 
 ADDRESSES, COUNT, INDEX = (f"KERAS_DISTRIBUTION_{k}" for k in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"))
 
@@ -109,17 +110,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(nproc: int, backend: str, argv: list[str]) -> int:
+def launch(nproc: int, backend: str, device: str, argv: list[str]) -> int:
     """``--nproc N``: start this command N times on this machine, joined by Keras' variables; the worst
     exit status. The processes' output is the command's own (passed through, not captured)."""
     if nproc < 1:
         raise fail(f"--nproc must be >= 1; got {nproc}")
     check_backend(backend, f"--nproc {nproc}")
-    rest, skip = [], False
-    for arg in argv:  # the processes run without --nproc
-        if not skip and not arg.startswith("--nproc"):
-            rest.append(arg)
-        skip = arg == "--nproc"
+    if device != "cpu":  # each process would take every local GPU; one process drives them all already
+        raise fail(f"--nproc {nproc} --device {device}: the processes on one machine are CPU processes (gloo); give "
+                   "--device cpu (DEVICE=cpu). On GPUs one process trains on every local GPU (DataParallel); "
+                   "across hosts set KERAS_DISTRIBUTION_* on each")
+    rest = without_nproc(argv)
     address = f"localhost:{free_port()}"
     procs = [subprocess.Popen([sys.executable, "-m", "keras_impl.train", *rest],
                               env={**os.environ, ADDRESSES: address, COUNT: str(nproc), INDEX: str(i)})

@@ -235,7 +235,7 @@ def evaluate(model: keras.Model, data: EpochDataset) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.nproc != 1 and distributed.COUNT not in os.environ:
-        return distributed.launch(args.nproc, BACKEND, sys.argv[1:] if argv is None else list(argv))
+        return distributed.launch(args.nproc, BACKEND, args.device, sys.argv[1:] if argv is None else list(argv))
     with distributed.errors_said_once():
         return train(args)
 
@@ -254,10 +254,9 @@ def train(args: argparse.Namespace) -> int:
     processes = distributed.initialize(BACKEND)  # before JAX's first look at its devices
     # Keras compiles without XLA while TF's op determinism is on (trainer.model_supports_jit): --jit gives it up.
     device, scope, replicas = init_device(settings.device, settings.strategy, deterministic=not settings.jit)
-    if settings.amp and device == "cpu" and not machine.cpu_has_bf16():
-        print("note: --amp ignored: this CPU has no native bf16 (mixed_bfloat16 measured 13x slower than float32 "
-              "on such a CPU); training in float32", file=sys.stderr)
-    elif settings.amp:  # bf16 on CPU (no loss scaling needed), fp16 on GPU (compile adds the LossScaleOptimizer)
+    # bf16 on CPU (no loss scaling needed; float32 where bf16 would be emulated), fp16 on GPU (compile adds the
+    # LossScaleOptimizer)
+    if settings.amp and not training.emulated_bf16(settings.amp, bf16_on_cpu=device == "cpu", say=processes.owner):
         keras.mixed_precision.set_global_policy("mixed_float16" if device.startswith("cuda") else "mixed_bfloat16")
     plan, spec = settings.plan, settings.spec
     if plan.batch_size % replicas:

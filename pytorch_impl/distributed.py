@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from shared.training import fail, resolve_device_name
+from shared.training import fail, resolve_device_name, without_nproc
 
 
 def check_nproc(nproc: int, device_name: str, gpus: int) -> None:
@@ -30,13 +30,9 @@ def launch(nproc: int, requested: str, argv: list[str]) -> int:
     """``--nproc N``: check, then start this command N times through ``python -m torch.distributed.run``."""
     gpus = torch.cuda.device_count()
     check_nproc(nproc, resolve_device_name(requested, gpus), gpus)
-    rest, skip = [], False  # the processes run without --nproc (torchrun would take it for its own option)
-    for arg in argv:
-        if not skip and not arg.startswith("--nproc"):
-            rest.append(arg)
-        skip = arg == "--nproc"
+    # the processes run without --nproc (torchrun would take it for its own option)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "pytorch_impl.train", *rest]
+           "-m", "pytorch_impl.train", *without_nproc(argv)]
     return subprocess.call(cmd)  # the processes' output is the command's own: passed through, not captured
 
 

@@ -52,7 +52,7 @@ from pytorch_impl.distributed import init_distributed, launch
 from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model as build_resnet
 from pytorch_impl.weights import get_weights, set_weights
-from shared import machine, runs, training
+from shared import runs, training
 from shared.io import load_weights
 from shared.recipes import Plan
 from shared.run_folder import Progress, RunFolder
@@ -251,13 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     device, rank, world = init_distributed(settings.device)
     cuda_graphs = settings.compile and device.type == "cuda" and settings.compile_mode in ("reduce-overhead",
                                                                                              "max-autotune")
-    amp = settings.amp
-    if amp and autocast_dtype(device, settings.amp_dtype) == torch.bfloat16 and device.type == "cpu" \
-            and not machine.cpu_has_bf16():
-        if rank == 0:
-            print("note: --amp ignored: this CPU has no native bf16 (bf16 autocast measured 13x slower than float32 "
-                  "on such a CPU); training in float32", file=sys.stderr)
-        amp = False
+    bf16_on_cpu = device.type == "cpu" and autocast_dtype(device, settings.amp_dtype) == torch.bfloat16
+    amp = settings.amp and not training.emulated_bf16(settings.amp, bf16_on_cpu, say=rank == 0)
     ctx = Context(device, amp, settings.channels_last, rank, world, settings.amp_dtype, cuda_graphs)
     plan, spec = settings.plan, settings.spec
     if plan.batch_size % world:

@@ -128,6 +128,15 @@ def test_several_processes_off_jax_fail_with_one_line_naming_the_route(data_dir,
                            f"(keras.distribution), not on {backend}; use KERAS_BACKEND=jax")
 
 
+def test_several_jax_processes_on_one_machine_need_the_cpu(data_dir, tmp_path):
+    args = [a for a in base_args(data_dir, tmp_path / "x", "--iters", "2") if a not in ("--device", "cpu")]
+    proc = run_module("tests.no_tensorflow", "keras_impl.train", *args, "--nproc", "2", "--device", "cuda",
+                      env={"KERAS_BACKEND": "jax"}, check=False)
+    assert proc.returncode == 1 and not (tmp_path / "x").exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --nproc 2 --device cuda: the processes on one "
+                                                            "machine are CPU processes (gloo); give --device cpu")
+
+
 @pytest.mark.parametrize("value,message", [("two", "'two' is not a whole number"), ("0", "0: must be >= 1")])
 def test_a_bad_process_count_fails_with_one_line(data_dir, tmp_path, value, message):
     proc = run_module("tests.no_tensorflow", "keras_impl.train", *base_args(data_dir, tmp_path / "x", "--iters", "2"),

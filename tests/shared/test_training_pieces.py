@@ -19,6 +19,7 @@ from shared.training import (
     resolve_device_name,
     setup_run,
     train_arg_parser,
+    without_nproc,
 )
 
 
@@ -119,3 +120,9 @@ def test_labels_pick_the_cifar100_dataset(tmp_path):
     args = p.parse_args(["--dataset", "cifar10", "--labels", "coarse", "--data-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="^error: unknown labels 'coarse' for dataset cifar10; valid choices: fine$"):
         setup_run(args, "torch", load_prepared)
+
+
+def test_launched_processes_run_the_command_without_nproc():
+    argv = ["--model", "resnet8", "--nproc", "2", "--epochs", "1", "--nproc=3", "--out", "x"]
+    assert without_nproc(argv) == ["--model", "resnet8", "--epochs", "1", "--out", "x"]
+    assert without_nproc(["--out", "nproc"]) == ["--out", "nproc"]  # a value that merely reads like it stays
