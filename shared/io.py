@@ -9,8 +9,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shared.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False, what: str = "output") -> Path:
+    """``path`` once it is known that a file (``folder``: files in a folder) can be written there.
+
+    Called before any work starts: the folder is created and a probe file written in it and removed.
+    A refusal (no such parent, read-only, no permission, a file where a folder should be) is a
+    :class:`UserError` naming the path and the reason.
+    """
+    path = Path(path)
+    where = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a file, and a folder is needed")
+    if not folder and path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a folder, and a file name is needed")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: cannot create the folder {where} ({e.strerror})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {where} does not take new files ({e.strerror})") from None
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
