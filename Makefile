@@ -36,7 +36,7 @@ AMP         ?=
 COMPILE     ?=
 CHANNELS_LAST ?=
 JIT         ?=
-WORKERS     ?=
+THREADS     ?=
 RUN         ?=
 ONNX        ?=
 IMAGES      ?=
@@ -65,7 +65,7 @@ TRAIN_ARGS = $(call given,--model,MODEL) $(call given,--dataset,DATASET) $(call 
 	$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
 	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) $(call opt,--resume,$(RESUME)) \
 	$(call opt,--device,$(DEVICE)) $(call opt,--amp,$(AMP)) $(call opt,--compile,$(COMPILE)) \
-	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--workers,$(WORKERS))
+	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--threads,$(THREADS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
 	bench-data train-torch train-keras export infer onnx-parity quantize bench-deploy ablation bench clean
@@ -196,7 +196,7 @@ ABLATION_OUT    ?= results
 ABLATION_MODELS ?=
 ABLATION_TRAIN_ARGS = $(strip $(call opt,--device,$(DEVICE)) $(call opt,--amp,$(AMP)) \
 	$(call opt,--compile,$(COMPILE)) $(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) \
-	$(call opt,--workers,$(WORKERS)))
+	$(call opt,--threads,$(THREADS)))
 
 ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION=cifar10|cifar100|cats_vs_dogs EPOCHS=N [FRAMEWORKS=torch]
 	$(PY) -m shared.ablation --ablation $(ABLATION) --frameworks $(FRAMEWORKS) --data-dir $(DATA_DIR) \

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from shared.data import SPLITS, check_split
+from shared.errors import UserError
 from shared.io import atomic_write_json
 
 FORMAT_VERSION = 1
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """Data missing, unreadable or inconsistent; the message says what and how to fix it."""
 
 

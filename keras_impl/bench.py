@@ -82,7 +82,6 @@ def _device_scope(name: str):
 def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) -> Workload:
     """The three timed steps of one variant, on one random batch that stays on the device."""
     name = check_device(device)
-    keras.utils.set_random_seed(0)
     info: dict[str, Any] = {"backend": BACKEND, "device": name, **compile_flags(variant)}
     if variant == "mixed_precision":
         # The policy must be set before the layers are built; it is reset in cleanup().
@@ -90,8 +89,8 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
         info["policy"] = low_precision(device)
     try:
         with _device_scope(name):
-            model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
-            model.compile(optimizer=make_sgd(model, 0.1, 0.9, 1e-4),
+            model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels), seed=0)
+            model.compile(optimizer=make_sgd(0.1, 0.9, 1e-4),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")], **compile_flags(variant))
             rng = np.random.default_rng(0)
@@ -130,8 +129,7 @@ def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
     from shared.onnx_meta import Source, build_metadata
 
     try:
-        keras.utils.set_random_seed(0)
-        model = build_model(spec)
+        model = build_model(spec, seed=0)
         t0 = time.perf_counter()
         out = export_onnx(model, spec, path, build_metadata(Source(spec=spec), "keras", exporter_version()))
         return {"path": str(out or path), "layout": LAYOUT, "seconds": time.perf_counter() - t0}

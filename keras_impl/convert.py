@@ -83,8 +83,7 @@ def write_native(path: str | os.PathLike, spec: ModelSpec, arrays: dict[str, np.
 
 def init_arrays(spec: ModelSpec) -> dict[str, np.ndarray]:
     """The Keras model's own fresh initialization (seeded), as canonical arrays."""
-    keras.utils.set_random_seed(0)
-    return get_weights(build_model(spec), spec)
+    return get_weights(build_model(spec, seed=0), spec)
 
 
 def random_arrays(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:

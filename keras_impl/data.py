@@ -123,26 +123,6 @@ class EpochDataset(keras.utils.PyDataset):
         return (x, y, weights) if self.weighted else (x, y)
 
 
-def fit_input(dataset: EpochDataset):
-    """What ``fit`` and ``evaluate`` are given: ``dataset`` itself; on TensorFlow its batches through
-    ``tf.data.Dataset.from_generator`` (as Keras' own adapter makes it) with tf.data's autotuning off and
-    one private thread. With autotuning on, the default for a ``PyDataset``, ResNet-20 epochs on 2 cores
-    ran at 190-230 instead of 400-470 images/s at random (2 of every 6, measured).
-    """
-    if keras.backend.backend() != "tensorflow":
-        return dataset
-    import tensorflow as tf
-
-    spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in dataset[0])
-    # called anew for every epoch's iterator, so it reads the plan SetEpoch chose
-    ds = tf.data.Dataset.from_generator(lambda: (dataset[i] for i in range(len(dataset))), output_signature=spec)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.threading.private_threadpool_size = 1
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(dataset))).prefetch(1)
-    return ds.with_options(options)
-
-
 class SetEpoch(keras.callbacks.Callback):
     """Before every epoch of ``fit``, point the :class:`EpochDataset` at that epoch's plan.
 

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from shared.training import fail, without_nproc
+from keras_impl.backend_table import Backend
+from shared.errors import UserError
+from shared.train_flags import without_nproc
 
 ADDRESSES, COUNT, INDEX = (f"KERAS_DISTRIBUTION_{k}" for k in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"))
 
@@ -52,28 +54,18 @@ def requested() -> int:
     try:
         count = int(value)
     except ValueError:
-        raise fail(f"{COUNT}={value!r} is not a whole number") from None
+        raise UserError(f"{COUNT}={value!r} is not a whole number") from None
     if count < 1:
-        raise fail(f"{COUNT}={count}: must be >= 1")
+        raise UserError(f"{COUNT}={count}: must be >= 1")
     return count
 
 
-def check_backend(backend: str, what: str) -> None:
-    """Several processes are wired on the JAX backend only: one line for the others."""
-    if backend != "jax":
-        routes = {"tensorflow": "TensorFlow's is MultiWorkerMirroredStrategy with a TF_CONFIG per host, not "
-                                "wired in this trainer", "torch": "Keras offers none on the torch backend; "
-                                "pytorch_impl.train --nproc N trains with DDP"}
-        raise fail(f"{what}: several Keras training processes run on the jax backend (keras.distribution), not "
-                   f"on {backend}; use KERAS_BACKEND=jax (BACKEND=jax). {routes.get(backend, '')}".rstrip(". ") + ".")
-
-
-def initialize(backend: str) -> Processes:
+def initialize(backend: Backend) -> Processes:
     """Join the other processes when ``KERAS_DISTRIBUTION_NUM_PROCESSES`` > 1 (before JAX lists its devices)."""
     count = requested()
     if count == 1:
         return Processes()
-    check_backend(backend, f"{COUNT}={count}")
+    backend.check_several_processes(f"{COUNT}={count}")
     import jax
     import keras
 
@@ -85,11 +77,11 @@ def initialize(backend: str) -> Processes:
 
 @contextlib.contextmanager
 def errors_said_once():
-    """A user error (``SystemExit`` with a message) is printed by the first process; the others exit 1 quietly."""
+    """A user error is said by the first process; the others exit 1 quietly."""
     try:
         yield
-    except SystemExit as e:
-        if isinstance(e.code, str) and os.environ.get(INDEX, "0") != "0":
+    except UserError:
+        if os.environ.get(INDEX, "0") != "0":
             raise SystemExit(1) from None
         raise
 
@@ -110,16 +102,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(nproc: int, backend: str, device: str, argv: list[str]) -> int:
+def launch(nproc: int, backend: Backend, device: str, argv: list[str]) -> int:
     """``--nproc N``: start this command N times on this machine, joined by Keras' variables; the worst
     exit status. The processes' output is the command's own (passed through, not captured)."""
     if nproc < 1:
-        raise fail(f"--nproc must be >= 1; got {nproc}")
-    check_backend(backend, f"--nproc {nproc}")
+        raise UserError(f"--nproc must be >= 1; got {nproc}")
+    backend.check_several_processes(f"--nproc {nproc}")
     if device != "cpu":  # each process would take every local GPU; one process drives them all already
-        raise fail(f"--nproc {nproc} --device {device}: the processes on one machine are CPU processes (gloo); give "
-                   "--device cpu (DEVICE=cpu). On GPUs one process trains on every local GPU (DataParallel); "
-                   "across hosts set KERAS_DISTRIBUTION_* on each")
+        raise UserError(f"--nproc {nproc} --device {device}: the processes on one machine are CPU processes (gloo); "
+                        "give --device cpu (DEVICE=cpu). On GPUs one process trains on every local GPU "
+                        "(DataParallel); across hosts set KERAS_DISTRIBUTION_* on each")
     rest = without_nproc(argv)
     address = f"localhost:{free_port()}"
     procs = [subprocess.Popen([sys.executable, "-m", "keras_impl.train", *rest],

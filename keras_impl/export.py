@@ -100,9 +100,8 @@ def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata:
 
 def load_model(source: Source) -> keras.Model:
     """The source's model (input (None, s, s, C)): its canonical weights, or seeded random weights."""
-    keras.utils.set_random_seed(source.seed)
     spec = source.spec
-    model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
+    model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels), seed=source.seed)
     if source.weights is not None:
         arrays, _ = load_weights(source.weights)
         set_weights(model, spec, arrays)

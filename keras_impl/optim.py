@@ -1,10 +1,6 @@
-"""torch.optim.SGD as a Keras optimizer: the one update rule training and the parity harness use.
-
-Mirrors ``pytorch_impl/optim.py``. Keras' own SGD differs from PyTorch's in two ways that matter for
-reproducing the paper's recipe: its ``weight_decay`` is decoupled (``w -= lr * wd * w`` beside the
-step) where torch's is coupled (``g += wd * w`` before momentum), and its velocity
-``v = mu * v - lr * g`` carries the old lr across a milestone where torch's buffer ``buf = mu * buf + g``
-is scaled by the new lr at once. :class:`TorchSGD` follows torch exactly.
+"""torch.optim.SGD as a Keras optimizer, and the recipe's per-step lr as a Keras schedule: the update rule
+training and the parity harness use (mirrors ``pytorch_impl/optim.py``; docs/training.md says why Keras' own
+SGD differs).
 """
 
 from __future__ import annotations
@@ -12,26 +8,31 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
+
+from shared.recipes import Plan
 
 
 @keras.saving.register_keras_serializable(package="resnet_xf")
 class TorchSGD(keras.optimizers.Optimizer):
     """``torch.optim.SGD(lr, momentum, weight_decay, nesterov)`` as a Keras optimizer.
 
-    Per variable: ``g = grad + wd * w``; ``buf = momentum * buf + g`` (torch's first step sets
-    ``buf = g``, the same thing from a zero buffer); ``w -= lr * (g + momentum * buf if nesterov else buf)``.
+    Per variable: ``g = grad + weight_decay * w`` (torch's coupled decay: in the gradient, before momentum);
+    ``buf = momentum * buf + g`` (torch's first step sets ``buf = g``, the same thing from a zero buffer);
+    ``w -= lr * (g + momentum * buf if nesterov else buf)``. Keras' own ``weight_decay`` attribute is its decoupled
+    decay, applied beside the step: it stays off, and torch's is kept as :attr:`torch_weight_decay`.
     """
 
-    def __init__(self, learning_rate: float = 0.1, momentum: float = 0.9, coupled_weight_decay: float = 0.0,
+    def __init__(self, learning_rate: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  nesterov: bool = False, name: str = "torch_sgd", **kwargs: Any) -> None:
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1]; got {momentum}")
-        if coupled_weight_decay < 0:
-            raise ValueError(f"coupled_weight_decay must be >= 0; got {coupled_weight_decay}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
+        super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
         self.momentum = float(momentum)
-        self.coupled_weight_decay = float(coupled_weight_decay)
+        self.torch_weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
 
     def build(self, variables) -> None:
@@ -43,8 +44,10 @@ class TorchSGD(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate) -> None:
         lr = ops.cast(learning_rate, variable.dtype)
         g = ops.cast(gradient, variable.dtype)
-        if self.coupled_weight_decay:
-            g = ops.add(g, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable))
+        if self.torch_weight_decay:
+            g = ops.add(g, ops.multiply(ops.cast(self.torch_weight_decay, variable.dtype), variable))
+        # The one non-public call: a variable's slot, as every Keras optimizer finds it (on TensorFlow the step
+        # sees the backend's own variable, which a public attribute such as ``path`` does not name).
         buf = self.momentums[self._get_variable_index(variable)]
         mu = ops.cast(self.momentum, variable.dtype)
         new_buf = ops.add(ops.multiply(buf, mu), g)
@@ -54,17 +57,29 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"momentum": self.momentum, "coupled_weight_decay": self.coupled_weight_decay,
-                       "nesterov": self.nesterov})
+        config.update({"momentum": self.momentum, "weight_decay": self.torch_weight_decay, "nesterov": self.nesterov})
         return config
 
 
-def make_sgd(model: keras.Model | None, lr: float, momentum: float, weight_decay: float,
-             nesterov: bool = False) -> TorchSGD:
-    """The Keras twin of ``torch.optim.SGD(model.parameters(), lr, momentum, weight_decay, nesterov)``.
+def make_sgd(lr: Any, momentum: float, weight_decay: float, nesterov: bool = False) -> TorchSGD:
+    """The Keras twin of ``torch.optim.SGD(model.parameters(), lr, momentum, weight_decay, nesterov)``; ``lr`` may
+    be a schedule. Keras binds the model's variables when the optimizer is built, so no model is passed."""
+    return TorchSGD(learning_rate=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
-    ``model`` is unused (Keras binds variables when the optimizer is built or applied); it keeps the
-    signature equal to PyTorch's.
-    """
-    del model
-    return TorchSGD(learning_rate=lr, momentum=momentum, coupled_weight_decay=weight_decay, nesterov=nesterov)
+
+@keras.saving.register_keras_serializable(package="resnet_xf")
+class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``Plan.lr_at(step)`` as a Keras schedule, exactly: the lr of every iteration is tabulated once from the
+    shared function (float64 there, float32 here, as torch's param groups hand it to the float32 update) and
+    looked up by ``optimizer.iterations``; a formula re-derived in float32 ops could differ in the last bit."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = Plan.from_dict(plan)
+        self.table = np.array([self.plan.lr_at(i) for i in range(self.plan.total_iters)], np.float32)
+
+    def __call__(self, step):
+        i = keras.ops.minimum(keras.ops.cast(step, "int32"), len(self.table) - 1)
+        return keras.ops.take(keras.ops.convert_to_tensor(self.table), i)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict()}

@@ -81,16 +81,15 @@ def train_step(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float, mome
     backend (``compile`` + ``train_on_batch``); returns the loss, computed in the model's dtype (a Keras
     loss computes in floatx, float32, unless told otherwise)."""
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=model.outputs[0].dtype)
-    model.compile(optimizer=make_sgd(model, lr, momentum, weight_decay), loss=loss)
+    model.compile(optimizer=make_sgd(lr, momentum, weight_decay), loss=loss)
     return float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Execute a parity job (see ``pytorch_impl/parity.py``); returns the report."""
     keras.backend.clear_session()  # one process runs many jobs: drop the previous models' graphs
-    keras.utils.set_random_seed(0)
     spec = ModelSpec.from_dict(job["spec"])
-    model = build_model(spec)
+    model = build_model(spec, seed=0)
     report: dict[str, Any] = {"framework": "keras", "backend": keras.backend.backend(), "model": spec.name}
     if job.get("summary"):
         atomic_write_text(job["summary"], dump(summarize(model, spec)))

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_impl.blocks import BLOCK_TYPES
+from keras_impl.blocks import BLOCK_NAMES
 from keras_impl.resnet import build_model
 from shared.cli import summary_main
 from shared.harness.summary import make_summary
@@ -38,9 +38,9 @@ def summarize(model: keras.Model, spec: ModelSpec) -> dict[str, Any]:
         kind = type(k).__name__
         trainable, stats = k.trainable_weights, k.non_trainable_weights
         if layer.kind == "block":
-            # The block is a builder, not a layer: its row is its output ReLU, and its parameters
+            # The block is a function, not a layer: its row is its output ReLU, and its parameters
             # are those of every layer named under the block's name.
-            kind = BLOCK_TYPES[spec.block].__name__
+            kind = BLOCK_NAMES[spec.block]
             prefix = layer.keras_name + "_"
             inside = [layer_ for layer_ in fixed.layers if layer_.name.startswith(prefix)]
             trainable = [w for layer_ in inside for w in layer_.trainable_weights]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from shared.names import canonical_weights, to_keras_layout, to_torch_layout
+from shared.names import canonical_weights, check_weight_keys, to_keras_layout, to_torch_layout
 from shared.spec import ModelSpec
 
 
@@ -26,16 +26,9 @@ def get_weights(model: keras.Model, spec: ModelSpec) -> dict[str, np.ndarray]:
 
 def set_weights(model: keras.Model, spec: ModelSpec, arrays: dict[str, np.ndarray]) -> None:
     """Load canonical arrays; every key must be present with the right shape, and nothing else."""
-    weights = canonical_weights(spec)
-    expected = {w.key for w in weights}
-    missing, unexpected = expected - set(arrays), set(arrays) - expected
-    if missing or unexpected:
-        raise ValueError(
-            f"weights do not match {spec.name}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    check_weight_keys(spec, arrays)
     variables = _variables(model)
-    for w in weights:
+    for w in canonical_weights(spec):
         var = variables[w.keras_path]
         value = to_keras_layout(w.kind, np.asarray(arrays[w.key]))
         if tuple(value.shape) != tuple(var.shape):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.spec import BlockSpec, check_zero_pad
+from shared.spec import BlockSpec
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -28,7 +28,6 @@ class ShortcutZeroPad(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
-        check_zero_pad(in_channels, out_channels, stride)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +77,6 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     """Two 3x3 convolutions; a BlockSpec with shortcut ``none`` is the plain twin (no shortcut, no add)."""
 
-    expansion = 1
-
     def __init__(self, b: BlockSpec) -> None:
         super().__init__(b)
         self.conv1 = conv3x3(b.in_channels, b.planes, b.stride)
@@ -95,8 +92,6 @@ class BasicBlock(_Block):
 
 class Bottleneck(_Block):
     """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4; plain twin with shortcut ``none``."""
-
-    expansion = 4
 
     def __init__(self, b: BlockSpec) -> None:
         super().__init__(b)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from shared.errors import UserError
 from shared.io import atomic_write
 from shared.run_folder import Progress
-from shared.training import fail
 
 FORMAT = 1
 
@@ -55,7 +55,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise fail(f"cannot read checkpoint {path} ({type(e).__name__}: {e})") from e
+        raise UserError(f"cannot read checkpoint {path}: truncated or corrupt ({type(e).__name__}); restore it "
+                        "from a copy, or start the run again") from None
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if state["scaler"] and scaler.is_enabled():

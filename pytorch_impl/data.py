@@ -99,13 +99,6 @@ class Loader:
             yield self.normalize(xb), self.y.index_select(0, idx)
 
 
-def make_loader(prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                device: str | torch.device = "cpu", channels_last: bool = False) -> Loader:
-    """Batches of one split: shuffled, augmented and without the last incomplete batch when ``train``;
-    in order and complete otherwise. Order and augmentation are a function of (seed, epoch)."""
-    return Loader(prepared, split, batch_size, train=train, seed=seed, device=device, channels_last=channels_last)
-
-
 def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = True,
           device: str = "cpu", threads: int | None = None) -> dict:
     """Images/s of the training input pipeline (gather + augment + normalize), after one warm-up batch.
@@ -116,7 +109,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
         torch.set_num_threads(threads)
     from shared.bench.timing import Settings, rate
 
-    loader = make_loader(prepared, "train", batch_size, train=train, device=device)
+    loader = Loader(prepared, "train", batch_size, train=train, device=device)
     it = iter(loader)
 
     sizes: list[int] = []
@@ -142,7 +135,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
 def numpy_batches(prepared, split: str, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
                   device: str = "cpu"):
     """(batches in the epoch, the loader's batches as NHWC numpy (x, y)), for ``--dump``."""
-    loader = make_loader(prepared, split, batch_size, train=train, seed=seed, device=device)
+    loader = Loader(prepared, split, batch_size, train=train, seed=seed, device=device)
     loader.set_epoch(epoch)
     return len(loader), ((x.permute(0, 2, 3, 1).cpu().numpy(), y.cpu().numpy()) for x, y in loader)
 

@@ -13,15 +13,17 @@ import sys
 
 import torch
 
-from shared.training import fail, resolve_device_name, without_nproc
+from shared.devices import resolve_device_name
+from shared.errors import UserError
+from shared.train_flags import without_nproc
 
 
 def check_nproc(nproc: int, device_name: str, gpus: int) -> None:
     """One CUDA process per visible GPU at most (more would die with "invalid device ordinal")."""
     if nproc < 1:
-        raise fail(f"--nproc must be >= 1; got {nproc}")
+        raise UserError(f"--nproc must be >= 1; got {nproc}")
     if device_name.startswith("cuda") and nproc > gpus:
-        raise fail(f"{nproc} processes (NPROC={nproc}) but {gpus} CUDA GPU(s) visible "
+        raise UserError(f"{nproc} processes (NPROC={nproc}) but {gpus} CUDA GPU(s) visible "
                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use NPROC <= {gpus}, "
                    "or --device cpu (DEVICE=cpu) for gloo processes on the CPU")
 
@@ -46,7 +48,7 @@ def init_distributed(requested: str) -> tuple[torch.device, int, int]:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     try:  # started by hand with torchrun: every process would die with "invalid device ordinal"
         check_nproc(int(os.environ.get("LOCAL_WORLD_SIZE", world)), name, gpus)
-    except SystemExit:
+    except UserError:
         if local_rank:  # the first process says why
             raise SystemExit(1) from None
         raise

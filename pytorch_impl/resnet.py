@@ -36,7 +36,7 @@ class ResNet(nn.Module):
             stages.setdefault(stage, []).append(block(b))
         for stage, blocks in stages.items():
             self.add_module(stage, nn.Sequential(*blocks))
-        self.stage_names = list(stages)
+        self.layer_names = list(stages)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(spec.feature_dim, spec.num_classes)
         self._init_weights()
@@ -55,7 +55,7 @@ class ResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         if self.maxpool is not None:
             x = self.maxpool(x)
-        for stage in self.stage_names:
+        for stage in self.layer_names:
             x = getattr(self, stage)(x)
         return x
 

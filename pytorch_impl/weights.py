@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shared.names import canonical_weights
+from shared.names import canonical_weights, check_weight_keys
 from shared.spec import ModelSpec
 
 
@@ -17,16 +17,10 @@ def get_weights(model: torch.nn.Module, spec: ModelSpec) -> dict[str, np.ndarray
 
 def set_weights(model: torch.nn.Module, spec: ModelSpec, arrays: dict[str, np.ndarray]) -> None:
     """Load canonical arrays; every key must be present with the right shape, and nothing else."""
-    expected = {w.key for w in canonical_weights(spec)}
-    missing, unexpected = expected - set(arrays), set(arrays) - expected
-    if missing or unexpected:
-        raise ValueError(
-            f"weights do not match {spec.name}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    check_weight_keys(spec, arrays)
     state = model.state_dict()
     with torch.no_grad():
-        for key in expected:
+        for key in arrays:
             target = state[key]
             value = torch.as_tensor(np.ascontiguousarray(arrays[key]))
             if tuple(value.shape) != tuple(target.shape):

@@ -112,6 +112,16 @@ def canonical_weights(spec: ModelSpec) -> list[Weight]:
     return out
 
 
+def check_weight_keys(spec: ModelSpec, arrays: dict) -> None:
+    """A ValueError unless ``arrays`` holds exactly the canonical weights of ``spec`` (both frameworks' loaders
+    check it here, before any tensor is touched)."""
+    expected = {w.key for w in canonical_weights(spec)}
+    missing, unexpected = expected - set(arrays), set(arrays) - expected
+    if missing or unexpected:
+        raise ValueError(f"weights do not match {spec.name}: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+
+
 def stage_names(spec: ModelSpec) -> list[str]:
     """Names whose outputs a parity report compares: the stem, every stage, the logits."""
     return ["bn1"] + [f"layer{s}" for s in range(1, len(spec.layers) + 1)] + ["fc"]

@@ -21,15 +21,15 @@ from pathlib import Path
 from shared.backends import keras_backend
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
-FRAMEWORKS = tuple(PACKAGES)
+FRAMEWORK_PACKAGES = {"torch": "pytorch_impl", "keras": "keras_impl"}
+FRAMEWORKS = tuple(FRAMEWORK_PACKAGES)
 
 
 def package(framework: str) -> str:
     """The package that implements ``framework`` (``pytorch_impl`` / ``keras_impl``)."""
-    if framework not in PACKAGES:
+    if framework not in FRAMEWORK_PACKAGES:
         raise ValueError(f"unknown framework {framework!r}; valid choices: {', '.join(FRAMEWORKS)}")
-    return PACKAGES[framework]
+    return FRAMEWORK_PACKAGES[framework]
 
 
 def module_command(framework: str, module: str, *args: object) -> list[str]:

@@ -3,7 +3,7 @@
 A :class:`Recipe` is what a paper (or this project, for cats_vs_dogs) prescribes; a :class:`Plan` is a
 recipe resolved for one run (train-split size, batch size, ``--epochs``/``--iters``/``--lr``
 overrides): the total number of iterations, the epochs, the lr milestones in iterations. The lr of
-every optimizer step is :func:`lr_at` ``(plan, iteration)``, a pure function of the 0-based global
+every optimizer step is :meth:`Plan.lr_at` ``(iteration)``, a pure function of the 0-based global
 iteration; PyTorch and Keras both set their optimizer's lr from it before every step.
 
 The paper's CIFAR recipe (He et al. 2015, Sec. 4.2): SGD, lr 0.1, momentum 0.9, weight decay 1e-4,
@@ -119,7 +119,18 @@ class Plan:
         return max(0, min(self.iters_per_epoch, self.total_iters - epoch * self.iters_per_epoch))
 
     def lr_at(self, iteration: int) -> float:
-        return lr_at(self, iteration)
+        """The learning rate of optimizer step ``iteration`` (0-based global iteration).
+
+        Warm-up (constant ``warmup_lr``) for ``iteration < warmup_iters``; then ``step``: ``lr`` times
+        ``gamma`` per milestone reached (``iteration >= m``), or ``cosine``: ``lr/2 (1 + cos(pi t/T))``.
+        """
+        if iteration < 0:
+            raise ValueError(f"iteration must be >= 0; got {iteration}")
+        if iteration < self.warmup_iters:
+            return self.warmup_lr
+        if self.schedule == "cosine":
+            return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(iteration, self.total_iters) / self.total_iters))
+        return self.lr * self.gamma ** sum(iteration >= m for m in self.milestones)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -172,18 +183,3 @@ def make_plan(recipe: Recipe, n_train: int, *, epochs: int | None = None, iters:
         warmup_iters=min(recipe.warmup_iters, total), warmup_lr=float(lr) * recipe.warmup_factor,
         nesterov=recipe.nesterov,
     )
-
-
-def lr_at(plan: Plan, iteration: int) -> float:
-    """The learning rate of optimizer step ``iteration`` (0-based global iteration).
-
-    Warm-up (constant ``warmup_lr``) for ``iteration < warmup_iters``; then ``step``: ``lr`` times
-    ``gamma`` per milestone reached (``iteration >= m``), or ``cosine``: ``lr/2 (1 + cos(pi t/T))``.
-    """
-    if iteration < 0:
-        raise ValueError(f"iteration must be >= 0; got {iteration}")
-    if iteration < plan.warmup_iters:
-        return plan.warmup_lr
-    if plan.schedule == "cosine":
-        return 0.5 * plan.lr * (1.0 + math.cos(math.pi * min(iteration, plan.total_iters) / plan.total_iters))
-    return plan.lr * plan.gamma ** sum(iteration >= m for m in plan.milestones)

@@ -1,20 +1,11 @@
-"""A run folder over its life, driven by both training loops (the torch loop in plain PyTorch, the Keras
-``fit`` through callbacks).
-
-* :meth:`RunFolder.create` writes ``config.json`` once, complete (the device and threads are resolved
-  before it is written); :meth:`RunFolder.reopen` continues a resumed run from its checkpoint's
-  :class:`Progress`, cutting ``metrics.csv`` back to it.
-* :meth:`RunFolder.record_epoch` closes an epoch: the ``metrics.csv`` row, last (and, when validation
-  accuracy improved, best) canonical safetensors, TensorBoard scalars and the summary line. The
-  loop then writes its framework's resume checkpoint at :attr:`RunFolder.checkpoint_path` when
-  :meth:`RunFolder.checkpoint_due` says so, so a checkpoint never runs ahead of the rows and weights.
-* :meth:`RunFolder.finish` writes ``results.json``.
-
-The layout is ``shared/runs.py``'s. This module imports neither torch nor tensorflow.
+"""A training run's folder over its life, driven the same way by both trainers (the torch loop in plain PyTorch,
+Keras ``fit`` through callbacks) on every process of a run: the first writes it, the others follow it.
+The layout is ``shared/runs.py``'s; docs/training.md tells the life cycle. Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import types
@@ -24,13 +15,31 @@ from typing import Any
 
 from shared import runs
 from shared.data import augmentation
+from shared.errors import UserError
 from shared.io import atomic_write_json, load_weights, save_weights
 from shared.machine import git_commit, library_versions
 from shared.recipes import Plan
+from shared.run_settings import RunSettings
 from shared.spec import ModelSpec
-from shared.training import Settings
 
 CHECKPOINT_EVERY = 1  # epochs between resume checkpoints (and always after the last epoch)
+CHECK_EVERY = 10  # training steps between host checks of the loss (progress bar, NaN guard): each one syncs
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; the message says where, what is kept and what to do."""
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """An epoch's training phase: mean loss and accuracy (sample-weighted), images seen, its seconds, and the
+    lr of its last step."""
+
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+    lr: float
 
 
 @dataclass
@@ -76,7 +85,7 @@ class Progress:
         return progress
 
 
-def new_config(settings: Settings, manifest: dict[str, Any], device: dict[str, Any],
+def new_config(settings: RunSettings, manifest: dict[str, Any], device: dict[str, Any],
                threads: dict[str, Any]) -> dict[str, Any]:
     """``config.json`` of a new run: every setting, the data it reads, the device and threads, versions."""
     spec = settings.spec
@@ -103,6 +112,14 @@ def new_config(settings: Settings, manifest: dict[str, Any], device: dict[str, A
         "device": device,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+
+
+def metrics_row(epoch: int, train: EpochLog, val_loss: float, val_acc: float, seconds: float) -> dict[str, Any]:
+    """One ``metrics.csv`` row (``epoch`` 1-based; ``lr`` of the epoch's last step; ``seconds`` train +
+    validation; ``images_per_s`` of the training phase alone)."""
+    return {"epoch": epoch, "train_loss": float(train.loss), "train_acc": float(train.acc),
+            "val_loss": float(val_loss), "val_acc": float(val_acc), "lr": float(train.lr), "seconds": float(seconds),
+            "images_per_s": float(train.images / train.seconds) if train.seconds > 0 else 0.0}
 
 
 def weights_metadata(spec: ModelSpec, framework: str, epoch: int, **extra: Any) -> dict[str, str]:
@@ -149,12 +166,11 @@ class Scalars:
 
 
 class RunFolder:
-    """One run folder, written by the process that owns it (the first of several). Use :meth:`create` or
-    :meth:`reopen`; close it (or use it as a context manager) to flush TensorBoard. The other processes of
-    a run that a loop drives the same way on each (Keras on several JAX processes) :meth:`follow` it:
-    their progress advances as the owner's, and they write nothing."""
+    """One run folder. :meth:`start` opens it on every process of a run; only the owner (the first process)
+    writes, and the others follow: their progress advances as the owner's. Close it (or use it as a context
+    manager) to flush TensorBoard."""
 
-    def __init__(self, settings: Settings, config: dict[str, Any], progress: Progress, owner: bool = True) -> None:
+    def __init__(self, settings: RunSettings, config: dict[str, Any], progress: Progress, owner: bool = True) -> None:
         self.settings, self.config, self.progress, self.owner = settings, config, progress, owner
         self.path, self.spec, self.plan = settings.run_dir, settings.spec, settings.plan
         self.steps: dict[str, list[float]] = {"loss": [], "lr": []}
@@ -164,23 +180,19 @@ class RunFolder:
             self.scalars = Scalars(self.path)
 
     @classmethod
-    def create(cls, settings: Settings, manifest: dict[str, Any], device: dict[str, Any],
-               threads: dict[str, Any]) -> RunFolder:
-        """A new run: ``config.json`` written, complete, before anything else."""
+    def start(cls, settings: RunSettings, progress: Progress, *, owner: bool, manifest: dict[str, Any],
+              device: dict[str, Any], threads: dict[str, Any]) -> RunFolder:
+        """The run at ``progress`` (a resume's checkpoint, or a new run's start): a new run's owner writes
+        ``config.json``, complete, before anything else; a resumed run's owner cuts ``metrics.csv`` back to
+        ``progress``; the other processes write nothing."""
+        if not owner:
+            return cls(settings, {"device": device}, progress, owner=False)
+        if settings.resumed:
+            runs.write_metrics(settings.run_dir, progress.rows)
+            return cls(settings, dict(settings.saved or {}), progress)
         config = new_config(settings, manifest, device, threads)
         runs.write_config(settings.run_dir, config)
-        return cls(settings, config, Progress())
-
-    @classmethod
-    def follow(cls, settings: Settings, config: dict[str, Any], progress: Progress) -> RunFolder:
-        """The run as a process that does not own the folder sees it: nothing is written."""
-        return cls(settings, config, progress, owner=False)
-
-    @classmethod
-    def reopen(cls, settings: Settings, progress: Progress) -> RunFolder:
-        """A resumed run at its checkpoint's ``progress``: rows written after the checkpoint are dropped."""
-        runs.write_metrics(settings.run_dir, progress.rows)
-        return cls(settings, dict(settings.saved or {}), progress)
+        return cls(settings, config, progress)
 
     def __enter__(self) -> RunFolder:
         return self
@@ -193,9 +205,24 @@ class RunFolder:
         """Where the framework's resume checkpoint lives (``runs.CHECKPOINTS``)."""
         return self.path / runs.CHECKPOINTS[self.settings.framework]
 
-    def checkpoint_due(self, epoch: int) -> bool:
-        """Whether the resume checkpoint is written after (1-based) ``epoch``."""
-        return epoch % CHECKPOINT_EVERY == 0 or epoch >= self.plan.epochs
+    def checkpoint_due(self, *, collective: bool = False) -> bool:
+        """Whether this process writes the resume checkpoint now, at the end of epoch ``progress.epoch``: every
+        :data:`CHECKPOINT_EVERY` epochs and after the last, on the owner; ``collective``: on every process (a
+        save that all processes must join, as Keras' on several JAX processes)."""
+        epoch = self.progress.epoch
+        return (self.owner or collective) and (epoch % CHECKPOINT_EVERY == 0 or epoch >= self.plan.epochs)
+
+    def check_loss(self, loss: float, lr: float) -> None:
+        """The NaN guard: :class:`NonFiniteLoss` when the running training loss is NaN or infinite, saying where,
+        which checkpoint is kept, and what to do."""
+        if math.isfinite(loss):
+            return
+        finished = self.progress.epoch  # each finished epoch left its checkpoint (CHECKPOINT_EVERY = 1)
+        keeps = (f"the last good checkpoint (epoch {finished}) is kept in {self.path}" if finished > 0
+                 else f"no epoch finished, so {self.path} holds no checkpoint")
+        raise NonFiniteLoss(f"training loss became {loss} at epoch {finished + 1}, iteration {self.progress.iteration} "
+                            f"(lr {lr:g}); stopping. {keeps}. Lower --lr, or turn --amp off, and start again "
+                            f"(or --resume {self.path} after fixing the cause).")
 
     def announce(self, where: str) -> None:
         """The run's first line: what trains where, for how long, into which folder."""
@@ -212,18 +239,20 @@ class RunFolder:
         self.steps["loss"].append(float(loss))
         self.steps["lr"].append(float(lr))
 
-    def record_epoch(self, row: dict[str, Any], arrays: dict[str, Any]) -> bool:
-        """Close an epoch (``row`` from ``shared.training.metrics_row``, ``arrays`` the canonical weights):
-        the metrics row, last and (when val accuracy improved) best weights, each written atomically;
-        ``steps.json`` when tracing; TensorBoard; the summary line. True when the weights are the best."""
+    def record_epoch(self, train: EpochLog, val_loss: float, val_acc: float, *, seconds: float,
+                     weights: dict[str, Any]) -> bool:
+        """Close an epoch: its ``metrics.csv`` row, last and (when validation accuracy improved) best weights
+        (``weights``: canonical arrays), each written atomically; ``steps.json`` when tracing; TensorBoard; the
+        summary line. ``seconds``: training and validation. True when the weights are the best so far."""
         framework, progress = self.settings.framework, self.progress
+        row = metrics_row(progress.epoch + 1, train, val_loss, val_acc, seconds)
         improved = progress.finish_epoch(row)
         if not self.owner:
             return improved
         runs.write_metrics(self.path, progress.rows)
-        save_weights(self.path / runs.LAST, arrays, weights_metadata(self.spec, framework, progress.epoch))
+        save_weights(self.path / runs.LAST, weights, weights_metadata(self.spec, framework, progress.epoch))
         if improved:
-            save_weights(self.path / runs.BEST, arrays,
+            save_weights(self.path / runs.BEST, weights,
                          weights_metadata(self.spec, framework, progress.epoch, val_acc=row["val_acc"]))
         if self.steps["loss"]:
             atomic_write_json(self.path / "steps.json", self.steps)

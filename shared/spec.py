@@ -73,14 +73,7 @@ class ModelSpec:
             raise ValueError(
                 f"input_size and in_channels must be >= 1; got {self.input_size}, {self.in_channels}"
             )
-        if self.residual and self.shortcut == "A":
-            channels = [self.stem_width] + [w * self.expansion for w in self.widths]
-            for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):
-                if c_out < c_in:
-                    raise ValueError(
-                        f"shortcut option A zero-pads channels and cannot shrink them: stage {stage} "
-                        f"goes from {c_in} to {c_out} channels; use shortcut 'B' or 'C'"
-                    )
+        self.blocks()  # every block checks its own shapes (option A cannot shrink channels, ...)
 
     # Derived quantities --------------------------------------------------------------------
     @property
@@ -149,15 +142,6 @@ class ModelSpec:
 SHORTCUT_KINDS = ("identity", "zeropad", "projection", "none")
 
 
-def check_zero_pad(in_channels: int, out_channels: int, stride: int) -> None:
-    """Option A's shortcut subsamples and appends zero channels: it can neither drop channels nor upsample."""
-    if out_channels < in_channels:
-        raise ValueError(f"a zero-padding shortcut cannot shrink channels ({in_channels} -> {out_channels}); "
-                         "use a projection (option B/C)")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1; got {stride}")
-
-
 @dataclass(frozen=True)
 class BlockSpec:
     """One residual (or plain) block, resolved by :meth:`ModelSpec.blocks`: its canonical name, shapes and
@@ -173,8 +157,11 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         _check_choice("shortcut kind", self.shortcut, SHORTCUT_KINDS)
-        if self.shortcut == "zeropad":
-            check_zero_pad(self.in_channels, self.out_channels, self.stride)
+        if self.stride < 1:
+            raise ValueError(f"{self.name}: stride must be >= 1; got {self.stride}")
+        if self.shortcut == "zeropad" and self.out_channels < self.in_channels:
+            raise ValueError(f"{self.name}: shortcut option A zero-pads channels and cannot shrink them "
+                             f"({self.in_channels} -> {self.out_channels}); use shortcut 'B' or 'C' (a projection)")
         if self.shortcut == "identity" and (self.stride != 1 or self.in_channels != self.out_channels):
             raise ValueError(
                 f"{self.name}: identity shortcut needs equal shapes; got {self.in_channels}->{self.out_channels} "
@@ -282,8 +269,4 @@ def get_spec(
                 f"unknown model {name!r}; valid choices: {', '.join(MODEL_NAMES)} "
                 "(or resnetN/plainN for any CIFAR depth N = 6n+2)"
             )
-    if shortcut is not None:
-        _check_choice("shortcut", shortcut, SHORTCUTS)
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
     return spec.with_overrides(num_classes=num_classes, shortcut=shortcut, input_size=input_size)

@@ -49,13 +49,11 @@ def _initial_weights(framework: str, spec, seed: int) -> dict[str, np.ndarray]:
 
         torch.manual_seed(seed)
         return get_weights(build_model(spec), spec)
-    import keras
 
     from keras_impl.resnet import build_model
     from keras_impl.weights import get_weights
 
-    keras.utils.set_random_seed(seed)
-    return get_weights(build_model(spec, input_shape=(spec.input_size, spec.input_size, 3)), spec)
+    return get_weights(build_model(spec, input_shape=(spec.input_size, spec.input_size, 3), seed=seed), spec)
 
 
 def make_run(framework: str, model: str, out: Path, data_dir: Path, seed: int = 0) -> Path:

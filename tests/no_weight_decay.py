@@ -9,10 +9,10 @@ import sys
 
 if __name__ == "__main__":
     trainer = importlib.import_module(sys.argv[1])
-    make_sgd = trainer.make_sgd  # (model, lr, momentum, weight_decay, nesterov, ...) in both trainers
+    make_sgd = trainer.make_sgd  # both trainers pass weight_decay=... by keyword
 
-    def without_decay(model, lr, momentum, weight_decay, *args, **kwargs):
-        return make_sgd(model, lr, momentum, 0.0, *args, **kwargs)
+    def without_decay(*args, weight_decay, **kwargs):
+        return make_sgd(*args, weight_decay=0.0, **kwargs)
 
     trainer.make_sgd = without_decay
     sys.exit(trainer.main(sys.argv[2:]))

@@ -19,8 +19,8 @@ def images(tmp_path_factory):
     return fixture_images(tmp_path_factory.mktemp("data"), n=64)
 
 
-def _build(spec):
-    return build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels))
+def _build(spec, seed=None):
+    return build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels), seed=seed)
 
 
 class TestKerasExport(ExportContract):
@@ -28,8 +28,7 @@ class TestKerasExport(ExportContract):
     load_model, get_weights, predict = staticmethod(load_model), staticmethod(get_weights), staticmethod(predict)
 
     def export(self, spec, path, seed=0, opset=DEFAULT_OPSET):
-        keras.utils.set_random_seed(seed)
-        model = _build(spec)
+        model = _build(spec, seed)
         set_weights(model, spec, randomize_bn(get_weights(model, spec), seed))
         meta = build_metadata(Source(spec=spec, seed=seed), "keras", "test", opset)
         export_onnx(model, spec, path, meta, opset=opset)

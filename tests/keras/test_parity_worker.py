@@ -16,7 +16,7 @@ def test_coupled_sgd_reproduces_torch_update_rule():
     w0 = np.array([1.0, -2.0, 0.5], dtype=np.float32)
     grads = [np.array([0.3, -0.1, 0.2], np.float32), np.array([-0.4, 0.2, 0.1], np.float32)]
     var = keras.Variable(w0.copy())
-    opt = make_sgd(None, lr, mu, wd)
+    opt = make_sgd(lr, mu, wd)
     # torch.optim.SGD (docs): g += wd * w; v = mu * v + g (v = g at step 1); w -= lr * v
     w, v = w0.astype(np.float64), None
     for g in grads:
@@ -34,9 +34,9 @@ def test_coupled_sgd_reproduces_torch_update_rule():
 
 
 def test_torch_sgd_config_round_trip():
-    opt = TorchSGD(learning_rate=0.1, momentum=0.9, coupled_weight_decay=1e-4)
+    opt = TorchSGD(learning_rate=0.1, momentum=0.9, weight_decay=1e-4)
     again = TorchSGD.from_config(opt.get_config())
-    assert again.coupled_weight_decay == 1e-4 and float(again.momentum) == 0.9
+    assert again.torch_weight_decay == 1e-4 and again.weight_decay is None and float(again.momentum) == 0.9
 
 
 def test_layer_outputs_are_pre_relu_and_logits_match_the_model():

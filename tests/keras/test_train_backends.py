@@ -122,7 +122,7 @@ def test_jax_evaluation_batches_that_do_not_split_over_the_devices_are_padded_wi
 def test_several_processes_off_jax_fail_with_one_line_naming_the_route(data_dir, tmp_path, backend):
     proc = run_module("keras_impl.train", *base_args(data_dir, tmp_path / "x", "--iters", "2"), "--nproc", "2",
                       env={"KERAS_BACKEND": backend}, check=False)
-    assert proc.returncode == 1 and not (tmp_path / "x").exists()
+    assert proc.returncode == 2 and not (tmp_path / "x").exists()
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: --nproc 2: several Keras training processes run on the jax backend "
                            f"(keras.distribution), not on {backend}; use KERAS_BACKEND=jax")
@@ -132,7 +132,7 @@ def test_several_jax_processes_on_one_machine_need_the_cpu(data_dir, tmp_path):
     args = [a for a in base_args(data_dir, tmp_path / "x", "--iters", "2") if a not in ("--device", "cpu")]
     proc = run_module("tests.no_tensorflow", "keras_impl.train", *args, "--nproc", "2", "--device", "cuda",
                       env={"KERAS_BACKEND": "jax"}, check=False)
-    assert proc.returncode == 1 and not (tmp_path / "x").exists()
+    assert proc.returncode == 2 and not (tmp_path / "x").exists()
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --nproc 2 --device cuda: the processes on one "
                                                             "machine are CPU processes (gloo); give --device cpu")
 
@@ -141,5 +141,5 @@ def test_several_jax_processes_on_one_machine_need_the_cpu(data_dir, tmp_path):
 def test_a_bad_process_count_fails_with_one_line(data_dir, tmp_path, value, message):
     proc = run_module("tests.no_tensorflow", "keras_impl.train", *base_args(data_dir, tmp_path / "x", "--iters", "2"),
                       env={"KERAS_BACKEND": "jax", "KERAS_DISTRIBUTION_NUM_PROCESSES": value}, check=False)
-    assert proc.returncode == 1 and not (tmp_path / "x").exists()
+    assert proc.returncode == 2 and not (tmp_path / "x").exists()
     assert proc.stderr.strip().splitlines()[-1] == f"error: KERAS_DISTRIBUTION_NUM_PROCESSES={message}"

@@ -28,9 +28,9 @@ def main(framework: str, jobs: list[dict]) -> None:
         out = {}
         for epoch in job["epochs"]:
             if framework == "torch":
-                from pytorch_impl.data import make_loader
+                from pytorch_impl.data import Loader
 
-                loader = make_loader(prepared, job["split"], job["batch_size"], train=job["train"], seed=job["seed"])
+                loader = Loader(prepared, job["split"], job["batch_size"], train=job["train"], seed=job["seed"])
                 loader.set_epoch(epoch)
                 batches = ((x.permute(0, 2, 3, 1).numpy(), y.numpy()) for x, y in loader)
             elif framework.startswith("keras-"):

@@ -21,15 +21,17 @@ def test_missing_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
     with pytest.raises(ValueError, match=r"needs the 'jax' package.*pip install jax==\d"):
-        backends.check_backend("jax")
+        backends.installed_backend("jax")
     with pytest.raises(SystemExit, match="^error: "):
         monkeypatch.setenv("KERAS_BACKEND", "jax")
         process.child_env()
 
 
-def test_pinned_versions_are_the_requirements():
+def test_pinned_versions_are_read_from_the_requirements():
     reqs = (ROOT / "requirements.txt").read_text().split()
-    assert all(pin in reqs for pin in backends.PACKAGES.values())
+    pins = [backends.pinned(b) for b in backends.BACKENDS]
+    assert all("==" in pin and pin in reqs for pin in pins)
+    assert backends.pinned("no-such-package") == "no-such-package"
 
 
 def test_make_refuses_an_unknown_backend_in_one_line():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from shared.recipes import CATS_VS_DOGS, CIFAR, lr_at, make_plan, recipe_for
+from shared.recipes import CATS_VS_DOGS, CIFAR, make_plan, recipe_for
 from shared.spec import get_spec
 
 CIFAR_TRAIN = 45_000  # the paper's 45k/5k train/val split
@@ -18,7 +18,7 @@ def test_paper_cifar_recipe_in_iterations():
     assert plan.iters_per_epoch == 351 and plan.epochs == 183  # 64000 / 351 = 182.3 epochs
     assert sum(plan.iters_in_epoch(e) for e in range(plan.epochs)) == 64_000
     assert plan.iters_in_epoch(182) == 64_000 - 182 * 351
-    assert [lr_at(plan, i) for i in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
+    assert [plan.lr_at(i) for i in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
@@ -33,7 +33,7 @@ def test_deep_cifar_models_warm_up_at_lr_over_10_for_400_iterations():
     for name in ("resnet110", "resnet1202", "plain110"):
         plan = make_plan(recipe_for("cifar10", get_spec(name)), CIFAR_TRAIN)
         assert plan.warmup_iters == 400
-        assert (lr_at(plan, 0), lr_at(plan, 399), lr_at(plan, 400)) == pytest.approx((0.01, 0.01, 0.1))
+        assert (plan.lr_at(0), plan.lr_at(399), plan.lr_at(400)) == pytest.approx((0.01, 0.01, 0.1))
     assert recipe_for("cifar10", get_spec("resnet56")).warmup_iters == 0
     assert recipe_for("cats_vs_dogs", get_spec("resnet50")).warmup_iters == 0
 
@@ -41,13 +41,13 @@ def test_deep_cifar_models_warm_up_at_lr_over_10_for_400_iterations():
 def test_overrides_and_cats_vs_dogs_cosine():
     plan = make_plan(CIFAR, 2000, batch_size=100, lr=0.05, iters=40)
     assert (plan.iters_per_epoch, plan.epochs, plan.milestones) == (20, 2, (20, 30))
-    assert lr_at(plan, 19) == 0.05 and lr_at(plan, 20) == pytest.approx(0.005)
+    assert plan.lr_at(19) == 0.05 and plan.lr_at(20) == pytest.approx(0.005)
     cat = make_plan(recipe_for("cats_vs_dogs", get_spec("resnet34", num_classes=2)), 18_000)
     assert (cat.batch_size, cat.epochs, cat.iters_per_epoch, cat.schedule) == (64, 30, 281, "cosine")
-    assert lr_at(cat, 0) == CATS_VS_DOGS.lr
-    assert lr_at(cat, cat.total_iters // 2) == pytest.approx(CATS_VS_DOGS.lr / 2, rel=1e-3)
-    assert lr_at(cat, cat.total_iters - 1) < 1e-6
-    assert all(math.isfinite(lr_at(cat, i)) for i in range(0, cat.total_iters, 97))
+    assert cat.lr_at(0) == CATS_VS_DOGS.lr
+    assert cat.lr_at(cat.total_iters // 2) == pytest.approx(CATS_VS_DOGS.lr / 2, rel=1e-3)
+    assert cat.lr_at(cat.total_iters - 1) < 1e-6
+    assert all(math.isfinite(cat.lr_at(i)) for i in range(0, cat.total_iters, 97))
 
 
 def test_plan_round_trips_through_json_dict():

@@ -13,8 +13,9 @@ import pytest
 from datasets import load_prepared
 from shared import runs
 from shared.io import load_weights
-from shared.run_folder import Progress, RunFolder
-from shared.training import setup_run, train_arg_parser
+from shared.run_folder import EpochLog, Progress, RunFolder
+from shared.run_settings import resolve_run
+from shared.train_flags import train_arg_parser
 
 
 def _config(framework="torch"):
@@ -74,22 +75,26 @@ def _tb_scalars(run_dir) -> dict[str, list[float]]:
 
 
 def test_run_folder_life_cycle(tmp_path, capsys):
-    """create -> record_epoch x2 -> finish, then reopen at epoch 1 as a resume does: every file a reader needs."""
+    """start -> record_epoch x2 -> finish, then start again at epoch 1 as a resume does: every file a reader needs."""
     load_prepared("synthetic", tmp_path / "data")
     args = train_arg_parser("t", "torch").parse_args(["--dataset", "synthetic", "--data-dir", str(tmp_path / "data"),
                                                       "--model", "resnet8", "--epochs", "2", "--out",
                                                       str(tmp_path / "run")])
-    settings, prepared = setup_run(args, "torch", load_prepared)
+    settings, prepared = resolve_run(args, "torch", load_prepared)
     device = {"type": "cpu", "name": "cpu"}
     rows = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.3 * e, "val_loss": 1.0, "val_acc": acc, "lr": 0.1,
              "seconds": 1.5, "images_per_s": 1000.0} for e, acc in ((1, 0.6), (2, 0.4))]
-    with RunFolder.create(settings, prepared.manifest, device, {"workers": None, "intra_op": 2}) as folder:
+    threads = {"requested": None, "intra_op": 2}
+    with RunFolder.start(settings, Progress(), owner=True, manifest=prepared.manifest, device=device,
+                         threads=threads) as folder:
         config = runs.read_run(folder.path)["config"]
         assert set(runs.CONFIG_KEYS) <= set(config) and config["device"] == device  # complete when first written
-        assert config["threads"] == {"workers": None, "intra_op": 2} and config["seed"] == 0
+        assert config["threads"] == threads and config["seed"] == 0
         for row in rows:
-            folder.record_epoch(row, {"fc.bias": np.full(10, row["epoch"], np.float32)})
-            assert folder.checkpoint_due(row["epoch"])
+            train = EpochLog(row["train_loss"], row["train_acc"], images=1500, seconds=1.5, lr=row["lr"])
+            folder.record_epoch(train, row["val_loss"], row["val_acc"], seconds=row["seconds"],
+                                weights={"fc.bias": np.full(10, row["epoch"], np.float32)})
+            assert folder.checkpoint_due()
         assert folder.checkpoint_path == folder.path / "checkpoint.pt"
         assert folder.best_weights()["fc.bias"][0] == 1  # epoch 1 had the best val accuracy
         folder.finish(test_loss=0.5, test_acc=0.625)
@@ -103,6 +108,7 @@ def test_run_folder_life_cycle(tmp_path, capsys):
     assert "epoch   2/2  train loss 1.0000" in out and "test acc 0.6250" in out
     # A resume from the epoch-1 checkpoint drops the later row and continues from there.
     resumed = dataclasses.replace(settings, saved=config)
-    with RunFolder.reopen(resumed, Progress.from_rows(rows[:1], settings.plan)) as folder:
+    with RunFolder.start(resumed, Progress.from_rows(rows[:1], settings.plan), owner=True, manifest={},
+                         device=device, threads=threads) as folder:
         assert folder.progress.iteration == settings.plan.iters_per_epoch and folder.config == config
     assert runs.read_metrics(folder.path) == rows[:1]

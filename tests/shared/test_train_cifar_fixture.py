@@ -33,7 +33,7 @@ def cifar_runs(tmp_path_factory) -> dict[str, Path]:
     init = tmp / "init.safetensors"
     _python(INIT, "resnet8", str(init))
     args = ["--dataset", "cifar10", "--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "32",
-            "--epochs", "2", "--init", str(init), "--trace-steps", "10", "--workers", "1", "--no-progress",
+            "--epochs", "2", "--init", str(init), "--trace-steps", "10", "--threads", "1", "--no-progress",
             "--device", "cpu"]
     out = {}
     for fw, module in (("torch", "pytorch_impl.train"), ("keras", "keras_impl.train")):
@@ -84,7 +84,7 @@ def cifar100_runs(tmp_path_factory) -> dict[str, Path]:
     _python(INIT.replace("get_spec(sys.argv[1])", "get_spec(sys.argv[1], num_classes=int(sys.argv[3]))"),
             "resnet8", str(init), "20")
     common = ["--data-dir", str(tmp / "data"), "--model", "resnet8", "--batch-size", "32", "--epochs", "1",
-              "--trace-steps", "5", "--workers", "1", "--no-progress"]
+              "--trace-steps", "5", "--threads", "1", "--no-progress"]
     out = {name: tmp / name for name in ("coarse-torch", "coarse-keras", "fine-torch")}
     run_module("pytorch_impl.train", "--dataset", "cifar100", "--labels", "coarse", "--init", str(init), *common,
                "--out", str(out["coarse-torch"]))
@@ -142,7 +142,7 @@ def test_cats_vs_dogs_recipe_with_an_imagenet_resnet(tmp_path):
     write_prepared(prepared_dir("cats_vs_dogs", tmp_path / "data"), splits,
                    {"name": "cats_vs_dogs", "class_names": ["cat", "dog"], "source": "fixture", "version": "4.0.1"})
     args = ["--dataset", "cats_vs_dogs", "--data-dir", str(tmp_path / "data"), "--model", "resnet18",
-            "--batch-size", "8", "--iters", "3", "--trace-steps", "3", "--workers", "1", "--no-progress",
+            "--batch-size", "8", "--iters", "3", "--trace-steps", "3", "--threads", "1", "--no-progress",
             "--device", "cpu"]
     for fw, module in (("torch", "pytorch_impl.train"), ("keras", "keras_impl.train")):
         run_module(module, *args, "--out", str(tmp_path / fw))

@@ -64,7 +64,7 @@ from keras_impl.optim import TorchSGD
 d = np.load(sys.argv[1])
 n, wd = int(d["n"]), float(d["wd"])
 out = {}
-for tag, opt in (("torch_sgd", TorchSGD(0.1, momentum=0.9, coupled_weight_decay=wd)),
+for tag, opt in (("torch_sgd", TorchSGD(0.1, momentum=0.9, weight_decay=wd)),
                  ("keras_sgd", keras.optimizers.SGD(0.1, momentum=0.9))):
     params = [keras.Variable(d[f"p{i}"].copy()) for i in range(n)]
     opt.build(params)

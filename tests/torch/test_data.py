@@ -1,4 +1,4 @@
-"""pytorch_impl/data.py: the make_loader contract, and its crop/flip/normalize against torchvision."""
+"""pytorch_impl/data.py: the Loader contract, and its crop/flip/normalize against torchvision."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torchvision.transforms.v2.functional as TF
 
 from datasets import load_prepared
 from datasets.prepared import write_prepared
-from pytorch_impl.data import make_loader
+from pytorch_impl.data import Loader
 from shared.data import augmentation, epoch_plan, norm_constants
 
 
@@ -27,7 +27,7 @@ def _random_prepared(path, name: str, size: int, n: int = 64):
 
 
 def test_loader_contract(synthetic):
-    train = make_loader(synthetic, "train", 128, train=True, seed=3)
+    train = Loader(synthetic, "train", 128, train=True, seed=3)
     assert len(train) == 2000 // 128
     batches = list(train)
     assert len(batches) == len(train)
@@ -35,21 +35,21 @@ def test_loader_contract(synthetic):
     assert x.dtype == torch.float32 and x.shape == (128, 3, 32, 32) and x.device.type == "cpu"
     assert y.dtype == torch.int64 and y.shape == (128,)
     assert all(len(b[1]) == 128 for b in batches)  # the last incomplete batch is dropped
-    val = make_loader(synthetic, "val", 128, train=False)
+    val = Loader(synthetic, "val", 128, train=False)
     assert len(val) == 4 and [len(b[1]) for b in val] == [128, 128, 128, 116]
     np.testing.assert_array_equal(torch.cat([b[1] for b in val]).numpy(), synthetic.arrays("val")[1])
 
 
 def test_order_and_augmentation_are_a_function_of_seed_and_epoch(synthetic):
     def first(seed, epoch):
-        loader = make_loader(synthetic, "train", 64, train=True, seed=seed)
+        loader = Loader(synthetic, "train", 64, train=True, seed=seed)
         loader.set_epoch(epoch)
         return next(iter(loader))
 
     a, b = first(0, 1), first(0, 1)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(first(0, 2)[0], a[0]) and not torch.equal(first(1, 1)[0], a[0])
-    loader = make_loader(synthetic, "train", 64, train=True, seed=0)
+    loader = Loader(synthetic, "train", 64, train=True, seed=0)
     loader.set_epoch(1)
     assert torch.equal(next(iter(loader))[0], a[0])  # set_epoch on a reused loader: the same epoch again
 
@@ -59,7 +59,7 @@ def test_augmentation_matches_torchvision(tmp_path, name, size):
     """Each augmented image == torchvision pad(pad) -> crop(dy, dx) -> hflip, normalized by torchvision."""
     prepared = _random_prepared(tmp_path / name, name, size)
     pad = augmentation(name).pad
-    loader = make_loader(prepared, "train", 32, train=True, seed=4)
+    loader = Loader(prepared, "train", 32, train=True, seed=4)
     plan = epoch_plan(64, 32, train=True, pad=pad, seed=4, epoch=0)
     x_np, _ = prepared.arrays("train")
     mean, std = norm_constants(prepared.manifest)
@@ -77,7 +77,7 @@ def test_augmentation_matches_torchvision(tmp_path, name, size):
 def test_eval_batches_are_plain_normalized_images(synthetic):
     x_np, y_np = synthetic.arrays("test")
     mean, std = norm_constants(synthetic.manifest)
-    xb, yb = next(iter(make_loader(synthetic, "test", 50, train=False)))
+    xb, yb = next(iter(Loader(synthetic, "test", 50, train=False)))
     expected = TF.normalize(torch.from_numpy(np.array(x_np[:50])).permute(0, 3, 1, 2).float() / 255.0,
                             mean.tolist(), std.tolist())
     assert torch.equal(xb, expected) and torch.equal(yb, torch.from_numpy(y_np[:50]))
@@ -85,15 +85,15 @@ def test_eval_batches_are_plain_normalized_images(synthetic):
 
 def test_bad_arguments(synthetic):
     with pytest.raises(ValueError, match="unknown split 'training'; valid choices: train, val, test"):
-        make_loader(synthetic, "training", 8, train=True)
+        Loader(synthetic, "training", 8, train=True)
     with pytest.raises(ValueError, match="batch_size 4096 is larger than the 2000 images"):
-        make_loader(synthetic, "train", 4096, train=True)
+        Loader(synthetic, "train", 4096, train=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_resident_loader_matches_cpu(synthetic):
-    cpu = make_loader(synthetic, "train", 64, train=True, seed=2)
-    gpu = make_loader(synthetic, "train", 64, train=True, seed=2, device="cuda")
+    cpu = Loader(synthetic, "train", 64, train=True, seed=2)
+    gpu = Loader(synthetic, "train", 64, train=True, seed=2, device="cuda")
     for (a, ya), (b, yb) in zip(cpu, gpu):
         assert b.device.type == "cuda" and torch.equal(a, b.cpu()) and torch.equal(ya, yb.cpu())
 
@@ -104,12 +104,12 @@ def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
     from datasets.fixtures import prepared_cifar100_fixture
 
     prepared, test = prepared_cifar100_fixture(tmp_path, name)
-    batches = list(make_loader(prepared, "test", 32, train=False))
+    batches = list(Loader(prepared, "test", 32, train=False))
     y = torch.cat([b[1] for b in batches])
     assert y.tolist() == list(test[key]) and int(y.max()) < prepared.manifest["num_classes"]
     mean, std = norm_constants(prepared.manifest)
     pixels = torch.from_numpy(np.asarray(test[b"data"]).reshape(-1, 3, 32, 32))  # the format's CHW rows
     expected = TF.normalize(pixels.float() / 255.0, mean.tolist(), std.tolist())
     assert torch.equal(torch.cat([b[0] for b in batches]), expected)
-    x, yb = next(iter(make_loader(prepared, "train", 32, train=True, seed=1)))
+    x, yb = next(iter(Loader(prepared, "train", 32, train=True, seed=1)))
     assert x.shape == (32, 3, 32, 32) and set(yb.tolist()) <= set(range(prepared.manifest["num_classes"]))

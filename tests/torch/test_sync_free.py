@@ -18,7 +18,8 @@ import torch
 
 import pytorch_impl.train as train
 from datasets import load_prepared
-from pytorch_impl.data import make_loader
+from pytorch_impl.data import Loader
+from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
 from shared.run_folder import Progress
 from shared.spec import get_spec
@@ -58,19 +59,21 @@ def counter(monkeypatch) -> collections.Counter:
 
 
 def _trainer(synthetic, device: str, *, amp: bool = False, channels_last: bool = False):
-    ctx = train.Context(torch.device(device), amp, channels_last)
+    """``epoch(steps, number)``: one epoch of ``train_one_epoch`` on ResNet-8, the run folder reduced to what the
+    loop reads of it (a plan of ``steps`` steps, the progress, no trace, no NaN found)."""
+    ctx = train.Context(torch.device(device), amp=amp, channels_last=channels_last)
     torch.manual_seed(0)
     model = build_model(get_spec("resnet8", num_classes=10)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = train.build_optimizer(model, types.SimpleNamespace(lr=0.1, momentum=0.9, weight_decay=1e-4,
-                                                                   nesterov=False), ctx)
-    loader = make_loader(synthetic, "train", 50, train=True, seed=0, device=device, channels_last=channels_last)
-    progress = Progress()
+    optimizer = make_sgd(model, 0.1, 0.9, weight_decay=1e-4)
+    loader = Loader(synthetic, "train", 50, train=True, seed=0, device=device, channels_last=channels_last)
+    run = types.SimpleNamespace(progress=Progress(), settings=types.SimpleNamespace(trace_steps=0, show_progress=False),
+                                check_loss=lambda loss, lr: None)
 
     def epoch(steps: int, number: int = 0):
-        return train.train_one_epoch(model, optimizer, loader, fixed_plan(steps), number, progress, ctx,
-                                     show_progress=False)
+        run.plan, run.progress.epoch = fixed_plan(steps), number
+        return train.train_one_epoch(model, optimizer, loader, run, ctx)
 
     return epoch
 
@@ -82,10 +85,10 @@ def test_a_cpu_training_step_makes_no_transfer_and_no_host_read(synthetic, count
     monkeypatch.setattr(train, "CHECK_EVERY", 10**9)  # only the host check after the last step
     epoch(1)  # warm-up: lazy optimizer state
     counter.clear()
-    log2, _ = epoch(2, number=1)
+    log2 = epoch(2, number=1)
     short = dict(counter)
     counter.clear()
-    log6, _ = epoch(6, number=2)
+    log6 = epoch(6, number=2)
     assert dict(counter) == short, "per-step transfers or host reads"
     assert short["tolist"] == 1 and short.get("item", 0) == 0  # the one host check per epoch
     # the epoch plan: index, dy, dx and flip, each sent to the device once
@@ -105,11 +108,11 @@ def test_the_counter_sees_host_checks_inside_the_loop(synthetic, counter, monkey
 
 
 def test_loader_batches_come_in_the_layout_asked_for(synthetic):
-    plain = next(iter(make_loader(synthetic, "train", 16, train=True, seed=1)))[0]
-    cl = next(iter(make_loader(synthetic, "train", 16, train=True, seed=1, channels_last=True)))[0]
+    plain = next(iter(Loader(synthetic, "train", 16, train=True, seed=1)))[0]
+    cl = next(iter(Loader(synthetic, "train", 16, train=True, seed=1, channels_last=True)))[0]
     assert plain.is_contiguous() and cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain, cl)
-    ctx = train.Context(torch.device("cpu"), False, True)
+    ctx = train.Context(torch.device("cpu"), channels_last=True)
     assert ctx.prepare_input(cl).data_ptr() == cl.data_ptr()  # no copy in the trainer
 
 
@@ -129,7 +132,7 @@ def test_a_cuda_training_step_never_syncs(synthetic, monkeypatch, amp):
                 torch.cuda.set_sync_debug_mode("error")
         return lifted
 
-    monkeypatch.setattr(train, "host_totals", allowed(train.host_totals))
+    monkeypatch.setattr(train.Context, "host_totals", allowed(train.Context.host_totals))
     from pytorch_impl.data import Loader
 
     monkeypatch.setattr(Loader, "set_epoch", allowed(Loader.set_epoch))
@@ -137,7 +140,7 @@ def test_a_cuda_training_step_never_syncs(synthetic, monkeypatch, amp):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        log, _ = epoch(8, number=1)
+        log = epoch(8, number=1)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert log.images == 400 and log.loss > 0

@@ -50,7 +50,7 @@ def test_train_export_infer_without_tensorflow_keras_or_the_venv(container, tmp_
     load_prepared("synthetic", data)
     run_dir = tmp_path / "run"
     make(env, "train-torch", *system, "DATASET=synthetic", f"DATA_DIR={data}", "MODEL=resnet8", "EPOCHS=1",
-         "BATCH_SIZE=100", "WORKERS=1", "DEVICE=cpu", f"OUT={run_dir}")
+         "BATCH_SIZE=100", "THREADS=1", "DEVICE=cpu", f"OUT={run_dir}")
     assert runs.read_run(run_dir)["finished"]
 
     proc = make(env, "export", *system, f"RUN={run_dir}")

@@ -1,0 +1,178 @@
+"""What both trainers promise, written once and run on each: ``tests/torch/test_train_contract.py`` and
+``tests/keras/test_train_contract.py`` collect these tests with their suite's ``trainer`` fixture (each framework
+in its own pytest process).
+
+On the synthetic set, on the CPU, ResNet-8: it learns and leaves a complete run folder, the same seed gives the
+same steps bit for bit, a SIGKILLed run resumes to the same end (its thread count restored), a NaN stops the run
+with one line and keeps the last good checkpoint, and every user error is one ``error:`` line with exit status 2.
+The determinism and resume tests run at one thread and at the framework's default threading.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared import errors, runs
+from shared.io import load_weights
+from shared.run_folder import RunFolder
+from shared.spec import ModelSpec
+from tests.conftest import run_module
+from tests.train_helpers import assert_learned_run, assert_resumed_like, kill_in_second_epoch, same_metrics
+
+CHANCE = 0.1  # 10 balanced classes
+THREADING = {"one thread": "1", "default threading": None}
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """One framework's trainer as the contract drives it."""
+
+    framework: str
+    module: str  # python -m <module>
+    settle: float  # seconds into epoch 2 before the SIGKILL (about half of it)
+    default_threads: int  # the framework's own intra-op count in a fresh process
+    checkpoint_progress: Callable[[Path], tuple[int, int]]  # (epoch, optimizer steps) the resume checkpoint holds
+    check_optimizer: Callable[[Path], None]  # asserts what the checkpoint says the optimizer stepped with
+    other_framework: str
+
+    def main(self, argv: list[str]) -> int:
+        """The trainer's entry point in this process, as ``python -m`` runs it (user errors -> exit 2)."""
+        return errors.run(importlib.import_module(self.module).main, argv)
+
+
+def base_args(data_dir: Path, out: Path, *extra: str, threads: str | None = "1") -> list[str]:
+    return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",
+            *(["--threads", threads] if threads else []), "--no-progress", "--device", "cpu", "--out", str(out),
+            *extra]
+
+
+@pytest.fixture(scope="module", params=THREADING)
+def full_run(request, trainer, data_dir, tmp_path_factory) -> tuple[Path, str | None]:
+    """(two epochs of 20 iterations, uninterrupted: the reference run; its --threads)."""
+    threads = THREADING[request.param]
+    out = tmp_path_factory.mktemp("runs") / "full"
+    run_module(trainer.module, *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5", threads=threads))
+    return out, threads
+
+
+def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
+    # tensorboard's reader on its TF-free stub (tensorflow must stay out of the torch suite's process)
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_learns_and_leaves_a_complete_run_folder(trainer, full_run):
+    out, threads = full_run
+    run = assert_learned_run(out, trainer.framework, CHANCE)
+    rows, results, config = run["metrics"], run["results"], run["config"]
+    assert config["threads"] == {"requested": threads and int(threads),
+                                 "intra_op": int(threads) if threads else trainer.default_threads}
+    assert results["best_val_acc"] == max(r["val_acc"] for r in rows)
+    for name in ("best", "last"):
+        arrays, meta = load_weights(run[name])
+        assert ModelSpec.from_dict(json.loads(meta["spec"])).name == "resnet8"
+        assert meta["framework"] == trainer.framework and "layer1.0.conv1.weight" in arrays
+    assert trainer.checkpoint_progress(out) == (2, 40)
+    trainer.check_optimizer(out)
+    tb = _tb_scalars(out)
+    assert tb["loss/train"] == pytest.approx([r["train_loss"] for r in rows], rel=1e-6)
+    assert tb["accuracy/val"] == pytest.approx([r["val_acc"] for r in rows], rel=1e-6)
+    assert {"torch": "pytorch_impl", "keras": "keras_impl"}[trainer.other_framework] not in sys.modules
+
+
+def test_same_seed_same_metrics(trainer, full_run, data_dir, tmp_path):
+    out, threads = full_run
+    again = tmp_path / "again"
+    run_module(trainer.module, *base_args(data_dir, again, "--epochs", "2", "--trace-steps", "5", threads=threads))
+    first = json.loads((out / "steps.json").read_text())
+    steps = json.loads((again / "steps.json").read_text())
+    assert steps["lr"] == first["lr"] == [0.1] * 5
+    assert steps["loss"] == first["loss"]  # bit for bit
+    assert same_metrics(again, out)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(trainer, full_run, data_dir, tmp_path):
+    out, threads = full_run
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", trainer.module, *base_args(data_dir, killed, "--epochs", "2", threads=threads)]
+    kill_in_second_epoch(cmd, killed, trainer.framework, settle=trainer.settle)
+    # The run's thread count comes back without --threads; a conflicting --epochs is reported and ignored.
+    proc = run_module(trainer.module, "--resume", str(killed), "--epochs", "5", "--no-progress", "--device", "cpu")
+    assert "resuming at epoch 2" in proc.stdout
+    assert "note: --epochs 5 ignored" in proc.stderr and "epochs 2" in proc.stderr
+    assert proc.stderr.count("ignored") == 1  # flags not given (--model, --dataset) are not "ignored"
+    restored = (f"note: resuming with {threads} intra-op thread(s) (--threads {threads})" if threads
+                else f"note: resuming with the framework's default threading ({trainer.default_threads} intra-op")
+    assert restored in proc.stderr
+    assert_resumed_like(killed, out)
+
+
+def test_nonfinite_loss_stops_with_one_line(trainer, data_dir, tmp_path):
+    proc = run_module(trainer.module, *base_args(data_dir, tmp_path / "nan", "--iters", "15", "--lr", "1e36"),
+                      check=False)
+    assert proc.returncode == errors.USER_ERROR
+    assert "error: training loss became nan" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "nan" / runs.RESULTS).exists()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--epochs", "1", "--iters", "5"], "not both"),
+    (["--num-classes", "3"], "does not match synthetic, which has 10 classes"),
+    (["--batch-size", "5000"], "larger than the 2000 training images"),
+    (["--init", "missing.safetensors"], "--init missing.safetensors: no such weight file"),
+    (["--shortcut", "D"], "argument --shortcut: invalid choice: 'D'"),
+    (["--threads", "0"], "--threads must be >= 1; got 0"),
+])
+def test_user_errors_are_one_line_and_exit_2(trainer, data_dir, tmp_path, capsys, extra, match):
+    assert trainer.main(base_args(data_dir, tmp_path / "x", *extra)) == errors.USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and match in err
+
+
+def test_cuda_without_a_gpu_is_one_line(trainer, data_dir, tmp_path, capsys):
+    if trainer.main(base_args(data_dir, tmp_path / "x", "--device", "cuda", "--iters", "1")) == 0:
+        pytest.skip("this machine has a CUDA GPU")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device cuda: no CUDA GPU is visible") and "\n" not in err
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(trainer, tmp_path, capsys):
+    assert trainer.main(["--resume", str(tmp_path)]) == errors.USER_ERROR
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(trainer, data_dir, tmp_path, monkeypatch,
+                                                                       capsys):
+    """The loss turns NaN in epoch 2 (the run folder's NaN guard is told so): one line, exit 2, the epoch-1
+    checkpoint, weights and rows kept; the resume refuses another thread count and then finishes."""
+    real = RunFolder.check_loss
+
+    def diverge_in_epoch_2(run, loss, lr):
+        return real(run, float("nan") if run.progress.epoch == 1 else loss, lr)
+
+    out = tmp_path / "diverged"
+    monkeypatch.setattr(RunFolder, "check_loss", diverge_in_epoch_2)
+    assert trainer.main(base_args(data_dir, out, "--epochs", "2")) == errors.USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: training loss became nan at epoch 2") and "\n" not in err
+    assert "the last good checkpoint (epoch 1) is kept" in err
+    assert trainer.checkpoint_progress(out) == (1, 20)
+    assert load_weights(out / runs.LAST)[1]["epoch"] == "1" and not (out / runs.RESULTS).exists()
+    monkeypatch.setattr(RunFolder, "check_loss", real)
+    assert trainer.main(["--resume", str(out), "--threads", "2", "--no-progress", "--device", "cpu"]) == 2
+    assert "started with 1 intra-op thread(s)" in capsys.readouterr().err
+    assert trainer.main(["--resume", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert runs.read_run(out)["finished"] and len(runs.read_metrics(out)) == 2
