@@ -272,3 +272,17 @@ def test_cats_vs_dogs_takes_seeds_with_the_same_columns(tmp_path, fake_trainer):
                 and line.split("|")[1].strip() in ("model", "framework", "seed")]
 
     assert headers(md)[:3] == headers(cifar)[:3] and len(headers(md)) >= 3
+
+
+def test_make_ablation_passes_seeds():
+    from tests.conftest import ROOT
+
+    def line(*variables):
+        out = subprocess.run(["make", "-n", "--no-print-directory", "ablation", "SYSTEM_PYTHON=1",
+                              f"PYTHON3={sys.executable}", *variables], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+        return " ".join(out.replace("\\\n", " ").split()).split("-m shared.ablation", 1)[1].split()
+
+    args = line("SEEDS=0,1,2", "DATASET=digits", "EPOCHS=2")
+    assert args[args.index("--seeds") + 1] == "0,1,2" and args[args.index("--dataset") + 1] == "digits"
+    assert "--seeds" not in line() and "--seed" not in line()
