@@ -89,7 +89,7 @@ DIGITS = Recipe(
     reference="He et al. 2015, Sec. 4.2 (CIFAR) at batch 32 with the lr scaled linearly; lr /10 at 50% and 75%",
 )
 RECIPES: dict[str, Recipe] = {**{name: CIFAR for name in CIFAR_DATASETS}, "synthetic": CIFAR,
-                              "digits": DIGITS, "cats_vs_dogs": CATS_VS_DOGS}
+                              "cats_vs_dogs": CATS_VS_DOGS, "digits": DIGITS}
 WARMUP_ITERS = 400  # ResNet-110/1202 (Sec. 4.2)
 
 
