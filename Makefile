@@ -189,30 +189,33 @@ train-keras: $(STAMP) ## train with Keras: make train-keras MODEL=resnet20 DATAS
 	$(PY) -m keras_impl.train $(TRAIN_ARGS) $(call opt,--strategy,$(STRATEGY)) $(call opt,--nproc,$(NPROC))
 
 # Ablation (shared/ablation/run.py): plain vs residual twins for the same epochs in both frameworks, then
-# $(ABLATION_OUT)/ablation-<name>.md/.json/-error.png/-loss.png. Cells train in runs/ablation/<name>/;
-# re-running skips finished cells and resumes an interrupted one. DATASET is passed only when given on
-# the command line (DATASET=synthetic for a quick pipeline check), else the ablation's own dataset.
+# $(ABLATION_OUT)/ablation-<name>.md/.json/-error.png/-loss.png. Runs train in runs/ablation/<name>/seed-<k>/;
+# re-running skips finished runs and resumes an interrupted one. SEEDS=0,1,2 (or SEEDS=3) trains every cell
+# once per seed (default: one seed, SEED or 0); adding a seed later trains only that seed. DATASET is passed
+# only when given on the command line (DATASET=digits: real images, offline), else the ablation's own dataset.
 ABLATION_OUT    ?= results
 ABLATION_MODELS ?=
+SEEDS           ?=
 ABLATION_TRAIN_ARGS = $(strip $(call opt,--device,$(DEVICE)) $(call opt,--amp,$(AMP)) \
 	$(call opt,--compile,$(COMPILE)) $(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) \
 	$(call opt,--threads,$(THREADS)))
 
-ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION=cifar10|cifar100|cats_vs_dogs EPOCHS=N [FRAMEWORKS=torch]
+ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION=cifar10|cifar100|cats_vs_dogs EPOCHS=N [SEEDS=3] [FRAMEWORKS=torch]
 	$(PY) -m shared.ablation --ablation $(ABLATION) --frameworks $(FRAMEWORKS) --data-dir $(DATA_DIR) \
 		--out $(ABLATION_OUT) $(if $(filter command line,$(origin DATASET)),--dataset $(DATASET)) \
 		$(call opt,--models,$(ABLATION_MODELS)) $(call opt,--shortcut,$(SHORTCUT)) \
 		$(call opt,--epochs,$(EPOCHS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch-size,$(BATCH_SIZE)) \
-		$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) \
+		$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) $(call opt,--seeds,$(SEEDS)) \
 		$(if $(ABLATION_TRAIN_ARGS),--train-args="$(ABLATION_TRAIN_ARGS)")
 
 # Data (datasets/): prepare once into data/prepared/<name>/ (uint8 arrays + checksummed manifest).
 # VAL_SIZE: validation images carved from the training set (count, or fraction < 1); NO_DOWNLOAD=1 stays offline.
+# DATASET=digits reads scikit-learn's handwritten digits from its wheel: never a download.
 # LABELS=coarse: CIFAR-100's 20 superclasses, prepared (and trained) as the dataset cifar100_coarse.
 VAL_SIZE    ?=
 NO_DOWNLOAD ?=
 
-data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|synthetic [LABELS=fine|coarse] [NO_DOWNLOAD=1]
+data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|digits|synthetic [LABELS=fine|coarse] [NO_DOWNLOAD=1]
 	$(PY) -m datasets.prepare --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
 		$(call opt,--val-size,$(VAL_SIZE)) $(if $(NO_DOWNLOAD),--no-download)
 

@@ -29,6 +29,10 @@ def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool =
     check_dataset(name)
     if name == "synthetic":
         return write_prepared(prepared_dir(name, data_dir), synthetic.splits(seed), synthetic.meta(seed))
+    if name == "digits":  # inside the scikit-learn wheel: never a download
+        from datasets import digits
+
+        return digits.prepare(data_dir, val_size=val_size)
     if name in CIFAR_DATASETS:
         from datasets import cifar
 
@@ -55,7 +59,8 @@ def load_prepared(name: str, data_dir: str | os.PathLike = "data", *, prepare_mi
                   verify: bool = True) -> Prepared:
     """The prepared dataset ``name`` from ``data_dir``; prepares it first when it is not there yet.
 
-    ``synthetic`` is generated (deterministically) and cached without any download. A manifest whose
+    ``synthetic`` is generated (deterministically) and ``digits`` read from the scikit-learn wheel, both cached
+    without any download. A manifest whose
     checksums do not match the files is refused (:class:`DataError`).
     """
     check_dataset(name)

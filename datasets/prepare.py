@@ -1,4 +1,4 @@
-"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|synthetic [--labels coarse] --data-dir DIR``.
+"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|digits|synthetic [--labels coarse]``.
 
 Prepares a dataset once.
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="data", help="where sources are looked for and prepared/ is written")
     parser.add_argument("--val-size", type=float, default=None,
                         help="validation split carved from the training images: a count, or a fraction when < 1 "
-                             "(cifar10, cifar100: 5000; cats_vs_dogs: 0.1)")
+                             "(cifar10, cifar100: 5000; cats_vs_dogs: 0.1; digits: 0.2 of all 1,797)")
     parser.add_argument("--no-download", action="store_true", help="never touch the network")
     parser.add_argument("--check", action="store_true", help="only verify an existing preparation's checksums")
     args = parser.parse_args(argv)

@@ -9,8 +9,8 @@ those arrays and apply exactly what is defined here:
   bit-identical between frameworks (tested).
 * **Augmentation** (training only): zero-pad by ``pad`` pixels on every side (in uint8, i.e. black,
   as torchvision's ``RandomCrop(padding=...)``), take a random ``image_size`` crop (offsets uniform
-  over ``0..2*pad`` in each axis), flip horizontally with probability 0.5. CIFAR-10, CIFAR-100 and the synthetic
-  set use pad 4 on 32x32 images (He et al. 2015, Sec. 4.2); cats_vs_dogs pads its 128x128 images by 16,
+  over ``0..2*pad`` in each axis), flip horizontally with probability 0.5. CIFAR-10, CIFAR-100, the digits and the
+  synthetic set use pad 4 on 32x32 images (He et al. 2015, Sec. 4.2); cats_vs_dogs pads its 128x128 images by 16,
   the same 1/8 of the side.
 * **The plan of an epoch** (shuffle order, crop offsets, flips) is drawn here with numpy from
   ``(seed, epoch)`` alone. Both frameworks apply the same plan, so for a given seed and epoch they see
@@ -28,7 +28,7 @@ import numpy as np
 
 # CIFAR-100's two label sets are two datasets with their own prepared folders (datasets/cifar.py says why):
 # cifar100 (100 fine classes) and cifar100_coarse (20 superclasses); LABELS picks one (`make data LABELS=coarse`).
-DATASETS = ("cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "synthetic")
+DATASETS = ("cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "digits", "synthetic")
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100_coarse")
 LABELS = {"cifar100": {"fine": "cifar100", "coarse": "cifar100_coarse"}}
 SPLITS = ("train", "val", "test")
@@ -51,6 +51,7 @@ class Augment:
 AUGMENT: dict[str, Augment] = {
     **{name: Augment(pad=4) for name in CIFAR_DATASETS},
     "synthetic": Augment(pad=4),
+    "digits": Augment(pad=4),  # 32x32 after preparation (datasets/digits.py): CIFAR's pad, crop and flip
     "cats_vs_dogs": Augment(pad=16),
 }
 

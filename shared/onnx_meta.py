@@ -48,8 +48,10 @@ OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
 RESIZE_MODES = ("crop", "stretch")
 # How each dataset's preparation made its square images (datasets/): CIFAR-10/100 and the synthetic set are
-# square already; cats_vs_dogs is resized (shorter side) and centre-cropped. Without a dataset: by stem.
-DATASET_RESIZE = {**{name: "stretch" for name in CIFAR_DATASETS}, "synthetic": "stretch", "cats_vs_dogs": "crop"}
+# square already (digits: 8x8 upsampled to 32x32); cats_vs_dogs is resized (shorter side) and centre-cropped.
+# Without a dataset: by stem.
+DATASET_RESIZE = {**{name: "stretch" for name in CIFAR_DATASETS}, "synthetic": "stretch", "digits": "stretch",
+                  "cats_vs_dogs": "crop"}
 DEFAULT_OPSET = 18
 OPSETS = tuple(range(13, 19))
 REQUIRED_KEYS = ("framework", "model", "spec", "layout", "input_size", "class_names", "normalization")

@@ -1,5 +1,8 @@
 """``python -m shared.ablation``: see ``shared.ablation.run``."""
 
+import sys
+
+from shared import errors
 from shared.ablation.run import main
 
-raise SystemExit(main())
+sys.exit(errors.run(main))

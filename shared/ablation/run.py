@@ -1,20 +1,23 @@
-"""Plain vs residual at equal epochs, in both frameworks: train every cell, then table and plots.
+"""Plain vs residual at equal epochs, in both frameworks, over seeds: train every cell, then tables and plots.
 
 ``python -m shared.ablation --ablation cifar10`` trains plain20, resnet20, plain56 and resnet56 (option A)
-with ``python -m pytorch_impl.train`` and ``python -m keras_impl.train``, one subprocess per cell, all
-with the same recipe, epochs and seed; ``--ablation cifar100`` does the same on CIFAR-100 (``--dataset
+with ``python -m pytorch_impl.train`` and ``python -m keras_impl.train``, one subprocess per cell and seed,
+all with the same recipe and epochs; ``--ablation cifar100`` does the same on CIFAR-100 (``--dataset
 cifar100_coarse`` for its 20 superclasses); ``--ablation cats_vs_dogs`` does plain34, resnet34, plain50 and
-resnet50 (ImageNet stems, option B). Each cell trains into a fixed folder
-``<runs-dir>/<model>-<framework>/``, so a re-run skips finished cells (``results.json`` with
+resnet50 (ImageNet stems, option B). ``--seeds 0,1,2`` (or ``--seeds 3``) runs every cell once per seed,
+seed by seed; one seed (``--seed``, default 0) is the default. Each run trains into a fixed folder
+``<runs-dir>/seed-<seed>/<model>-<framework>/``, so a re-run skips finished runs (``results.json`` with
 ``finished: true``), resumes an interrupted one from its checkpoint (``--resume``) and restarts a
-cell that never saved one. At the end ``<out>/ablation-<name>.md``, ``.json`` and two PNG plots are
-written (``shared.ablation.report``). This module imports neither torch nor tensorflow.
+run that never saved one; adding a seed later trains only that seed. At the end
+``<out>/ablation-<name>.md``, ``.json`` and two PNG plots are written (``shared.ablation.report``).
+docs/ablation.md describes it all. This module imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -24,11 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared import process
+from shared import errors, process
+from shared.ablation import published
+from shared.ablation.published import Published
 from shared.ablation.report import build_report, format_seconds, write_report
 from shared.backends import BACKENDS
 from shared.data import DATASETS
-from shared.io import atomic_write_json
+from shared.errors import UserError
+from shared.io import atomic_write_json, check_writable
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
 from shared.process import FRAMEWORKS
 from shared.runs import CHECKPOINTS, NotARunError, read_run
@@ -38,8 +44,13 @@ from shared.spec import SHORTCUTS, get_spec
 # keras-<backend>, so that one report can hold several Keras backends.
 LABELS = (*FRAMEWORKS, *(f"keras-{b}" for b in BACKENDS))
 STATE_FILE = "ablation-state.json"
-# Settings that change what a cell computes: a re-run with other values must not reuse the cells.
-RESULT_SETTINGS = ("ablation", "dataset", "epochs", "iters", "batch_size", "lr", "seed", "shortcut", "num_classes")
+# Settings that change what a cell computes: a re-run with other values must not reuse the cells. The seed is
+# not one of them: each seed has its own folder, so another seed adds runs instead of replacing them.
+RESULT_SETTINGS = ("ablation", "dataset", "epochs", "iters", "batch_size", "lr", "shortcut", "num_classes")
+SEED_DIR = re.compile(r"seed-(\d+)")
+# How each dataset is named by the published numbers (a report says when its dataset is not theirs).
+TASKS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar100_coarse": "CIFAR-100, 20 superclasses",
+         "cats_vs_dogs": "cats_vs_dogs", "digits": "digits", "synthetic": "synthetic"}
 
 PAPER_CIFAR = (
     "He et al. 2015, Sec. 4.2, Fig. 6 and Table 6 (CIFAR-10, 64k iterations ≈ 182 epochs): the deeper plain "
@@ -64,35 +75,43 @@ PAPER_IMAGENET = (
 
 @dataclass(frozen=True)
 class Ablation:
-    """A named set of cells: the models (plain/residual twins at two depths) and their shortcut option."""
+    """A named set of cells: the models (plain/residual twins at two depths), their shortcut option, what the
+    paper says and the published numbers."""
 
     name: str
     dataset: str
     models: tuple[str, ...]
     shortcut: str
     paper: str
+    published: Published
 
 
+CIFAR_MODELS = ("plain20", "resnet20", "plain56", "resnet56")
 ABLATIONS = {
-    "cifar10": Ablation("cifar10", "cifar10", ("plain20", "resnet20", "plain56", "resnet56"), "A", PAPER_CIFAR),
-    "cifar100": Ablation("cifar100", "cifar100", ("plain20", "resnet20", "plain56", "resnet56"), "A", PAPER_CIFAR100),
-    "cats_vs_dogs": Ablation(
-        "cats_vs_dogs", "cats_vs_dogs", ("plain34", "resnet34", "plain50", "resnet50"), "B", PAPER_IMAGENET
-    ),
+    "cifar10": Ablation("cifar10", "cifar10", CIFAR_MODELS, "A", PAPER_CIFAR, published.CIFAR10),
+    "cifar100": Ablation("cifar100", "cifar100", CIFAR_MODELS, "A", PAPER_CIFAR100, published.CIFAR100),
+    "cats_vs_dogs": Ablation("cats_vs_dogs", "cats_vs_dogs", ("plain34", "resnet34", "plain50", "resnet50"), "B",
+                             PAPER_IMAGENET, published.IMAGENET),
 }
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of the ablation: a model under a framework label, in its fixed folder."""
+    """One training run of the ablation: a model under a framework label and one seed, in its fixed folder."""
 
     model: str
     label: str
+    seed: int
     path: Path
 
     @property
     def name(self) -> str:
         return f"{self.model}-{self.label}"
+
+    @property
+    def key(self) -> str:
+        """``seed-0/plain20-torch``: the run's folder under the runs folder, and its name in messages."""
+        return f"{seed_dir(self.seed)}/{self.name}"
 
     @property
     def framework(self) -> str:
@@ -115,9 +134,59 @@ def report_stem(ablation: str, dataset: str) -> str:
     return f"ablation-{ablation}" if dataset == ablation else f"ablation-{ablation}-{dataset}"
 
 
-def plan_cells(models: list[str], frameworks: list[str], runs_dir: Path) -> list[Cell]:
-    """Every (model, framework label) cell, model-major, each in ``runs_dir/<model>-<label>``."""
-    return [Cell(m, fw, runs_dir / f"{m}-{fw}") for m in models for fw in frameworks]
+def seed_dir(seed: int) -> str:
+    return f"seed-{seed}"
+
+
+def plan_cells(models: list[str], frameworks: list[str], seeds: list[int], runs_dir: Path) -> list[Cell]:
+    """Every (model, framework label) cell once per seed, seed-major then model-major (so the first seed's
+    table is complete first), each in ``runs_dir/seed-<seed>/<model>-<label>``."""
+    return [Cell(m, fw, s, runs_dir / seed_dir(s) / f"{m}-{fw}") for s in seeds for m in models for fw in frameworks]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``0,1,2`` names the seeds; one number ``N`` alone means N seeds, ``0..N-1``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UserError(f"--seeds takes seeds separated by commas (0,1,2) or a count (3); got {text!r}")
+    values = [int(p) for p in parts]
+    if "," not in text:
+        if values[0] < 1:
+            raise UserError(f"--seeds N asks for N seeds (0..N-1), so N must be >= 1; got {text!r}")
+        return list(range(values[0]))
+    if len(set(values)) != len(values):
+        raise UserError(f"--seeds names a seed twice; got {text!r}")
+    return values
+
+
+def seeds_in(runs_dir: Path) -> list[int]:
+    """The seeds that have a folder in ``runs_dir`` (``seed-<k>/``), in order."""
+    if not runs_dir.is_dir():
+        return []
+    found = (SEED_DIR.fullmatch(p.name) for p in runs_dir.iterdir() if p.is_dir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def check_layout(runs_dir: Path) -> None:
+    """Refuse a runs folder in the single-seed layout of earlier versions (run folders directly inside it),
+    with the command that moves them into their seed's folder (docs/ablation.md says why they are not moved)."""
+    if not runs_dir.is_dir():
+        return
+    old = sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    if not old:
+        return
+    by_seed: dict[int, list[str]] = {}
+    for p in old:
+        try:
+            seed = int(json.loads((p / "config.json").read_text(encoding="utf-8")).get("seed", 0))
+        except (ValueError, TypeError):  # an unreadable config: the old default seed
+            seed = 0
+        by_seed.setdefault(seed, []).append(shlex.quote(str(p)))
+    moves = " && ".join(f"mkdir -p {shlex.quote(str(runs_dir / seed_dir(s)))} && mv {' '.join(ps)} "
+                        f"{shlex.quote(str(runs_dir / seed_dir(s)))}/" for s, ps in sorted(by_seed.items()))
+    raise UserError(f"{runs_dir} holds {len(old)} run folder(s) in the single-seed layout of earlier versions "
+                    f"({', '.join(p.name for p in old)}); each seed now has its own folder: move them with `{moves}` "
+                    "and run the command again")
 
 
 def cell_status(cell: Cell) -> str:
@@ -128,8 +197,8 @@ def cell_status(cell: Cell) -> str:
         run = read_run(cell.path)
     except NotARunError as e:
         if (cell.path / CHECKPOINTS[cell.framework]).is_file():  # never delete a checkpoint on a guess
-            raise SystemExit(f"error: {cell.path} holds a checkpoint but no readable run ({e}); "
-                             "repair or delete it by hand") from e
+            raise UserError(f"{cell.path} holds a checkpoint but no readable run ({e}); "
+                            "repair or delete it by hand") from e
         return "restart"
     if run["finished"]:
         return "finished"
@@ -145,18 +214,19 @@ def check_cell(cell: Cell, settings: dict[str, Any]) -> None:
     saved = {"epochs": recipe.get("epochs"), "iters": recipe.get("total_iters"),
              "batch_size": recipe.get("batch_size"), "lr": recipe.get("lr"), "seed": config.get("seed"),
              "dataset": config.get("dataset")}
-    diff = [k for k, v in saved.items() if settings.get(k) is not None and v is not None and v != settings[k]]
+    asked = {**settings, "seed": cell.seed}
+    diff = [k for k, v in saved.items() if asked.get(k) is not None and v is not None and v != asked[k]]
     if diff:
-        changes = ", ".join(f"{k} {saved[k]!r} (asked: {settings[k]!r})" for k in diff)
-        raise SystemExit(f"error: {cell.path} was trained with {changes}; pass another --runs-dir or delete it")
+        changes = ", ".join(f"{k} {saved[k]!r} (asked: {asked[k]!r})" for k in diff)
+        raise UserError(f"{cell.path} was trained with {changes}; pass another --runs-dir or delete it")
 
 
 def train_command(cell: Cell, settings: dict[str, Any], *, resume: bool) -> list[str]:
     """The train CLI invocation of a cell (absolute paths: it runs from the repository root)."""
     cmd = process.module_command(cell.framework, "train", "--model", cell.model, "--dataset", settings["dataset"],
                                  "--data-dir", Path(settings["data_dir"]).resolve(),
-                                 "--shortcut", settings["shortcut"], "--out", cell.path.resolve())
-    for key in ("epochs", "iters", "batch_size", "lr", "seed", "num_classes"):
+                                 "--shortcut", settings["shortcut"], "--seed", cell.seed, "--out", cell.path.resolve())
+    for key in ("epochs", "iters", "batch_size", "lr", "num_classes"):
         if settings.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(settings[key])]
     if resume:
@@ -182,8 +252,11 @@ def hardware_line() -> str:
 def load_state(runs_dir: Path, settings: dict[str, Any], *, adopt: bool = False) -> dict[str, Any]:
     """The runs folder's bookkeeping; a clear error when it was made with other result settings.
 
-    With ``adopt`` (report only) the saved settings replace the command line's instead.
+    With ``adopt`` (report only) the saved settings replace the command line's instead, and the seeds are the
+    folder's own unless the command line named some.
     """
+    if adopt and not settings["seeds_given"]:
+        settings["seeds"] = seeds_in(runs_dir) or settings["seeds"]
     path = runs_dir / STATE_FILE
     if not path.is_file():
         return {"settings": {k: settings.get(k) for k in RESULT_SETTINGS}, "cells": {}}
@@ -194,10 +267,8 @@ def load_state(runs_dir: Path, settings: dict[str, Any], *, adopt: bool = False)
     diff = [k for k in RESULT_SETTINGS if old.get(k) != settings.get(k)]
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-        raise SystemExit(
-            f"error: {runs_dir} holds cells trained with other settings ({changes}); "
-            "pass another --runs-dir or delete that folder to start over"
-        )
+        raise UserError(f"{runs_dir} holds cells trained with other settings ({changes}); "
+                        "pass another --runs-dir or delete that folder to start over")
     return state
 
 
@@ -211,7 +282,7 @@ def run_cells(cells: list[Cell], settings: dict[str, Any], state: dict[str, Any]
     failed: list[str] = []
     t_all = time.monotonic()
     for i, cell in enumerate(cells, start=1):
-        tag = f"[{i}/{len(cells)}] {cell.name}"
+        tag = f"[{i}/{len(cells)}] {cell.key}"
         status = cell_status(cell)
         if status == "finished":
             _say(f"{tag}: skipped (finished earlier: {cell.path})")
@@ -227,11 +298,11 @@ def run_cells(cells: list[Cell], settings: dict[str, Any], state: dict[str, Any]
         elapsed = time.monotonic() - t0
         entry = {"status": "finished" if rc == 0 else f"failed (exit {rc})", "seconds": round(elapsed, 1),
                  "hardware": hardware, "command": shown(cell, cmd), "ended": datetime.now(UTC).isoformat()}
-        state["cells"][cell.name] = entry
+        state["cells"][cell.key] = entry
         atomic_write_json(runs_dir / STATE_FILE, state)
         if rc != 0:
             _say(f"{tag}: FAILED (exit {rc}) after {format_seconds(elapsed)}")
-            failed.append(cell.name)
+            failed.append(cell.key)
             break
         _say(f"{tag}: finished in {format_seconds(elapsed)} (total {format_seconds(time.monotonic() - t_all)})")
     return failed
@@ -241,11 +312,13 @@ def write_ablation_report(cells: list[Cell], settings: dict[str, Any], state: di
                           out_dir: Path, stem: str, paper: str) -> dict[str, Path]:
     """Build and write the Markdown/JSON table and the PNG plots from the cells' run folders."""
     recorded = [c.get("hardware") for c in state["cells"].values() if c.get("hardware")]
+    ab = ABLATIONS[settings["ablation"]]
     report, curves = build_report(
-        [(c.model, c.label, c.path if c.path.exists() else None) for c in cells],
-        dataset=settings["dataset"], epochs=settings["epochs"], seed=settings["seed"],
+        [(c.model, c.label, c.seed, c.path if c.path.exists() else None) for c in cells],
+        dataset=settings["dataset"], epochs=settings["epochs"], seeds=settings["seeds"],
         batch_size=settings["batch_size"], hardware=recorded or [hardware_line()], git_commit=git_commit(),
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), paper=paper,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), paper=paper, published=ab.published,
+        dataset_task=TASKS.get(settings["dataset"], settings["dataset"]),
     )
     report["ablation"] = settings["ablation"]
     report["frameworks"] = settings["frameworks"]
@@ -254,10 +327,10 @@ def write_ablation_report(cells: list[Cell], settings: dict[str, Any], state: di
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = errors.ArgumentParser(
         prog="python -m shared.ablation",
         description="Train plain and residual twins for the same epochs in both frameworks; write the table "
-                    "and plots. Re-running skips finished cells and resumes an interrupted one.",
+                    "and plots. Re-running skips finished runs and resumes an interrupted one.",
     )
     p.add_argument("--ablation", default="cifar10", help=f"cell set: {', '.join(ABLATIONS)} (default cifar10)")
     p.add_argument("--dataset", help="train on this dataset instead of the ablation's own (e.g. synthetic)")
@@ -269,7 +342,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, help="iterations of every cell instead of --epochs")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int, default=0, help="the same seed for every cell (default 0)")
+    p.add_argument("--seed", type=int, help="one seed for every cell (default 0)")
+    p.add_argument("--seeds", help="train every cell once per seed: 0,1,2 names them, 3 alone means 0,1,2")
     p.add_argument("--num-classes", type=int, help="default: the dataset's number of classes")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--runs-dir", help="cell folders go here (default runs/ablation/<name>)")
@@ -281,7 +355,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespace]:
-    """Validated settings from the command line (``parser.error`` names a bad value and the choices)."""
+    """Validated settings from the command line (a UserError names a bad value and the choices)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.ablation not in ABLATIONS:
@@ -307,13 +381,19 @@ def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Nam
         parser.error("give --epochs or --iters, not both")
     if args.dataset is not None and args.dataset not in DATASETS:
         parser.error(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
+    if args.seed is not None and args.seeds is not None:
+        parser.error("give --seed or --seeds, not both")
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be >= 0; got {args.seed}")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
     dataset = args.dataset or ab.dataset
     stem = report_stem(ab.name, dataset)
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path("runs") / "ablation" / stem.removeprefix("ablation-")
     settings = {
         "ablation": ab.name, "dataset": dataset, "frameworks": frameworks, "models": models,
         "shortcut": args.shortcut or ab.shortcut, "epochs": args.epochs, "iters": args.iters,
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "num_classes": args.num_classes,
+        "batch_size": args.batch_size, "lr": args.lr, "seeds": seeds, "num_classes": args.num_classes,
+        "seeds_given": args.seed is not None or args.seeds is not None,
         "data_dir": args.data_dir, "runs_dir": runs_dir, "train_args": args.train_args, "stem": stem,
     }
     return settings, args
@@ -323,41 +403,46 @@ def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv)
     ab = ABLATIONS[settings["ablation"]]
     runs_dir: Path = settings["runs_dir"]
-    cells = plan_cells(settings["models"], settings["frameworks"], runs_dir)
+    check_layout(runs_dir)
     state = load_state(runs_dir, settings, adopt=args.report_only)
-    _say(f"ablation {ab.name} on {settings['dataset']}: {len(cells)} cells "
-         f"({', '.join(settings['models'])} x {', '.join(settings['frameworks'])}), "
-         f"epochs {settings['epochs'] or 'recipe default'}, seed {settings['seed']}, runs in {runs_dir}")
+    seeds = settings["seeds"]
+    cells = plan_cells(settings["models"], settings["frameworks"], seeds, runs_dir)
+    _say(f"ablation {ab.name} on {settings['dataset']}: {len(cells) // len(seeds)} cells "
+         f"({', '.join(settings['models'])} x {', '.join(settings['frameworks'])}) x {len(seeds)} "
+         f"seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))}) = {len(cells)} runs, "
+         f"epochs {settings['epochs'] or 'recipe default'}, runs in {runs_dir}")
     if args.dry_run:
         for cell in cells:
             status = cell_status(cell)
             cmd = train_command(cell, settings, resume=status == "resume")
-            _say(f"{cell.name}: {status}" + ("" if status == "finished" else f": {shown(cell, cmd)}"))
+            _say(f"{cell.key}: {status}" + ("" if status == "finished" else f": {shown(cell, cmd)}"))
         return 0
-    failed: list[str] = []
-    for cell in cells:  # before anything is written: no cell may come from a run with other settings
+    for cell in cells:  # before anything is written: no run may come from one with other settings
         if cell_status(cell) in ("finished", "resume"):
             check_cell(cell, settings)
+    out = Path(args.out)
+    check_writable(out, folder=True, what="the ablation report folder")
+    failed: list[str] = []
     if not args.report_only:
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(runs_dir, folder=True, what="the ablation runs folder")
         atomic_write_json(runs_dir / STATE_FILE, state)
         try:
             failed = run_cells(cells, settings, state, runs_dir)
         except KeyboardInterrupt:
-            _say("interrupted: finished cells are kept; run the same command again to resume")
+            _say("interrupted: finished runs are kept; run the same command again to resume")
             return 130
     if failed and not any(cell_status(c) == "finished" for c in cells):
         paths = {}  # nothing to report: no empty table in the results folder
     else:
-        paths = write_ablation_report(cells, settings, state, Path(args.out), settings["stem"], ab.paper)
+        paths = write_ablation_report(cells, settings, state, out, settings["stem"], ab.paper)
     for kind, path in paths.items():
         _say(f"wrote {kind}: {path}")
     if failed:
-        _say(f"error: cell {failed[0]} failed; its output is above. Finished cells are kept: "
+        _say(f"error: run {failed[0]} failed; its output is above. Finished runs are kept: "
              "fix the cause and run the same command again")
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -157,12 +157,12 @@ def test_a_failed_preparation_leaves_no_folder(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_choices(tmp_path, run):
-    choices = "valid choices: cifar10, cifar100, cifar100_coarse, cats_vs_dogs, synthetic"
+    choices = "valid choices: cifar10, cifar100, cifar100_coarse, cats_vs_dogs, digits, synthetic"
     with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {choices}"):
         load_prepared("mnist", tmp_path)
     proc = run("datasets.prepare", "--dataset", "mnist", "--data-dir", tmp_path, check=False)
     assert proc.returncode == 2 and choices in proc.stderr
-    assert set(DATASETS) == {"cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "synthetic"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "digits", "synthetic"}
 
 
 def test_synthetic_is_deterministic_cached_and_named(tmp_path):

@@ -1,8 +1,9 @@
 """Both frameworks' loaders against each other and against the numpy reference in shared/data.py.
 
 Each framework runs in its own process (tests/shared/dump_batches.py) on a CIFAR-10 fixture prepared
-from the official python format, and on an "augmentation probe": images whose pixels encode their own
-row and column, so the crop offset and the flip of every augmented image can be read back from it.
+from the official python format, on the digits prepared from scikit-learn's wheel, and on an "augmentation
+probe": images whose pixels encode their own row and column, so the crop offset and the flip of every
+augmented image can be read back from it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from datasets import cifar
+from datasets import cifar, load_prepared
 from datasets.fixtures import write_cifar10_python
 from datasets.prepared import write_prepared
 from shared.data import augmentation, epoch_plan, norm_constants, reference_batches
@@ -41,6 +42,7 @@ def dumps(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("frameworks")
     write_cifar10_python(tmp, 40, 50, seed=2)
     fixture = cifar.prepare(tmp, "cifar10", val_size=40, download=False)  # train 160, val 40, test 50
+    digits = load_prepared("digits", tmp / "digits")  # train 1078, val 359, test 360
     probe_x = probe_images(PROBE_N)
     probe_y = np.arange(PROBE_N) % 10
     splits = {s: (probe_x, probe_y) for s in ("train", "val", "test")}
@@ -51,6 +53,9 @@ def dumps(tmp_path_factory):
         "val": dict(prepared=str(fixture.path), split="val", batch_size=16, train=False, seed=0, epochs=[0]),
         "test": dict(prepared=str(fixture.path), split="test", batch_size=16, train=False, seed=0, epochs=[0]),
         "train": dict(prepared=str(fixture.path), split="train", batch_size=32, train=True, seed=7, epochs=[1, 2]),
+        "digits-val": dict(prepared=str(digits.path), split="val", batch_size=128, train=False, seed=0, epochs=[0]),
+        "digits-train": dict(prepared=str(digits.path), split="train", batch_size=128, train=True, seed=3,
+                             epochs=[0, 1]),
         "probe": dict(prepared=str(probe.path), split="train", batch_size=PROBE_BATCH, train=True, seed=0,
                       epochs=list(PROBE_EPOCHS)),
     }
@@ -65,7 +70,7 @@ def dumps(tmp_path_factory):
         assert proc.returncode == 0, f"{fw} loader failed:\n{err[-3000:]}"
     loaded = {(fw, name): dict(np.load(tmp / f"{fw}-{name}.npz")) for fw in FRAMEWORKS + KERAS_BACKENDS
               for name in jobs}
-    return {"fixture": fixture, "probe": probe, "jobs": jobs, "batches": loaded}
+    return {"fixture": fixture, "digits": digits, "probe": probe, "jobs": jobs, "batches": loaded}
 
 
 def _batches(d: dict, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -73,11 +78,13 @@ def _batches(d: dict, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(d[f"e{epoch}_x{i}"], d[f"e{epoch}_y{i}"]) for i in range(n)]
 
 
-@pytest.mark.parametrize("name", ["val", "test", "train"])
-def test_frameworks_give_identical_batches(dumps, name):
+@pytest.mark.parametrize("data,name", [("fixture", "val"), ("fixture", "test"), ("fixture", "train"),
+                                       ("digits", "digits-val"), ("digits", "digits-train")])
+def test_frameworks_give_identical_batches(dumps, data, name):
     """Batch by batch, bit for bit: torch == keras == numpy reference (augmentation off, and on)."""
     job = dumps["jobs"][name]
-    prepared = dumps["fixture"]
+    prepared = dumps[data]
+    assert job["prepared"] == str(prepared.path)
     x, y = prepared.arrays(job["split"])
     for epoch in job["epochs"]:
         ref = list(reference_batches(x, y, prepared.manifest, job["batch_size"], train=job["train"],
