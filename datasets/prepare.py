@@ -1,4 +1,4 @@
-"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|synthetic [--labels coarse] --data-dir DIR``.
+"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|synthetic[_cifar] [--labels L] --data-dir DIR``.
 
 Prepares a dataset once.
 

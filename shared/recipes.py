@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from shared.data import CIFAR_DATASETS
+from shared.data import CIFAR_DATASETS, SYNTHETIC_DATASETS
 from shared.spec import ModelSpec
 
 SCHEDULES = ("step", "cosine")
@@ -80,7 +80,7 @@ CATS_VS_DOGS = Recipe(
     name="cats_vs_dogs", lr=0.025, momentum=0.9, weight_decay=1e-4, batch_size=64, epochs=30,
     schedule="cosine", milestones=(), reference="ImageNet recipe (Sec. 3.4) scaled to batch 64, cosine decay",
 )
-RECIPES: dict[str, Recipe] = {**{name: CIFAR for name in CIFAR_DATASETS}, "synthetic": CIFAR,
+RECIPES: dict[str, Recipe] = {**{name: CIFAR for name in (*CIFAR_DATASETS, *SYNTHETIC_DATASETS)},
                               "cats_vs_dogs": CATS_VS_DOGS}
 WARMUP_ITERS = 400  # ResNet-110/1202 (Sec. 4.2)
 
