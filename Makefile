@@ -213,7 +213,7 @@ ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION
 VAL_SIZE    ?=
 NO_DOWNLOAD ?=
 
-data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|synthetic [LABELS=fine|coarse] [NO_DOWNLOAD=1]
+data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|synthetic[_cifar] [LABELS=fine|coarse] [NO_DOWNLOAD=1]
 	$(PY) -m datasets.prepare --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
 		$(call opt,--val-size,$(VAL_SIZE)) $(if $(NO_DOWNLOAD),--no-download)
 

@@ -8,8 +8,8 @@ synthetic set, timed end to end (``make gpu-full-run``; docs/gpu.md).
 The first run is a fixed fraction of the recipe (1/64: 1,000 iterations), which is also the warm-up: its epochs
 give the steady seconds per iteration and per validation pass (:func:`projection`). Where they say the whole
 recipe fits in what is left of the budget, the whole recipe runs and its wall time is measured; otherwise the
-largest fraction of the ladder (each 4x the one before: 1/64, 1/16, 1/4) that fits runs, and the report gives
-the total projected from it, marked PROJECTED. Writes ``<out>/full-run-<device>.md`` and ``.json``.
+largest fraction of the ladder (each twice the one before: 1/32, 1/16, ... 1/2) that fits runs, and the report
+gives the total projected from it, marked PROJECTED. Writes ``<out>/full-run-<device>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from shared import errors, process, runs
+from shared.bench import bound, gpu_report, timing
 from shared.bench import device as devices
-from shared.bench import timing
 from shared.bench.catalog import VARIANTS, torch_train_flags
 from shared.bench.gpu import probe_device
 from shared.bench.gpu_plan import Budget, shell
-from shared.bench.gpu_report import RESNET20_IMAGES_PER_S
 from shared.data import SYNTHETIC_DATASETS
 from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.machine import git_commit, machine_info
@@ -40,7 +39,7 @@ from shared.spec import get_spec
 
 DEFAULT_BUDGET_S = 270.0
 FIRST_FRACTION = Fraction(1, 64)
-LADDER_STEP = 4
+LADDER_STEP = 2
 SAFETY = 1.15  # a larger run starts only if its projected wall time, 15% more, fits in what is left
 TARGET_WALL_S = 300.0  # the full recipe in under 5 minutes
 
@@ -114,7 +113,7 @@ def get_args_parser() -> errors.ArgumentParser:
                    help=f"the trainer's fast path, as a torch bench variant: {', '.join(VARIANTS['torch'])}")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (128)")
     p.add_argument("--first-fraction", default=str(FIRST_FRACTION),
-                   help="the first run's share of the recipe, e.g. 1/64; larger runs are 4x steps of it")
+                   help="the first run's share of the recipe, e.g. 1/64; a larger run is a power of 2 times it")
     return p
 
 
@@ -187,17 +186,24 @@ def summarize_run(report_runs: list[dict[str, Any]], full: dict[str, Any]) -> di
             "steady_epochs_behind_it": proj.steady_epochs}
 
 
-def why_from_gpu_report(out: Path, label: str, model: str, variant: str) -> str | None:
-    """The bound of the same model and variant in ``gpu-<label>.json`` beside this report, if there is one."""
+def why_from_gpu_report(out: Path, label: str, model: str, variant: str, train_images_per_s: float) -> str | None:
+    """The bound of this run's training (``train_images_per_s``, steady) against the same model and variant's step
+    in ``gpu-<label>.json`` beside this report: input-bound when the run is slower than 0.9x that step, else
+    what limits the step itself (docs/gpu.md); None without such a report or step."""
     path = out / f"gpu-{label}.json"
     if not path.is_file():
         return None
-    rows = {r["id"]: r for r in json.loads(path.read_text()).get("rows", [])}
-    for kind in ("loop", "step"):
-        verdict = (rows.get(f"torch/{model}/{variant}/{kind}") or {}).get("verdict") or {}
-        if verdict.get("bound"):
-            return f"{verdict['bound']} ({path.name}, {kind}): {verdict['why']}"
-    return None
+    rows = json.loads(path.read_text()).get("rows", [])
+    step = next((r for r in rows if r["id"] == f"torch/{model}/{variant}/step" and r["status"] == "measured"
+                 and timing.is_measured(r.get("train"))), None)
+    if step is None:
+        return None
+    ratio = train_images_per_s / step["train"]["median"]
+    verdict = bound.verdict(loop_over_step=ratio, **gpu_report.verdict_inputs(step, rows))
+    if not verdict["bound"]:
+        return None
+    return (f"{verdict['bound']}: {verdict['why']} (this run trains at {train_images_per_s:,.0f} img/s, its step "
+            f"at {step['train']['median']:,.0f} in {path.name})")
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -226,7 +232,9 @@ def markdown_report(report: dict[str, Any]) -> str:
                    f"{s['from_fraction']} of it ({s['from_iters']:,} of {full['total_iters']:,} iterations, its lr "
                    f"schedule scaled to that length): its one-off seconds once, plus its steady seconds per iteration "
                    f"and per validation pass times the recipe's {full['total_iters']:,} iterations and "
-                   f"{full['epochs']} passes ({s['images_per_s']:,.0f} images/s over the whole run).")
+                   f"{full['epochs']} passes ({s['images_per_s']:,.0f} images/s over the whole run)."
+                   + (" That run had one epoch only: its first epoch, compilation included, stands in for the "
+                      "steady state, so this projection is pessimistic." if s["steady_epochs_behind_it"] == 0 else ""))
     else:
         out.append("**No run finished**: nothing was measured or projected (see the runs below).")
     out += ["", "## Targets", "", *table(("Target", "Goal", "Value", "Verdict"), report["targets_rows"], "lrrl")]
@@ -250,9 +258,10 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 def target_rows(summary: dict[str, Any], cpu: bool) -> list[list[str]]:
     """The two targets of the full recipe against the measured or projected figures."""
+    goal = f"≥ {gpu_report.RESNET20_IMAGES_PER_S:,} img/s"
     if summary["wall_s"] is None:
         return [["Whole recipe", f"< {TARGET_WALL_S:.0f} s", "—", "not measured"],
-                ["Sustained, data and evaluation included", f"≥ {RESNET20_IMAGES_PER_S:,} img/s", "—", "not measured"]]
+                ["Sustained, data and evaluation included", goal, "—", "not measured"]]
 
     def verdict(ok: bool) -> str:
         return "CPU figure: not held to the GPU target" if cpu else ("met" if ok else "missed") + (
@@ -261,9 +270,9 @@ def target_rows(summary: dict[str, Any], cpu: bool) -> list[list[str]]:
     tag = " CPU" if cpu else ""
     return [["Whole recipe, wall time", f"< {TARGET_WALL_S:.0f} s", f"{summary['wall_s']:,.1f} s{tag}",
              verdict(summary["wall_s"] < TARGET_WALL_S)],
-            ["Sustained, data and evaluation included (steady state)", f"≥ {RESNET20_IMAGES_PER_S:,} img/s",
+            ["Sustained, data and evaluation included (steady state)", goal,
              f"{summary['steady_images_per_s_with_eval']:,.0f} img/s{tag}",
-             verdict(summary["steady_images_per_s_with_eval"] >= RESNET20_IMAGES_PER_S)]]
+             verdict(summary["steady_images_per_s_with_eval"] >= gpu_report.RESNET20_IMAGES_PER_S)]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
               "ladder": [str(f) for f in rungs], "runs": report_runs, "passed_over": passed, "summary": summary}
     report["targets_rows"] = target_rows(summary, report["cpu"])
     missed = any(row[3].startswith("missed") for row in report["targets_rows"])
-    report["why"] = (why_from_gpu_report(out, dev["label"], args.model, args.variant) or
+    report["why"] = (why_from_gpu_report(out, dev["label"], args.model, args.variant,
+                                         summary["steady_train_images_per_s"]) or
                      f"no gpu-{dev['label']}.json with this path beside this report: run make gpu-report first "
                      "for the profile") if missed else None
     base = out / f"full-run-{dev['label']}"

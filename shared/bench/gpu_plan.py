@@ -348,9 +348,9 @@ def build_plan(gc: GpuConfig, workdir: Path) -> list[Item]:
     sync_first = "amp_channels_last" if "amp_channels_last" in variants else variants[0]
     items = [peaks_item(gc, workdir),
              steps_item(gc, workdir, "torch", first, gc.batch_size, variants),
-             loop_item(gc, workdir, data, "torch", first, fastest),
              syncs_item(gc, workdir, data, first, sync_first),
-             steps_item(gc, workdir, "torch", IMAGENET_MODEL, gc.imagenet_batch_size, variants, ("train", "infer"))]
+             steps_item(gc, workdir, "torch", IMAGENET_MODEL, gc.imagenet_batch_size, variants, ("train", "infer")),
+             loop_item(gc, workdir, data, "torch", first, fastest)]
     items += [loop_item(gc, workdir, data, "torch", first, v) for v in variants if v != fastest]
     for backend in gc.keras_backends:
         label = f"keras-{backend}"

@@ -27,12 +27,21 @@ def peaks_flops(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {r["precision"]: r["peak"]["median"] for r in _measured(rows, "peak")}
 
 
+def _flops_by_model(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["model"]: r["flops"] for r in _measured(rows, "step")
+            if isinstance(r.get("flops"), dict) and "train" in r["flops"]}
+
+
+def verdict_inputs(step: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The arguments of :func:`bound.verdict` for a measured step row of a report's ``rows`` (its time, GPU-busy
+    time, FLOPs and the peak of its precision); a loop adds its own ``loop_over_step``."""
+    return _step_figures(step, _flops_by_model(rows).get(step["model"]), peaks_flops(rows))[1]
+
+
 def derive(rows: list[dict[str, Any]]) -> None:
     """Add ``compute`` (FLOP/s and % of the precision's peak), ``busy_share`` and ``verdict`` to every measured
     step and loop row, and ``loop_over_step`` to the loops (each against its own step row)."""
-    peaks = peaks_flops(rows)
-    flops = {r["model"]: r["flops"] for r in _measured(rows, "step")
-             if isinstance(r.get("flops"), dict) and "train" in r["flops"]}
+    peaks, flops = peaks_flops(rows), _flops_by_model(rows)
     steps = {(r["framework"], r["model"], r["variant"]): r for r in _measured(rows, "step")}
     for row in _measured(rows, "step"):
         figures, _ = _step_figures(row, flops.get(row["model"]), peaks)

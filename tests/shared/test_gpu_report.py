@@ -94,9 +94,9 @@ def test_the_plan_runs_the_headline_rows_first_and_lists_every_row_once(tmp_path
     names = [i.name for i in items]
     assert names[:5] == ["matmul peaks (float32, tf32, bfloat16, float16)",
                          "torch resnet20 steps (eager, amp_channels_last, amp_compile)",
-                         "torch resnet20 amp_compile training loop",
                          "torch resnet20 amp_channels_last host synchronisations",
-                         "torch resnet50 steps (eager, amp_channels_last, amp_compile)"]
+                         "torch resnet50 steps (eager, amp_channels_last, amp_compile)",
+                         "torch resnet20 amp_compile training loop"]
     ids = [r["id"] for i in items for r in i.rows]
     assert len(ids) == len(set(ids))
     for model in gpu_plan.CIFAR_MODELS:  # every model of the issue in every variant, step and real loop
@@ -208,8 +208,9 @@ def test_the_projection_against_a_hand_computation():
 
 
 def test_summary_and_ladder_of_the_full_run():
-    assert full_run.ladder(Fraction(1, 64)) == [Fraction(1, 64), Fraction(1, 16), Fraction(1, 4), 1]
-    assert full_run.ladder(Fraction(1, 3)) == [Fraction(1, 3), 1] and full_run.ladder(Fraction(1)) == [1]
+    assert full_run.ladder(Fraction(1, 64)) == [Fraction(1, 2**k) for k in (6, 5, 4, 3, 2, 1, 0)]
+    assert full_run.ladder(Fraction(1, 3)) == [Fraction(1, 3), Fraction(2, 3), 1]
+    assert full_run.ladder(Fraction(1)) == [1]
     proj = {"t_iter": 0.1, "t_val": 0.5, "one_off": 6.0, "iters_per_epoch": 10, "steady_epochs": 2}
     run = {"fraction": "1/4", "iters": 25, "status": "measured", "wall_s": 10.0, "projection": proj}
     full = {"total_iters": 100, "batch_size": 4, "iters_per_epoch": 10, "epochs": 10}
@@ -224,6 +225,29 @@ def test_summary_and_ladder_of_the_full_run():
     chosen, passed = full_run.choose_next(run, [Fraction(1, 4), Fraction(1)], 100, remaining_s=24.0)
     assert chosen is None and passed[0]["projected_s"] == pytest.approx(21.0)
     assert full_run.choose_next(run, [Fraction(1, 4), Fraction(1)], 100, remaining_s=24.2)[0] == 1
+
+
+def test_the_full_run_says_why_from_the_gpu_reports_step(tmp_path):
+    peak = {"id": "torch/matmul/float16/peak", "kind": "peak", "precision": "float16", "status": "measured",
+            "peak": bench.summarize([800e12])}
+    step = _step("resnet20", "amp_compile", 30_000, busy={"busy_s_per_step": 4.0e-3, "kernels_per_step": 9})
+    (tmp_path / "gpu-nvidia-h100.json").write_text(json.dumps({"rows": [peak, step]}))
+    # 20,000 img/s against a 30,000 img/s step: 0.67x, below 0.9x
+    why = full_run.why_from_gpu_report(tmp_path, "nvidia-h100", "resnet20", "amp_compile", 20_000)
+    assert why.startswith("input-bound: the real loop runs at 0.67x") and "gpu-nvidia-h100.json" in why
+    # at the step's speed, the step's own bound: busy 94% of its 4.27 ms at 7.7 TFLOP/s, 1% of the peak
+    why = full_run.why_from_gpu_report(tmp_path, "nvidia-h100", "resnet20", "amp_compile", 30_000)
+    assert why.startswith("memory-bound: the GPU computes 94% of the step")
+    assert full_run.why_from_gpu_report(tmp_path, "nvidia-h100", "resnet56", "amp_compile", 1.0) is None
+    assert full_run.why_from_gpu_report(tmp_path, "cpu", "resnet20", "amp_compile", 1.0) is None
+
+
+def test_full_run_targets_are_met_missed_or_not_held_on_a_cpu():
+    summary = {"kind": "projected", "wall_s": 320.0, "steady_images_per_s_with_eval": 28_000.0}
+    rows = full_run.target_rows(summary, cpu=False)
+    assert [r[3] for r in rows] == ["missed (projected)", "met (projected)"]
+    assert [r[3] for r in full_run.target_rows(summary, cpu=True)] == ["CPU figure: not held to the GPU target"] * 2
+    assert rows[0][2] == "320.0 s" and full_run.target_rows(summary, cpu=True)[0][2] == "320.0 s CPU"
 
 
 # End to end on the CPU ----------------------------------------------------------------------------------------------
