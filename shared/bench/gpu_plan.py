@@ -209,22 +209,19 @@ def _from_worker(row: dict[str, Any], got: dict[str, Any] | None, metrics: tuple
 def steps_item(gc: GpuConfig, workdir: Path, label: str, model: str, batch: int, variants: tuple[str, ...],
                metrics: tuple[str, ...] = ("train",)) -> Item:
     """One framework process timing ``variants`` of ``model`` (torch also counts the model's FLOPs)."""
-    rows = [new_row("step", model, v, gc, framework=label, batch=batch) for v in variants]
+    extra = ["--flops"] if label == "torch" else []
+    planned = bench_config(gc, model, batch, 0.0, metrics)
+    rows = [new_row("step", model, v, gc, framework=label, batch=batch,
+                    command=shell(worker_command(label, planned, [v], Path(f"{label}.json")) + extra))
+            for v in variants]
 
     def run(timeout: float) -> list[dict[str, Any]]:
         cfg = bench_config(gc, model, batch, timeout, metrics)
         skipped: list[dict[str, Any]] = []
         wanted = without_emulated_bf16(label, cfg, list(variants), skipped)
-        extra = ["--flops"] if label == "torch" else []
         result = run_framework(label, cfg, wanted, workdir, extra, tag=f"-{model}") if wanted else {"rows": []}
         got = {r["variant"]: r for r in result["rows"] + skipped}
-        out = []
-        for row in rows:
-            filled = _from_worker(row, got.get(row["variant"]), metrics)
-            filled["flops"] = result.get("flops")
-            filled["command"] = shell(worker_command(label, cfg, [row["variant"]], Path(f"{label}.json")) + extra)
-            out.append(filled)
-        return out
+        return [{**_from_worker(row, got.get(row["variant"]), metrics), "flops": result.get("flops")} for row in rows]
 
     needs = ("keras", label.removeprefix("keras-")) if label.startswith("keras-") else ("torch",)
     return Item(f"{label} {model} steps ({', '.join(variants)})", rows, run, needs)
@@ -232,8 +229,12 @@ def steps_item(gc: GpuConfig, workdir: Path, label: str, model: str, batch: int,
 
 def loop_item(gc: GpuConfig, workdir: Path, data: Data, label: str, model: str, variant: str) -> Item:
     """The real training loop of ``label`` on the synthetic set, with ``variant``'s trainer flags."""
-    row = new_row("loop", model, variant, gc, framework=label, batch=gc.batch_size, dataset=gc.dataset)
     flags = tuple(torch_train_flags(variant, gc.device)) if label == "torch" else ()
+    tag = f"-{model}-{variant}"
+    command = loops.loop_command(label, model, gc.batch_size, gc.loop_epochs, gc.device, gc.data_dir,
+                                 workdir / f"loop-{label}{tag}", None, gc.dataset, flags)
+    row = new_row("loop", model, variant, gc, framework=label, batch=gc.batch_size, dataset=gc.dataset,
+                  command=shell(command))
 
     def run(timeout: float) -> list[dict[str, Any]]:
         cfg = bench_config(gc, model, gc.batch_size, timeout)
@@ -241,11 +242,11 @@ def loop_item(gc: GpuConfig, workdir: Path, data: Data, label: str, model: str, 
         if not without_emulated_bf16(label, cfg, [variant], skipped):
             return _mark([row], "not run", skipped[0]["error"].removeprefix("not run: "))
         data.ensure()
-        got = loops.run_loop(label, cfg, workdir, flags=flags, tag=f"-{model}-{variant}")
-        command = shell(got.pop("command"))
+        got = loops.run_loop(label, cfg, workdir, flags=flags, tag=tag)
+        ran = shell(got.pop("command"))
         if "error" in got:
-            return [{**row, "status": "failed", "reason": got["error"], "command": command}]
-        return [{**row, "status": "measured", "loop": got, "command": command}]
+            return [{**row, "status": "failed", "reason": got["error"], "command": ran}]
+        return [{**row, "status": "measured", "loop": got, "command": ran}]
 
     needs = ("keras", label.removeprefix("keras-")) if label.startswith("keras-") else ("torch",)
     return Item(f"{label} {model} {variant} training loop", [row], run, needs)
@@ -272,45 +273,43 @@ def sync_summary(counts: dict[str, Any], warmup: int) -> dict[str, Any]:
 
 def syncs_item(gc: GpuConfig, workdir: Path, data: Data, model: str, variant: str) -> Item:
     """``pytorch_impl.syncs`` on the real trainer: host synchronisations per step (CUDA only)."""
-    row = new_row("syncs", model, variant, gc, batch=gc.batch_size, dataset=gc.dataset)
+    out = workdir / f"syncs-{model}-{variant}.json"
+    train = ["--model", model, "--dataset", gc.dataset, "--data-dir", gc.data_dir, "--iters", str(gc.sync_steps),
+             "--batch-size", str(gc.batch_size), "--device", gc.device, "--no-progress",
+             "--out", str(workdir / f"syncs-run-{model}-{variant}"), *torch_train_flags(variant, gc.device)]
+    cmd = [sys.executable, "-m", "pytorch_impl.syncs", "--json-out", str(out), "--", *train]
+    row = new_row("syncs", model, variant, gc, batch=gc.batch_size, dataset=gc.dataset, command=shell(cmd))
 
     def run(timeout: float) -> list[dict[str, Any]]:
         data.ensure()
-        out = workdir / f"syncs-{model}-{variant}.json"
-        train = ["--model", model, "--dataset", gc.dataset, "--data-dir", gc.data_dir, "--iters", str(gc.sync_steps),
-                 "--batch-size", str(gc.batch_size), "--device", gc.device, "--no-progress",
-                 "--out", str(workdir / f"syncs-run-{model}-{variant}"), *torch_train_flags(variant, gc.device)]
-        cmd = [sys.executable, "-m", "pytorch_impl.syncs", "--json-out", str(out), "--", *train]
         done = process.run(cmd, timeout=timeout, echo=gc.echo, env=process.child_env(keras=False))
         if not done.ok:
-            return [{**row, "status": "failed", "reason": done.reason(), "command": shell(cmd)}]
-        summary = sync_summary(json.loads(out.read_text()), gc.sync_warmup)
-        return [{**row, "status": "measured", "syncs": summary, "command": shell(cmd)}]
+            return [{**row, "status": "failed", "reason": done.reason()}]
+        return [{**row, "status": "measured", "syncs": sync_summary(json.loads(out.read_text()), gc.sync_warmup)}]
 
     return Item(f"torch {model} {variant} host synchronisations", [row], run, ("torch",), cuda_only=True)
 
 
 def peaks_item(gc: GpuConfig, workdir: Path) -> Item:
     """The matmul peak of every precision that applies on the device, in one PyTorch process."""
-    rows = [new_row("peak", None, None, gc, precision=p) for p in PEAK_PRECISIONS]
-    for row in rows:
-        row["id"] = f"torch/matmul/{row['precision']}/peak"
+    command = shell(worker_command("torch", bench_config(gc, CIFAR_MODELS[0], gc.batch_size, 0.0), [],
+                                   Path("peaks.json")) + ["--peaks"])
+    rows = [{**new_row("peak", None, None, gc, precision=p, command=command), "id": f"torch/matmul/{p}/peak"}
+            for p in PEAK_PRECISIONS]
 
     def run(timeout: float) -> list[dict[str, Any]]:
         cfg = bench_config(gc, CIFAR_MODELS[0], gc.batch_size, timeout)
         result = run_framework("torch", cfg, [], workdir, ["--peaks"], tag="-peaks")
         peaks = result.get("peaks") or {}
-        command = shell(worker_command("torch", cfg, [], Path("peaks.json")) + ["--peaks"])
         out = []
         for row in rows:
             got = peaks.get(row["precision"]) or {"error": result.get("process_error", "no peak reported")}
             if timing.is_measured(got):
-                out.append({**row, "status": "measured", "peak": got, "command": command})
+                out.append({**row, "status": "measured", "peak": got})
             elif "not_run" in got:
-                out.append({**row, "status": "not run", "reason": got["not_run"].removeprefix("not run: "),
-                            "command": command})
+                out.append({**row, "status": "not run", "reason": got["not_run"].removeprefix("not run: ")})
             else:
-                out.append({**row, "status": "failed", "reason": got.get("error", "unknown"), "command": command})
+                out.append({**row, "status": "failed", "reason": got.get("error", "unknown")})
         return out
 
     return Item("matmul peaks (" + ", ".join(PEAK_PRECISIONS) + ")", rows, run, ("torch",))
@@ -319,21 +318,25 @@ def peaks_item(gc: GpuConfig, workdir: Path) -> Item:
 def onnxruntime_item(gc: GpuConfig, workdir: Path, model: str, batch: int) -> Item:
     """ONNX Runtime inference on the PyTorch export of ``model`` (CUDA provider on a GPU)."""
     provider = "cuda" if gc.device == "cuda" else "cpu"
-    row = new_row("infer", model, "torch_export", gc, framework="onnxruntime", batch=batch, provider=provider)
+    path = workdir / f"{model}.onnx"
+    planned = bench_config(gc, model, batch, 0.0, ("infer",))
+    export = worker_command("torch", planned, [], Path("export.json")) + ["--onnx", str(path)]
+    ort = worker_command("onnxruntime", planned, ["torch_export"], Path("ort.json")) + [
+        "--onnx", str(path), "--layout", "NCHW", "--provider", provider]
+    row = new_row("infer", model, "torch_export", gc, framework="onnxruntime", batch=batch, provider=provider,
+                  command=f"{shell(export)} && {shell(ort)}")
     row["precision"] = "tf32" if gc.device == "cuda" else "float32"
 
     def run(timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout  # two processes share the item's time
         cfg = bench_config(gc, model, batch, timeout, ("infer",))
-        path = workdir / f"{model}.onnx"
         exported = run_framework("torch", cfg, [], workdir, ["--onnx", str(path)], tag="-export").get("onnx") or {}
         if "path" not in exported:
             return _mark([row], "failed", f"export: {exported.get('error', 'no ONNX file')}")
-        cfg = bench_config(gc, model, batch, max(1.0, timeout), ("infer",))
         extra = ["--onnx", exported["path"], "--layout", exported["layout"], "--provider", provider]
+        cfg = bench_config(gc, model, batch, max(1.0, deadline - time.monotonic()), ("infer",))
         result = run_framework("onnxruntime", cfg, ["torch_export"], workdir, extra, tag="-ort")
-        got = next(iter(result["rows"]), None)
-        filled = _from_worker(row, got, ("infer",))
-        filled["command"] = shell(worker_command("onnxruntime", cfg, ["torch_export"], Path("ort.json")) + extra)
+        filled = _from_worker(row, next(iter(result["rows"]), None), ("infer",))
         filled["info"] = {**(filled.get("info") or {}), "export_s": exported.get("seconds")}
         return [filled]
 

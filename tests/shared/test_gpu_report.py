@@ -300,6 +300,21 @@ def test_full_run_with_a_budget_too_small_for_any_run_says_so(tmp_path):
     assert "run on the CPU" in text and "**No run finished**" in text
 
 
+def test_onnxruntime_row_without_onnxscript_uses_the_torchscript_exporter(tmp_path, monkeypatch):
+    """A GPU machine has no onnxscript: the ONNX Runtime row still runs (the exporter falls back), not a crash."""
+    monkeypatch.setenv("PYTHONPATH", blocked_env(tmp_path / "py", ("onnxscript", "tensorflow", "keras"))["PYTHONPATH"])
+    gc = GpuConfig(device="cpu", budget_s=600, iters=1, repeats=2, warmup=1, min_time=0.0, echo=False)
+    item = gpu_plan.onnxruntime_item(gc, tmp_path, "resnet8", 2)
+    assert item.rows[0]["command"].startswith("python -m pytorch_impl.bench --model resnet8 --device cpu --variants ''")
+    [row] = item.run(600)
+    assert row["status"] == "measured" and row["infer"]["n"] == 2 and row["infer"]["median"] > 0, row["reason"]
+    assert row["provider"] == "cpu" and row["info"]["export_s"] > 0
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "resnet8.onnx")).metadata_props}
+    assert "torchscript" in meta["exporter"]  # onnxscript was out of reach in the export process
+
+
 @pytest.mark.parametrize("args,message", [
     (["--first-fraction", "2"], "--first-fraction must be in (0, 1]; got 2"),
     (["--first-fraction", "x"], "--first-fraction must be a fraction such as 1/64"),
