@@ -287,11 +287,12 @@ def test_gpu_report_on_a_machine_without_keras_or_onnxruntime_through_make(tmp_p
     assert not (tmp_path / "no-venv").exists()
 
 
-def test_full_run_with_a_budget_too_small_for_any_run_says_so(tmp_path):
-    proc = run_module("shared.bench.full_run", "--device", "cpu", "--budget", "1", "--out", tmp_path / "out",
-                      "--data-dir", tmp_path / "data", "--dataset", "synthetic", "--model", "resnet8",
-                      "--variant", "eager", "--first-fraction", "1/32000", check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+def test_full_run_with_a_budget_too_small_for_any_run_says_so_through_make(tmp_path):
+    env = blocked_python(tmp_path / "py", GPU_MISSING)
+    proc = make(env, "gpu-full-run", "SYSTEM_PYTHON=1", f"VENV={tmp_path / 'no-venv'}", "DEVICE=cpu", "BUDGET=1",
+                f"OUT={tmp_path / 'out'}", f"DATA_DIR={tmp_path / 'data'}", "FRACTION=1/32000", "MODEL=resnet8",
+                "GPU_ARGS=--dataset synthetic --variant eager")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr  # no figure: the command fails, cleanly
     report = json.loads((tmp_path / "out" / "full-run-cpu.json").read_text())
     assert report["cpu"] and report["summary"] == {"kind": "none", "wall_s": None}
     assert [(r["fraction"], r["status"], r["iters"]) for r in report["runs"]] == [("1/32000", "failed", 2)]
