@@ -68,7 +68,8 @@ TRAIN_ARGS = $(call given,--model,MODEL) $(call given,--dataset,DATASET) $(call 
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--threads,$(THREADS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
-	bench-data train-torch train-keras export infer onnx-parity quantize bench-deploy ablation bench clean
+	bench-data train-torch train-keras export infer onnx-parity quantize bench-deploy ablation bench gpu-report \
+	gpu-full-run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -215,7 +216,7 @@ ablation: $(STAMP) ## plain vs residual, both frameworks: make ablation ABLATION
 VAL_SIZE    ?=
 NO_DOWNLOAD ?=
 
-data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|digits|synthetic [LABELS=fine|coarse] [NO_DOWNLOAD=1]
+data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cats_vs_dogs|digits|synthetic[_cifar] [LABELS=fine|coarse] [NO_DOWNLOAD=1]
 	$(PY) -m datasets.prepare --dataset $(DATASET) $(call opt,--labels,$(LABELS)) --data-dir $(DATA_DIR) \
 		$(call opt,--val-size,$(VAL_SIZE)) $(if $(NO_DOWNLOAD),--no-download)
 
@@ -243,6 +244,25 @@ bench: $(STAMP) ## speed per framework, Keras backend and fast path: make bench 
 		$(call opt,--repeats,$(REPEATS)) $(call opt,--min-time,$(BENCH_MIN_TIME)) \
 		$(call opt,--variants,$(BENCH_VARIANTS)) $(call opt,--frameworks,$(BENCH_FRAMEWORKS)) \
 		$(call opt,--loop-epochs,$(LOOP_EPOCHS))
+
+# On a GPU machine (docs/gpu.md): gpu-report measures every training path in order of value until BUDGET seconds
+# are spent (default 360) -> $(OUT)/gpu-<device>.md/.json; gpu-full-run times ResNet-20's whole CIFAR recipe on the
+# CIFAR-size synthetic set, or a fixed fraction of it (FRACTION= the first, default 1/64) and the projected total,
+# within BUDGET (default 270) -> $(OUT)/full-run-<device>.md/.json. OUT defaults to results/bench here; GPU_ARGS
+# passes further flags (python -m shared.bench.gpu --help, python -m shared.bench.full_run --help).
+BUDGET   ?=
+FRACTION ?=
+GPU_ARGS ?=
+GPU_OUT = $(or $(OUT),results/bench)
+
+gpu-report: $(STAMP) ## every training path within BUDGET s: make gpu-report [BUDGET=360] [OUT=results/bench] [DEVICE=cpu]
+	$(PY) -m shared.bench.gpu --out $(GPU_OUT) --data-dir $(DATA_DIR) $(call opt,--budget,$(BUDGET)) \
+		$(call opt,--device,$(DEVICE)) $(GPU_ARGS)
+
+gpu-full-run: $(STAMP) ## ResNet-20's full recipe, timed or projected: make gpu-full-run [BUDGET=270] [FRACTION=1/64]
+	$(PY) -m shared.bench.full_run --out $(GPU_OUT) --data-dir $(DATA_DIR) $(call opt,--budget,$(BUDGET)) \
+		$(call opt,--device,$(DEVICE)) $(call opt,--first-fraction,$(FRACTION)) $(call given,--model,MODEL) \
+		$(call opt,--batch-size,$(BATCH_SIZE)) $(GPU_ARGS)
 
 # Mutant suite (tests/mutants.py): each curated mutant breaks one cross-framework convention in a copy
 # of the tree and must make its named test fail -> results/mutants.md/.json. MUTANTS=name,... runs a subset.

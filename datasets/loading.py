@@ -15,7 +15,7 @@ from pathlib import Path
 from datasets import synthetic
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared, write_prepared
 from shared import process
-from shared.data import CIFAR_DATASETS, check_dataset
+from shared.data import CIFAR_DATASETS, SYNTHETIC_DATASETS, check_dataset
 from shared.io import atomic_save_npz
 
 
@@ -27,8 +27,8 @@ def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool =
     or tensorflow is already imported here.
     """
     check_dataset(name)
-    if name == "synthetic":
-        return write_prepared(prepared_dir(name, data_dir), synthetic.splits(seed), synthetic.meta(seed))
+    if name in SYNTHETIC_DATASETS:
+        return write_prepared(prepared_dir(name, data_dir), synthetic.splits(seed, name), synthetic.meta(seed, name))
     if name == "digits":  # inside the scikit-learn wheel: never a download
         from datasets import digits
 
@@ -59,15 +59,15 @@ def load_prepared(name: str, data_dir: str | os.PathLike = "data", *, prepare_mi
                   verify: bool = True) -> Prepared:
     """The prepared dataset ``name`` from ``data_dir``; prepares it first when it is not there yet.
 
-    ``synthetic`` is generated (deterministically) and ``digits`` read from the scikit-learn wheel, both cached
-    without any download. A manifest whose
-    checksums do not match the files is refused (:class:`DataError`).
+    ``synthetic`` and ``synthetic_cifar`` are generated (deterministically) and ``digits`` read from the scikit-learn
+    wheel, all cached without any download. A manifest whose checksums do not match the files is refused
+    (:class:`DataError`).
     """
     check_dataset(name)
     path = prepared_dir(name, data_dir)
     if (path / "manifest.json").is_file():
         prepared = read_prepared(path, verify=verify)
-        if name != "synthetic" or prepared.manifest.get("version") == synthetic.GENERATOR_VERSION:
+        if name not in SYNTHETIC_DATASETS or prepared.manifest.get("version") == synthetic.GENERATOR_VERSION:
             return prepared
     elif not prepare_missing:
         raise DataError(f"{path.resolve()} is not prepared; run `make data DATASET={name} DATA_DIR={data_dir}`")

@@ -1,4 +1,4 @@
-"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|digits|synthetic [--labels coarse]``.
+"""``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|digits|synthetic[_cifar] [--labels L]``.
 
 Prepares a dataset once.
 

@@ -28,7 +28,9 @@ import numpy as np
 
 # CIFAR-100's two label sets are two datasets with their own prepared folders (datasets/cifar.py says why):
 # cifar100 (100 fine classes) and cifar100_coarse (20 superclasses); LABELS picks one (`make data LABELS=coarse`).
-DATASETS = ("cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "digits", "synthetic")
+# synthetic_cifar: the synthetic set at prepared CIFAR-10's sizes (datasets/synthetic.py), for timing the CIFAR recipe.
+DATASETS = ("cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "digits", "synthetic", "synthetic_cifar")
+SYNTHETIC_DATASETS = ("synthetic", "synthetic_cifar")
 CIFAR_DATASETS = ("cifar10", "cifar100", "cifar100_coarse")
 LABELS = {"cifar100": {"fine": "cifar100", "coarse": "cifar100_coarse"}}
 SPLITS = ("train", "val", "test")
@@ -50,7 +52,7 @@ class Augment:
 
 AUGMENT: dict[str, Augment] = {
     **{name: Augment(pad=4) for name in CIFAR_DATASETS},
-    "synthetic": Augment(pad=4),
+    **{name: Augment(pad=4) for name in SYNTHETIC_DATASETS},
     "digits": Augment(pad=4),  # 32x32 after preparation (datasets/digits.py): CIFAR's pad, crop and flip
     "cats_vs_dogs": Augment(pad=16),
 }

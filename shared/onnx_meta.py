@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.data import CIFAR_DATASETS
+from shared.data import CIFAR_DATASETS, SYNTHETIC_DATASETS
 from shared.process import FRAMEWORKS as FRAMEWORKS  # re-exported for export/'s tools
 from shared.process import package
 from shared.spec import ModelSpec, get_spec
@@ -50,7 +50,7 @@ RESIZE_MODES = ("crop", "stretch")
 # How each dataset's preparation made its square images (datasets/): CIFAR-10/100 and the synthetic set are
 # square already (digits: 8x8 upsampled to 32x32); cats_vs_dogs is resized (shorter side) and centre-cropped.
 # Without a dataset: by stem.
-DATASET_RESIZE = {**{name: "stretch" for name in CIFAR_DATASETS}, "synthetic": "stretch", "digits": "stretch",
+DATASET_RESIZE = {**{name: "stretch" for name in (*CIFAR_DATASETS, *SYNTHETIC_DATASETS)}, "digits": "stretch",
                   "cats_vs_dogs": "crop"}
 DEFAULT_OPSET = 18
 OPSETS = tuple(range(13, 19))

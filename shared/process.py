@@ -43,12 +43,13 @@ def child_env(*, keras: bool = True, **extra: str) -> dict[str, str]:
 
     ``keras=False`` is for a child that imports no Keras (a torch process, data preparation): its backend
     is neither checked nor set, so such a command runs where Keras is not installed. Otherwise a bad or
-    missing backend stops the calling command with one line (callers are command-line tools).
+    missing backend stops the calling command with one line (callers are command-line tools); the backend
+    checked is the child's own (``KERAS_BACKEND`` in ``extra`` wins over this process's).
     """
     env = dict(os.environ)
     if keras:
         try:
-            env["KERAS_BACKEND"] = keras_backend()
+            env["KERAS_BACKEND"] = keras_backend({**env, **extra})
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

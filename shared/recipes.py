@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from shared.data import CIFAR_DATASETS
+from shared.data import CIFAR_DATASETS, SYNTHETIC_DATASETS
 from shared.spec import ModelSpec
 
 SCHEDULES = ("step", "cosine")
@@ -87,7 +87,7 @@ DIGITS = dataclasses.replace(
     CIFAR, name="digits", lr=0.025, batch_size=32, iters=None, epochs=30,
     reference="He et al. 2015, Sec. 4.2 (CIFAR) at batch 32 with the lr scaled linearly; lr /10 at 50% and 75%",
 )
-RECIPES: dict[str, Recipe] = {**{name: CIFAR for name in CIFAR_DATASETS}, "synthetic": CIFAR,
+RECIPES: dict[str, Recipe] = {**{name: CIFAR for name in (*CIFAR_DATASETS, *SYNTHETIC_DATASETS)},
                               "cats_vs_dogs": CATS_VS_DOGS, "digits": DIGITS}
 WARMUP_ITERS = 400  # ResNet-110/1202 (Sec. 4.2)
 

@@ -24,7 +24,7 @@ KERAS_VARIANTS = {
     "torch": ("eager", "jit_compile", "mixed_precision"),
 }
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "torch": ("eager", "channels_last", "compile", "autocast"),
+    "torch": ("eager", "channels_last", "compile", "autocast", "amp_channels_last", "amp_compile"),
     **{f"keras-{b}": v for b, v in KERAS_VARIANTS.items()},
     "onnxruntime": ("torch_export", "keras_export"),
 }
@@ -37,6 +37,10 @@ DESCRIPTIONS = {
     ("torch", "channels_last"): "model and input in torch.channels_last (NHWC in memory)",
     ("torch", "compile"): "torch.compile (inductor); compilation excluded, shown as first call",
     ("torch", "autocast"): "torch.autocast: bfloat16 on CPU, float16 + GradScaler on CUDA",
+    ("torch", "amp_channels_last"): "autocast (as above) with model and input in channels_last: the trainer's "
+                                    "--amp --channels-last",
+    ("torch", "amp_compile"): "autocast + channels_last + torch.compile, CUDA graphs on CUDA (mode reduce-overhead): "
+                              "the trainer's --amp --channels-last --compile [--compile-mode reduce-overhead]",
     ("keras-tensorflow", "graph"): "Keras default on TensorFlow: tf.function graph, jit_compile=False "
                                    "(the training loop's step)",
     ("keras-tensorflow", "eager"): "Keras run_eagerly=True (no tf.function)",
@@ -53,6 +57,20 @@ DESCRIPTIONS = {
     ("onnxruntime", "keras_export"): "ONNX Runtime on the Keras export (NHWC), inference only",
 }
 BASELINE = ("torch", "eager")
+# What each torch variant is in ``pytorch_impl.train``'s flags (its real loop runs with them).
+TORCH_TRAIN_FLAGS = {
+    "eager": (), "channels_last": ("--channels-last",), "compile": ("--compile",), "autocast": ("--amp",),
+    "amp_channels_last": ("--amp", "--channels-last"), "amp_compile": ("--amp", "--channels-last", "--compile"),
+}
+CUDA_GRAPHS = ("amp_compile",)  # compiled with mode="reduce-overhead" on CUDA: the step replays CUDA graphs
+
+
+def torch_train_flags(variant: str, device: str) -> list[str]:
+    """``pytorch_impl.train``'s flags for the torch step ``variant`` on ``device`` (cpu/cuda)."""
+    if variant not in TORCH_TRAIN_FLAGS:
+        raise ValueError(f"unknown torch variant {variant!r}; valid choices: {', '.join(TORCH_TRAIN_FLAGS)}")
+    graphs = ["--compile-mode", "reduce-overhead"] if variant in CUDA_GRAPHS and device == "cuda" else []
+    return [*TORCH_TRAIN_FLAGS[variant], *graphs]
 
 
 def canonical(label: str) -> str:

@@ -13,6 +13,9 @@ from typing import Any
 from shared.bench.timing import is_measured
 
 MATMUL_N = 2048
+CUDA_PEAK_N = 8192  # the GPU report's peaks: a 2048^3 matmul is too small to fill a large GPU's tensor cores
+# The GPU report's matmul peaks: float32 with TF32 off, float32 inputs with TF32 on (CUDA only), bf16 and fp16.
+PEAK_PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 # metric -> the FLOPs-per-image entry it is multiplied by
 PER_IMAGE = {"train": "train", "infer": "forward"}
 

@@ -29,40 +29,53 @@ def loop_env(label: str) -> dict[str, str]:
 
 
 def loop_command(label: str, model: str, batch_size: int, epochs: int, device: str, data_dir: str,
-                 run_dir: Path, profile: Path | None = None) -> list[str]:
-    """``python [-m cProfile -o FILE] -m <package>.train`` on the synthetic set, no progress bar."""
-    args = ["--model", model, "--dataset", "synthetic", "--data-dir", data_dir, "--epochs", str(epochs),
-            "--batch-size", str(batch_size), "--device", device, "--out", str(run_dir), "--no-progress"]
+                 run_dir: Path, profile: Path | None = None, dataset: str = "synthetic",
+                 flags: tuple[str, ...] = ()) -> list[str]:
+    """``python [-m cProfile -o FILE] -m <package>.train`` on a synthetic set, no progress bar, with the
+    trainer's ``flags`` (e.g. ``--amp``)."""
+    args = ["--model", model, "--dataset", dataset, "--data-dir", data_dir, "--epochs", str(epochs),
+            "--batch-size", str(batch_size), "--device", device, "--out", str(run_dir), "--no-progress", *flags]
     prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
     return [*prefix, "-m", LOOP_MODULES[label], *args]
 
 
+def epoch_images(run_dir: Path) -> list[int]:
+    """The training images of each epoch of a run, from the plan in its ``config.json``."""
+    plan = runs.read_run(run_dir)["config"]["recipe"]
+    ipe, total, batch = plan["iters_per_epoch"], plan["total_iters"], plan["batch_size"]
+    return [batch * max(0, min(ipe, total - e * ipe)) for e in range(plan["epochs"])]
+
+
 def loop_speed(run_dir: Path) -> dict[str, Any]:
-    """Images/s of every epoch after the first, from the run's ``metrics.csv`` (median, spread)."""
+    """Images/s of every epoch after the first, from the run's ``metrics.csv`` (median, spread), and
+    ``with_eval``: the same epochs' training images over their training + validation seconds."""
     rows = runs.read_metrics(run_dir)
     if len(rows) < 2:
         raise ValueError(f"{run_dir}: {len(rows)} epoch(s) in metrics.csv; the loop figure needs at least 2")
+    images = epoch_images(run_dir)
     return {**summarize(r["images_per_s"] for r in rows[1:]), "epochs": len(rows),
-            "first_epoch_images_per_s": rows[0]["images_per_s"]}
+            "first_epoch_images_per_s": rows[0]["images_per_s"],
+            "with_eval": summarize(images[r["epoch"] - 1] / r["seconds"] for r in rows[1:])}
 
 
-def run_loop(label: str, cfg: Any, workdir: Path, profile: bool = False) -> dict[str, Any]:
+def run_loop(label: str, cfg: Any, workdir: Path, profile: bool = False, flags: tuple[str, ...] = (),
+             tag: str = "") -> dict[str, Any]:
     """One training loop in its own process: its speed, or ``{"error": reason}``; with ``profile``, the
-    cProfile table instead."""
-    tag = f"{label}-profile" if profile else label
+    cProfile table instead. Either way ``command`` is the command line that ran."""
+    tag = f"{label}{tag}-profile" if profile else f"{label}{tag}"
     run_dir = workdir / f"loop-{tag}"
     prof = workdir / f"{tag}.prof" if profile else None
     cmd = loop_command(label, cfg.model, cfg.settings.batch_size, cfg.loop_epochs, cfg.device, cfg.data_dir,
-                       run_dir, prof)
+                       run_dir, prof, cfg.dataset, flags)
     print(f"  {label} training loop{' under cProfile' if profile else ''}: {' '.join(cmd[1:])}",
           file=sys.stderr, flush=True)
     done = process.run(cmd, timeout=cfg.timeout, echo=cfg.echo, env=loop_env(label))
     if not done.ok:
-        return {"error": done.reason()}
+        return {"error": done.reason(), "command": cmd}
     try:
-        return profile_table(prof) if profile else loop_speed(run_dir)
-    except (OSError, ValueError) as e:
-        return {"error": first_line(e)}
+        return {**(profile_table(prof) if profile else loop_speed(run_dir)), "command": cmd}
+    except (OSError, ValueError, KeyError) as e:
+        return {"error": first_line(e), "command": cmd}
 
 
 def profile_table(path: Path, rows: int = PROFILE_ROWS) -> dict[str, Any]:

@@ -33,7 +33,8 @@ ORT_PROVIDERS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 
 @dataclass
 class BenchConfig:
-    """Everything one ``shared.bench`` run needs. ``loop_epochs`` 0 skips the training loops."""
+    """Everything one ``shared.bench`` run needs. ``loop_epochs`` 0 skips the training loops; ``dataset`` is
+    the prepared set they train on; ``metrics`` the figures each variant times (default all)."""
 
     model: str
     device: str
@@ -45,6 +46,8 @@ class BenchConfig:
     loop_epochs: int = 0
     data_dir: str = "data"
     profile: bool = True
+    dataset: str = "synthetic"
+    metrics: tuple[str, ...] = METRICS
 
 
 def add_ratios(rows: list[dict[str, Any]], baseline: tuple[str, str] = BASELINE) -> None:
@@ -80,7 +83,7 @@ def resolve_device(requested: str | None) -> tuple[str, dict[str, Any]]:
     return ("cuda" if probe["cuda"] else "cpu"), probe
 
 
-LOW_PRECISION = ("autocast", "mixed_precision")  # bf16 on the CPU
+LOW_PRECISION = ("autocast", "mixed_precision", "amp_channels_last", "amp_compile")  # bf16 on the CPU
 NO_BF16 = ("not run: this CPU has no native bf16 (bf16 emulated in software measured 0.07-0.08x float32 on such "
            "a CPU); the trainers fall back to float32 there")
 
@@ -99,7 +102,8 @@ def worker_command(label: str, cfg: BenchConfig, variants: list[str], json_out: 
     return [sys.executable, "-m", MODULES[label], "--model", cfg.model, "--device", cfg.device,
             "--variants", ",".join(variants), "--batch-size", str(s.batch_size), "--iters", str(s.iters),
             "--repeats", str(s.repeats), "--warmup", str(s.warmup), "--latency-iters", str(s.latency_iters),
-            "--min-time", str(s.min_time), "--json-out", str(json_out)]
+            "--min-time", str(s.min_time), "--json-out", str(json_out),
+            *(["--metrics", ",".join(cfg.metrics)] if tuple(cfg.metrics) != METRICS else [])]
 
 
 def run_framework(framework: str, cfg: BenchConfig, variants: list[str], workdir: Path,

@@ -48,15 +48,20 @@ class Workload:
     cleanup: Callable[[], None] = lambda: None
     info: dict[str, Any] = field(default_factory=dict)
     model: Any = None  # the framework's model object, for inspection (never serialized)
+    # The device's busy time during training steps (PyTorch on CUDA: torch.profiler), where it can be read
+    busy: Callable[[], dict[str, Any]] | None = None
 
 
-def measure_workload(build: Callable[[], Workload], settings: Settings) -> dict[str, Any]:
-    """Build one variant and time its three figures; every failure is caught and kept as a reason.
+def measure_workload(build: Callable[[], Workload], settings: Settings,
+                     metrics: Iterable[str] = METRICS) -> dict[str, Any]:
+    """Build one variant and time its figures (``metrics``, default all three); every failure is caught and
+    kept as a reason.
 
     Returns ``{"train", "infer", "latency_ms"}`` (each a summary, ``{"error": reason}`` or None
-    when not applicable), ``first_call_s`` and ``steps`` per figure, ``error`` (the first failure,
-    if any) and the workload's ``info``.
+    when not applicable or not asked for), ``first_call_s`` and ``steps`` per figure, ``error`` (the first
+    failure, if any), the workload's ``info``, and ``busy`` when the workload can read its device's busy time.
     """
+    metrics = tuple(metrics)
     row: dict[str, Any] = {m: None for m in METRICS}
     row.update(first_call_s={}, steps={}, error=None)
     try:
@@ -73,7 +78,7 @@ def measure_workload(build: Callable[[], Workload], settings: Settings) -> dict[
     )
     try:
         for metric, step, timer in plan:
-            if step is None:
+            if step is None or metric not in metrics:
                 continue
             try:
                 values, first, steps = timer(step)
@@ -83,6 +88,11 @@ def measure_workload(build: Callable[[], Workload], settings: Settings) -> dict[
             except Exception as e:  # e.g. an XLA or inductor failure on this device: report it
                 row[metric] = {"error": first_line(e)}
                 row["error"] = row["error"] or row[metric]["error"]
+        if work.busy is not None and is_measured(row["train"]):
+            try:
+                row["busy"] = work.busy()
+            except Exception as e:  # a profiler that cannot start: the figures stand without it
+                row["busy"] = {"error": first_line(e)}
     finally:
         work.cleanup()
     return row
@@ -101,7 +111,8 @@ def brief(row: dict[str, Any]) -> str:
 
 
 def run_variants(framework: str, variants: Iterable[str], build: Callable[[str], Workload],
-                 settings: Settings, json_out: str | os.PathLike, header: dict[str, Any]) -> dict[str, Any]:
+                 settings: Settings, json_out: str | os.PathLike, header: dict[str, Any],
+                 metrics: Iterable[str] = METRICS) -> dict[str, Any]:
     """Measure each variant in turn, rewriting ``json_out`` after each so a crash keeps what was done."""
     from tqdm import tqdm
 
@@ -110,7 +121,8 @@ def run_variants(framework: str, variants: Iterable[str], build: Callable[[str],
     bar = tqdm(variants, desc=f"bench {framework}", unit="variant", file=sys.stderr, dynamic_ncols=True)
     for variant in bar:
         bar.set_postfix_str(variant)
-        row = {"framework": framework, "variant": variant, **measure_workload(lambda v=variant: build(v), settings)}
+        row = {"framework": framework, "variant": variant,
+               **measure_workload(lambda v=variant: build(v), settings, metrics)}
         result["rows"].append(row)
         bar.write(f"  {framework} {variant}: {brief(row)}", file=sys.stderr)
         atomic_write_json(json_out, result)
@@ -128,6 +140,7 @@ def worker_parser(prog: str, framework: str) -> argparse.ArgumentParser:
     for name, default in DEFAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     p.add_argument("--min-time", type=float, default=MIN_TIME, help="seconds per timed block, at least")
+    p.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of: {', '.join(METRICS)}")
     p.add_argument("--json-out", required=True, help="where to write the measurements (JSON)")
     return p
 
@@ -140,6 +153,10 @@ def parse_worker_args(parser: argparse.ArgumentParser, framework: str,
     for v in variants:
         if v not in VARIANTS[framework]:
             parser.error(f"unknown {framework} variant {v!r}; valid choices: {', '.join(VARIANTS[framework])}")
+    args.metrics = tuple(m for m in args.metrics.split(",") if m)
+    for m in args.metrics:
+        if m not in METRICS:
+            parser.error(f"unknown metric {m!r}; valid choices: {', '.join(METRICS)}")
     try:
         get_spec(args.model)
         settings = Settings(**{k: getattr(args, k) for k in DEFAULTS}, min_time=args.min_time)
@@ -168,7 +185,7 @@ def worker_main(framework: str, prog: str, argv: list[str] | None, *, check_devi
         parser.error(str(e))
     spec = get_spec(args.model)
     result = run_variants(framework, variants, lambda v: build_workload(spec, v, settings.batch_size, args.device),
-                          settings, args.json_out, framework_info(args.device))
+                          settings, args.json_out, framework_info(args.device), args.metrics)
     for flag, (_, fn) in (extras or {}).items():
         if getattr(args, flag):
             try:

@@ -157,12 +157,13 @@ def test_a_failed_preparation_leaves_no_folder(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_choices(tmp_path, run):
-    choices = "valid choices: cifar10, cifar100, cifar100_coarse, cats_vs_dogs, digits, synthetic"
+    choices = "valid choices: cifar10, cifar100, cifar100_coarse, cats_vs_dogs, digits, synthetic, synthetic_cifar"
     with pytest.raises(ValueError, match=f"unknown dataset 'mnist'; {choices}"):
         load_prepared("mnist", tmp_path)
     proc = run("datasets.prepare", "--dataset", "mnist", "--data-dir", tmp_path, check=False)
     assert proc.returncode == 2 and choices in proc.stderr
-    assert set(DATASETS) == {"cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "digits", "synthetic"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "cifar100_coarse", "cats_vs_dogs", "digits", "synthetic",
+                             "synthetic_cifar"}
 
 
 def test_synthetic_is_deterministic_cached_and_named(tmp_path):
@@ -179,6 +180,28 @@ def test_synthetic_is_deterministic_cached_and_named(tmp_path):
     np.testing.assert_array_equal(y, y2)
     assert np.bincount(y, minlength=10).tolist() == [200] * 10
     assert not np.array_equal(p.arrays("val")[0][:10], x[:10])
+
+
+def test_synthetic_cifar_has_prepared_cifar10s_splits_and_shape_and_says_synthetic(tmp_path, run):
+    proc = run("datasets.prepare", "--dataset", "synthetic_cifar", "--data-dir", tmp_path)
+    assert "prepared synthetic_cifar (SYNTHETIC)" in proc.stdout and "train 45000, val 5000, test 10000" in proc.stdout
+    p = read_prepared(prepared_dir("synthetic_cifar", tmp_path))  # every checksum verified
+    m = p.manifest
+    assert m["name"] == "synthetic_cifar" and m["synthetic"] is True and m["version"] == synthetic.GENERATOR_VERSION
+    assert m["splits"] == {"train": 45_000, "val": 5_000, "test": 10_000}  # prepared CIFAR-10's (50k less 5k val)
+    x, y = p.arrays("test")
+    assert x.shape == (10_000, 32, 32, 3) and x.dtype == np.uint8 and np.bincount(y).tolist() == [1000] * 10
+    x2, y2 = synthetic.generate(10_000, seed=2)  # the test split is stream 2 of seed 0
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+
+
+def test_synthetic_pixels_do_not_depend_on_the_block_size(monkeypatch):
+    whole = synthetic.generate(700, seed=3)
+    monkeypatch.setattr(synthetic, "CHUNK", 64)
+    blocks = synthetic.generate(700, seed=3)
+    np.testing.assert_array_equal(whole[0], blocks[0])
+    np.testing.assert_array_equal(whole[1], blocks[1])
 
 
 def test_synthetic_is_learnable(tmp_path):
