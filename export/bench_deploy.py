@@ -19,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,27 @@ import numpy as np
 
 from export import infer
 from export.quantize import PRECISIONS, quantize, write_report
+from shared.bench import timing
 from shared.io import atomic_write_json, atomic_write_text
 from shared.machine import machine_info
 from shared.markdown import table
 from shared.onnx_meta import FRAMEWORKS, default_onnx_path, resolve_source
+
+# How long one cell of `make deploy-check` is timed: short blocks (a matrix has dozens of cells), and one block
+# for a slow runtime (onnx.reference takes seconds per batch of 64).
+CELL_TIMING = {False: timing.Settings(batch_size=64, iters=2, repeats=3, warmup=1, latency_iters=10, min_time=0.3),
+               True: timing.Settings(batch_size=64, iters=1, repeats=1, warmup=1, latency_iters=2)}
+BATCHES = (1, 64)
+
+
+def runner_speed(run: Callable[[np.ndarray], Any], x: np.ndarray, slow: bool = False) -> dict[str, Any]:
+    """Images/s of ``run`` at batch 1 and 64 (``b1``, ``b64``: :func:`shared.bench.timing.rate` summaries), on
+    ``x``'s images repeated to fill the batch."""
+    out = {}
+    for batch in BATCHES:
+        xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+        out[f"b{batch}"] = timing.rate(lambda xb=xb: run(xb), batch, CELL_TIMING[slow])
+    return out
 
 
 def infer_folder_bench(onnx_path: Path, data_dir: str, n_images: int, workers: list[int]) -> dict[str, Any]:
