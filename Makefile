@@ -68,8 +68,8 @@ TRAIN_ARGS = $(call given,--model,MODEL) $(call given,--dataset,DATASET) $(call 
 	$(call opt,--channels-last,$(CHANNELS_LAST)) $(call opt,--jit,$(JIT)) $(call opt,--threads,$(THREADS))
 
 .PHONY: help setup test test-all test-slow test-mutants lint format summary compare compare-all convert data \
-	bench-data train-torch train-keras export infer onnx-parity quantize bench-deploy ablation bench gpu-report \
-	gpu-full-run clean
+	bench-data train-torch train-keras export infer onnx-parity quantize bench-deploy deploy-check ablation bench \
+	gpu-report gpu-full-run clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -147,18 +147,20 @@ PARITY_LIMIT ?=
 PROVIDER     ?=
 OPSET        ?=
 PRECISION    ?=
+FORMAT       ?=
+RUNTIME      ?=
 EXPORT_FW = $(if $(RUN),$(if $(filter-out file default,$(origin FRAMEWORK)),--framework $(FRAMEWORK)),--framework $(FRAMEWORK))
 
-export: $(STAMP) ## ONNX export: make export RUN=runs/... [FRAMEWORK=keras] [OUT=dir|f.onnx] [OPSET=18], or MODEL=..
+export: $(STAMP) ## export: make export RUN=runs/... [FORMAT=onnx|pt2|saved_model|litert|openvino] [FRAMEWORK=keras] [OUT=] [OPSET=18]
 	$(PY) -m export.onnx_export $(if $(RUN),--run $(RUN),$(MODEL_ARGS)) $(EXPORT_FW) \
 		$(call opt,--input-size,$(INPUT_SIZE)) $(call opt,--seed,$(SEED)) $(call opt,--out,$(OUT)) \
-		$(call opt,--opset,$(OPSET))
+		$(call opt,--opset,$(OPSET)) $(call opt,--format,$(FORMAT))
 
 # IMAGES: files, folders (recursive) and glob patterns, each quoted so that Python (not the shell) expands them.
-infer: $(STAMP) ## classify images with ONNX Runtime: make infer ONNX=model.onnx IMAGES="a.jpg dir/ 'x/*.png'" [OUT=p.csv]
+infer: $(STAMP) ## classify images: make infer ONNX=model.onnx IMAGES="a.jpg dir/ 'x/*.png'" [OUT=p.csv] [RUNTIME=openvino|opencv]
 	$(PY) -m export.infer $(if $(ONNX),$(ONNX),$(if $(RUN),$(RUN)/model.onnx)) $(foreach i,$(IMAGES),'$(i)') \
 		$(call opt,--topk,$(TOPK)) $(call opt,--out,$(OUT)) $(call opt,--batch-size,$(BATCH_SIZE)) \
-		$(call opt,--provider,$(PROVIDER))
+		$(call opt,--provider,$(PROVIDER)) $(call opt,--runtime,$(RUNTIME))
 
 onnx-parity: $(STAMP) ## native model vs its ONNX export in ONNX Runtime: make onnx-parity RUN=runs/... [ONNX=f.onnx] [OUT=dir]
 	$(PY) -m export.parity $(if $(RUN),--run $(RUN)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT)) \
@@ -168,13 +170,26 @@ onnx-parity: $(STAMP) ## native model vs its ONNX export in ONNX Runtime: make o
 # report <name>.<precision>.md/.json: accuracy, top-1 agreement, max|dlogit|, ORT speed against float32.
 quantize: $(STAMP) ## int8/fp16 ONNX + accuracy/speed report: make quantize RUN=runs/... [PRECISION=int8|fp16] [FRAMEWORK=keras]
 	$(PY) -m export.quantize --run $(or $(RUN),$(error RUN=run folder is required)) $(EXPORT_FW) \
-		--data-dir $(DATA_DIR) $(call opt,--precision,$(PRECISION)) $(call opt,--onnx,$(ONNX))
+		--data-dir $(DATA_DIR) $(call opt,--precision,$(PRECISION)) $(call opt,--onnx,$(ONNX)) $(call opt,--out,$(OUT))
 
 DEPLOY_OUT ?= results/deploy
 DEPLOY_IMAGES ?=
-bench-deploy: $(STAMP) ## int8/fp16 vs float32 and make-infer speed of trained runs: make bench-deploy RUN="runs/a runs/b"
+bench-deploy: $(STAMP) ## runtimes side by side, int8/fp16 vs float32, make-infer speed: make bench-deploy RUN="runs/a runs/b"
 	$(PY) -m export.bench_deploy $(foreach r,$(or $(RUN),$(error RUN=run folder(s) is required)),--run $(r)) \
-		--data-dir $(DATA_DIR) --out $(DEPLOY_OUT) $(call opt,--images,$(DEPLOY_IMAGES))
+		--data-dir $(DATA_DIR) --out $(or $(OUT),$(DEPLOY_OUT)) $(call opt,--images,$(DEPLOY_IMAGES))
+
+# The deployment matrix (export/deploy_check.py): every format from each source (SOURCES=torch,keras-tensorflow,
+# keras-jax,keras-torch) in every runtime that loads it (RUNTIMES=...), against the native model, written to
+# <run>/deploy-check.md/.json (or OUT). FORMATS=onnx,pt2,... and OPSETS=18,17 narrow it; LIMIT=N images.
+SOURCES  ?=
+FORMATS  ?=
+OPSETS   ?=
+RUNTIMES ?=
+LIMIT    ?=
+deploy-check: $(STAMP) ## every export in every runtime, vs the native model: make deploy-check RUN=runs/... [SOURCES=] [OUT=dir]
+	$(PY) -m export.deploy_check --run $(or $(RUN),$(error RUN=run folder is required)) --data-dir $(DATA_DIR) \
+		$(call opt,--sources,$(SOURCES)) $(call opt,--formats,$(FORMATS)) $(call opt,--opsets,$(OPSETS)) \
+		$(call opt,--runtimes,$(RUNTIMES)) $(call opt,--limit,$(LIMIT)) $(call opt,--out,$(OUT))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
 # NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU),

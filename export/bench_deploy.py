@@ -2,7 +2,15 @@
 
     python -m export.bench_deploy --run RUN [--run RUN2 ...] [--data-dir data] [--images 10000] [--out results/deploy]
 
-For every run, both frameworks' float32 exports are quantized to int8 and fp16 (``export/quantize.py``:
+This module is also where every deployment speed figure is timed (through ``shared.bench.timing``): the cells
+of ``make deploy-check`` (:func:`runner_speed`) and the runtimes side by side (:func:`interleaved_rates`).
+
+For every run, the runtimes that ``make infer`` offers (``export/runtimes.py``) run the run's float32 ONNX
+file side by side with ONNX Runtime, in alternating rounds in one process, with OpenVINO at f32 and at its
+default precision hint (bf16 on a CPU with native bf16; the report says which, from the CPU's flags), and
+the int8 file in ONNX Runtime and OpenVINO: each row with its accuracy, top-1 agreement and max |logit
+difference| against ONNX Runtime float32, and its images/s at batch 1 and 64. The best float32 runtime is
+named with its ratio. Then both frameworks' float32 exports are quantized to int8 and fp16 (``export/quantize.py``:
 accuracy on the test split, top-1 agreement, max|d logit|, ORT batch-1 latency and batch-64 throughput
 against float32, timed in alternating rounds in one process). Then ``make infer``'s folder path
 (``export/infer.py``: find, decode in a thread pool, batch 64, classify) runs over ``--images`` PNG
@@ -19,6 +27,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +35,145 @@ import numpy as np
 
 from export import infer
 from export.quantize import PRECISIONS, quantize, write_report
-from shared.io import atomic_write_json, atomic_write_text
+from shared import errors
+from shared.bench import timing
+from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.machine import machine_info
 from shared.markdown import table
 from shared.onnx_meta import FRAMEWORKS, default_onnx_path, resolve_source
+
+# How long things are timed: a cell of `make deploy-check` in short blocks (a matrix has dozens of cells), a
+# slow runtime's cell in one block (onnx.reference takes seconds per batch of 64), the runtimes side by side in
+# longer alternating rounds (their ratios are this report's result).
+TIMING = {"cell": timing.Settings(batch_size=64, iters=2, repeats=3, warmup=1, latency_iters=10, min_time=0.3),
+          "slow cell": timing.Settings(batch_size=64, iters=1, repeats=1, warmup=1, latency_iters=2),
+          "side by side": timing.Settings(batch_size=64, iters=3, repeats=7, warmup=2, latency_iters=10, min_time=0.5)}
+BATCHES = (1, 64)
+
+
+def _batch(x: np.ndarray, batch: int) -> np.ndarray:
+    """``x``'s images repeated to fill a batch."""
+    return np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+
+
+def runner_speed(run: Callable[[np.ndarray], Any], x: np.ndarray, slow: bool = False) -> dict[str, Any]:
+    """Images/s of ``run`` at batch 1 and 64 (``b1``, ``b64``: :func:`shared.bench.timing.rate` summaries)."""
+    settings = TIMING["slow cell" if slow else "cell"]
+    batches = {b: _batch(x, b) for b in BATCHES}
+    return {f"b{b}": timing.rate(lambda xb=xb: run(xb), b, settings) for b, xb in batches.items()}
+
+
+def interleaved_rates(runs: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, batch: int) -> dict[str, Any]:
+    """Images/s of each ``run`` at ``batch``, timed in alternating rounds (one block of each per round), so that a
+    busy machine slows all of them alike: one :func:`shared.bench.timing.summarize` per run."""
+    settings, sync = TIMING["side by side"], lambda: None
+    xb = _batch(x, batch)
+    steps = {name: (lambda run=run: run(xb)) for name, run in runs.items()}
+    for step in steps.values():
+        timing.warm_up(step, sync, settings.warmup)
+    counts = {name: timing.block_steps(step, sync, settings) for name, step in steps.items()}
+    values: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(settings.repeats):
+        for name, step in steps.items():
+            values[name].append(batch * counts[name] / timing.timed_block(step, sync, counts[name]))
+    return {name: timing.summarize(v) for name, v in values.items()}
+
+
+# The rows of the side-by-side table: (row name, runtime, which file: the float32 export or its int8 twin).
+SIDE_BY_SIDE = (("onnxruntime float32", "onnxruntime", "float32"), ("openvino f32 hint", "openvino-f32", "float32"),
+                ("openvino default hint", "openvino", "float32"), ("opencv float32", "opencv", "float32"),
+                ("onnxruntime int8", "onnxruntime", "int8"), ("openvino int8", "openvino", "int8"))
+BASELINE_ROW = "onnxruntime float32"
+
+
+def runtimes_side_by_side(float_path: Path, int8_path: Path | None, data_dir: str) -> dict[str, Any]:
+    """The ``make infer`` runtimes on one run's float32 (and int8) file: accuracy, top-1 agreement and max |logit
+    difference| against ONNX Runtime float32 on the test split, and interleaved images/s at batch 1 and 64."""
+    from export.quantize import dataset_images
+    from export.runtimes import RUNTIMES
+    from shared.bench.timing import first_line
+    from shared.machine import cpu_flags, cpu_has_bf16, cpu_has_vnni
+
+    meta = infer.load(float_path).meta
+    x, y, split = dataset_images(meta, data_dir)
+    files = {"float32": float_path, "int8": int8_path}
+    runs, rows = {}, {}
+    for name, runtime, which in SIDE_BY_SIDE:
+        row: dict[str, Any] = {"runtime": runtime, "file": str(files[which]), "precision": which}
+        rows[name] = row
+        if files[which] is None or not RUNTIMES[runtime].installed:
+            row["error"] = "no int8 file" if files[which] is None else RUNTIMES[runtime].not_installed()
+            continue
+        try:
+            runner = RUNTIMES[runtime].open(files[which])
+            logits = np.concatenate([runner.run(x[i:i + 64]) for i in range(0, len(x), 64)])
+        except Exception as e:  # noqa: BLE001 the runtime's own reason is the row
+            row["error"] = first_line(e)
+            continue
+        row.update(info=runner.info, logits=logits, acc=float(np.mean(logits.argmax(1) == y)))
+        runs[name] = runner.run
+    base = rows[BASELINE_ROW]["logits"]
+    for row in rows.values():
+        if "logits" in row:
+            logits = row.pop("logits")
+            row["top1_agreement_pct"] = float(100 * np.mean(logits.argmax(1) == base.argmax(1)))
+            row["max_abs_logit_diff"] = float(np.abs(logits.astype(np.float64) - base).max())
+    speed = {f"b{b}": interleaved_rates(runs, x, b) for b in BATCHES}
+    for name, row in rows.items():
+        if name in runs:
+            row["images_per_s"] = {b: speed[b][name]["median"] for b in speed}
+            row["ratio_b64"] = speed["b64"][name]["median"] / speed["b64"][BASELINE_ROW]["median"]
+    return {"file": str(float_path), "int8_file": str(int8_path) if int8_path else None, "split": split,
+            "n": int(len(y)), "model": meta["model"], "rows": rows, "speed": speed, "cpu_flags": cpu_flags(),
+            "cpu_has_bf16": cpu_has_bf16(), "cpu_has_vnni": cpu_has_vnni(), "best_float32": best_float32(rows)}
+
+
+def best_float32(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest row at batch 64 that computes in float32 (f32 hint) and agrees with ORT float32 on every top-1
+    class, with its ratio to ORT float32."""
+    fp32 = {name: r for name, r in rows.items() if r["precision"] == "float32" and "ratio_b64" in r
+            and r.get("info", {}).get("precision_hint", "f32") == "f32" and r["top1_agreement_pct"] == 100.0}
+    if not fp32:
+        return None
+    name = max(fp32, key=lambda n: fp32[n]["ratio_b64"])
+    return {"row": name, "runtime": fp32[name]["runtime"], "ratio_b64": fp32[name]["ratio_b64"]}
+
+
+def side_by_side_markdown(s: dict[str, Any]) -> list[str]:
+    """The side-by-side section: one table, the best float32 runtime, and what the CPU's flags mean here."""
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in s["cpu_flags"].items())
+    lines = [f"## Runtimes side by side: {s['model']}, `{s['file']}`", "",
+             f"Accuracy, top-1 agreement and max |logit difference| against ONNX Runtime float32 on the {s['split']} "
+             f"split ({s['n']} images); images/s timed in alternating rounds in one process. CPU flags: {flags}.", ""]
+    body = []
+    for name, r in s["rows"].items():
+        hint = r.get("info", {}).get("precision_hint")
+        label = name + (f" (hint {hint})" if hint and "default" in name else "")
+        if "error" in r:
+            body.append([label, "", "", "", "", "", f"{r['error']}"])
+            continue
+        ips = r["images_per_s"]
+        body.append([label, f"{r['acc']:.4f}", f"{r['top1_agreement_pct']:.2f}%", f"{r['max_abs_logit_diff']:.2g}",
+                     f"{ips['b1']:,.0f}", f"{ips['b64']:,.0f}", f"**{r['ratio_b64']:.2f}x**"])
+    lines += table(("runtime and file", "accuracy", "top-1 agreement", "max abs d logit", "images/s b1",
+                    "images/s b64", "b64 vs ORT float32"), body, "lrrrrrr")
+    best = s["best_float32"]
+    lines += [""]
+    if best:
+        lines += [f"Best float32 runtime here: **{best['row']}** at **{best['ratio_b64']:.2f}x** ONNX Runtime's "
+                  "float32 throughput at batch 64 (`make infer RUNTIME=" + best["runtime"] + "`)."]
+    default = s["rows"].get("openvino default hint", {})
+    hint = default.get("info", {}).get("precision_hint")
+    if not s["cpu_has_bf16"]:
+        lines += ["", "This CPU has no native bf16 (neither avx512_bf16 nor amx_bf16): OpenVINO's default hint is "
+                  f"{hint or 'f32'} here, so there is no bf16 row; the figures are float32 and int8."]
+    elif "ratio_b64" in default:
+        lines += ["", f"bf16 (OpenVINO's default hint on this CPU, {hint}): {default['ratio_b64']:.2f}x ORT float32 "
+                  f"at {default['top1_agreement_pct']:.2f}% top-1 agreement, max |d logit| "
+                  f"{default['max_abs_logit_diff']:.2g} (`make infer RUNTIME=openvino`)."]
+    lines += ["", "int8 uses " + ("the CPU's VNNI instructions." if s["cpu_has_vnni"] else
+                                  "AVX2 (this CPU has no VNNI: no avx512_vnni, avx_vnni or amx_int8).")]
+    return lines
 
 
 def infer_folder_bench(onnx_path: Path, data_dir: str, n_images: int, workers: list[int]) -> dict[str, Any]:
@@ -85,16 +229,17 @@ def infer_folder_bench(onnx_path: Path, data_dir: str, n_images: int, workers: l
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
-        "# Deployment figures: int8 / fp16 ONNX files and folder-scale inference",
+        "# Deployment figures: runtimes side by side, int8 / fp16 ONNX files, folder-scale inference",
         "",
         f"Measured by `make bench-deploy` (`export/bench_deploy.py`) on {m['cpu']}, {m['cores']} cores; "
         f"load average (1/5/15 min) at the start {m['load_average']}, at the end {report['load_average_end']}. "
         "Other processes shared this CPU: absolute speeds are lower than on an idle machine; the ratios "
         "come from alternating rounds in one process, so both sides of a ratio saw the same load.",
         "",
-        "## Quantized files against their float32 source",
-        "",
     ]
+    for side in report.get("side_by_side", []):
+        lines += side_by_side_markdown(side) + [""]
+    lines += ["## Quantized files against their float32 source", ""]
     body = []
     for r in report["quantized"]:
         s = r["speed"]
@@ -123,16 +268,17 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.bench_deploy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(prog="python -m export.bench_deploy", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="append", required=True, help="trained run folder (repeatable)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--images", type=int, default=10_000, help="images in the make-infer folder test")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="whose exports to quantize")
     p.add_argument("--out", default="results/deploy")
     args = p.parse_args(argv)
+    out = check_writable(args.out, folder=True, what="bench-deploy report folder")
     try:
-        report: dict[str, Any] = {"machine": machine_info(), "runs": args.run, "quantized": []}
+        report: dict[str, Any] = {"machine": machine_info(), "runs": args.run, "quantized": [], "side_by_side": []}
         for run in args.run:
             for fw in args.frameworks.split(","):
                 for precision in PRECISIONS:
@@ -141,12 +287,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{r['model']} {fw} {precision}: agreement {r['top1_agreement_pct']:.2f}%, "
                           f"speedup b64 {r['speedup_b64']:.2f}x", flush=True)
                     report["quantized"].append(r)
+            source = resolve_source(run)
+            float_path = default_onnx_path(source, source.framework)
+            int8 = next((Path(r["file"]) for r in report["quantized"] if r["float32_file"] == str(float_path)
+                         and r["precision"] == "int8"), None)
+            side = runtimes_side_by_side(float_path, int8, args.data_dir)
+            print("\n".join(side_by_side_markdown(side)), flush=True)
+            report["side_by_side"].append(side)
         first = default_onnx_path(resolve_source(args.run[0]), resolve_source(args.run[0]).framework)
         report["infer_folder"] = infer_folder_bench(first, args.data_dir, args.images, [1, 2])
         report["load_average_end"] = machine_info()["load_average"]
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}") from None
-    out = Path(args.out)
+        raise errors.UserError(str(e)) from None
     atomic_write_json(out / "deploy.json", report)
     atomic_write_text(out / "deploy.md", markdown(report))
     print(markdown(report))
@@ -155,4 +307,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -1,8 +1,14 @@
-"""Classify images with an exported ``.onnx`` file and ONNX Runtime alone.
+"""Classify images with an exported model in ONNX Runtime, OpenVINO or OpenCV DNN (docs/export.md).
 
     python -m export.infer model.onnx a.jpg photos/ 'shots/**/*.png' [--topk 5] [--out preds.csv|preds.json]
-                           [--batch-size 64] [--provider cpu|cuda|tensorrt|openvino] [--json]
+                           [--batch-size 64] [--runtime onnxruntime|openvino|openvino-f32|opencv]
+                           [--provider cpu|...] [--json]
     python -m export.infer model.onnx --npy batch.npy      # already-preprocessed float32 input
+
+``--runtime`` picks the engine (``export/runtimes.py``): ONNX Runtime (default; ``--provider`` lists only
+the execution providers this onnxruntime build offers), OpenVINO at its default precision hint (bf16 on a
+CPU with native bf16: faster, and the logits move; ``make bench-deploy`` measures by how much) or at f32,
+or OpenCV DNN. OpenVINO also reads the OpenVINO IR (``model.xml``) that ``make export FORMAT=openvino`` writes.
 
 Images are files, folders (searched recursively for image extensions) or glob patterns (``**``
 recurses). They are decoded in a thread pool, one batch ahead of ONNX Runtime, and classified in
@@ -12,7 +18,7 @@ file with its reason; the others are still classified. The exit status is 0 when
 classified and 1 when any failed; the last line counts them. ``--out`` writes one row per image:
 path, status, the top-k classes and probabilities, a note and the error (CSV or JSON by suffix).
 
-Everything the preprocessing needs is read from the file's metadata (``shared/onnx_meta.py``):
+Everything the preprocessing needs is read from the file's metadata (``shared/onnx_meta.py``), whatever the runtime:
 the image is decoded with Pillow and converted to RGB (grayscale, palette and RGBA images are
 converted, and the output says so), resized to the model's ``input_size`` (``resize=crop``: the
 shorter side to ``input_size`` then a center crop, keeping the aspect ratio; ``resize=stretch``:
@@ -40,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import errors
 from shared.onnx_meta import RESIZE_MODES, parse_metadata
 
 # What a folder or a glob contributes: files with these suffixes (case-insensitive), anything Pillow decodes.
@@ -52,17 +59,21 @@ OUT_FORMATS = (".csv", ".json")
 DEFAULT_BATCH = 64
 
 
-class InferenceError(ValueError):
+class InferenceError(errors.UserError, ValueError):
     """A user-facing error: bad model file, unreadable image, wrong input shape."""
 
 
 @dataclass
 class OnnxModel:
-    """An ONNX Runtime session and the file's decoded metadata."""
+    """An exported model opened in a runtime, and the file's decoded metadata: an ONNX Runtime ``session``, or
+    (another runtime) a ``runner`` mapping a float32 batch to logits."""
 
     path: Path
     session: Any
     meta: dict[str, Any]
+    runtime: str = "onnxruntime"
+    runner: Any = None
+    info: dict[str, Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -73,31 +84,73 @@ class OnnxModel:
     def logits(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
         """Logits of a batch already preprocessed into the file's layout; checks its shape first."""
         check_input(x, self)
-        name = self.session.get_inputs()[0].name
-        out = [self.session.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})[0]
-               for i in range(0, len(x), batch_size)]
+        if self.runner is not None:
+            run = self.runner
+        else:
+            name = self.session.get_inputs()[0].name
+            run = lambda xb: self.session.run(None, {name: xb})[0]  # noqa: E731
+        out = [run(np.ascontiguousarray(x[i:i + batch_size], np.float32)) for i in range(0, len(x), batch_size)]
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def provider_names(provider: str) -> list[str]:
-    """ONNX Runtime's provider list for ``--provider``; a one-line error if this onnxruntime lacks it."""
+def available_providers() -> list[str]:
+    """The ``--provider`` names whose execution provider this onnxruntime build really offers."""
     import onnxruntime as ort
 
-    if provider not in PROVIDERS:
-        raise InferenceError(f"unknown provider {provider!r}; valid choices: {', '.join(PROVIDERS)}")
-    name, available = PROVIDERS[provider], ort.get_available_providers()
-    if name not in available:
-        offered = [k for k, v in PROVIDERS.items() if v in available]
-        raise InferenceError(f"provider {provider!r} ({name}) is not available in onnxruntime {ort.__version__}; "
-                             f"available here: {', '.join(offered) or 'none'} ({', '.join(available)})")
+    return [k for k, v in PROVIDERS.items() if v in ort.get_available_providers()]
+
+
+def provider_names(provider: str) -> list[str]:
+    """ONNX Runtime's provider list for ``--provider``; a one-line error naming the ones this onnxruntime offers."""
+    import onnxruntime as ort
+
+    offered = available_providers()
+    if provider not in offered:
+        what = f"provider {provider!r} ({PROVIDERS[provider]}) is not available in" if provider in PROVIDERS else \
+            f"unknown provider {provider!r} for"
+        raise InferenceError(f"{what} onnxruntime {ort.__version__}; valid choices here: {', '.join(offered)} "
+                             f"(it offers {', '.join(ort.get_available_providers())})")
+    name = PROVIDERS[provider]
     return [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
 
 
-def load(path: str | Path, threads: int | None = None, provider: str = "cpu") -> OnnxModel:
-    """Open ``path`` with ONNX Runtime on ``provider``; clear errors for a missing, truncated or foreign file."""
+def load_other(path: Path, runtime: str) -> OnnxModel:
+    """Open ``path`` in a runtime other than ONNX Runtime (``export/runtimes.py``), its metadata read from the
+    file itself (an ONNX file's metadata_props, an OpenVINO IR's rt_info)."""
+    from export.runtimes import INFER_RUNTIMES, check_runtime
+    from shared.onnx_meta import read_metadata
+
+    try:
+        adapter = check_runtime(runtime, INFER_RUNTIMES)
+    except ValueError as e:
+        raise InferenceError(str(e)) from None
+    if not path.exists():
+        raise InferenceError(f"model file not found: {path}")
+    try:
+        meta = read_metadata(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise InferenceError(str(e)) from None
+    if meta["format"] not in adapter.formats:
+        raise InferenceError(f"{runtime} does not read {meta['format']} files; it reads: {', '.join(adapter.formats)}")
+    try:
+        runner = adapter.open(path)
+    except Exception as e:  # noqa: BLE001 the runtime's own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InferenceError(f"{runtime} cannot load {path}: {first}") from e
+    return OnnxModel(path, None, meta, runtime, runner.run, runner.info)
+
+
+def load(path: str | Path, threads: int | None = None, provider: str = "cpu", runtime: str = "onnxruntime"
+         ) -> OnnxModel:
+    """Open ``path`` in ``runtime`` (ONNX Runtime on ``provider`` by default); clear errors for a missing,
+    truncated or foreign file."""
     import onnxruntime as ort
 
     path = Path(path)
+    if runtime != "onnxruntime":
+        if provider != "cpu":
+            raise InferenceError(f"--provider is ONNX Runtime's; {runtime} runs on the CPU here")
+        return load_other(path, runtime)
     if not path.is_file():
         raise InferenceError(f"ONNX file not found: {path}")
     providers = provider_names(provider)
@@ -350,9 +403,11 @@ def _print_result(r: dict[str, Any]) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.infer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("onnx", help="an .onnx file written by `make export` or `make quantize`")
+    from export.runtimes import INFER_RUNTIMES
+
+    p = errors.ArgumentParser(prog="python -m export.infer", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("onnx", help="an .onnx file written by `make export` or `make quantize` (OpenVINO: or a .xml IR)")
     p.add_argument("images", nargs="*", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--npy", help="a .npy batch already preprocessed into the file's layout (float32)")
     p.add_argument("--topk", type=int, default=5, help="classes to report per image (default 5)")
@@ -361,7 +416,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"images per ORT run (default {DEFAULT_BATCH})")
     p.add_argument("--workers", type=int, help="decoding threads (default: half the cores, 1 to 4)")
-    p.add_argument("--provider", default="cpu", help=f"execution provider: {', '.join(PROVIDERS)} (default cpu)")
+    p.add_argument("--runtime", default="onnxruntime", help=f"{', '.join(INFER_RUNTIMES)} (default onnxruntime)")
+    p.add_argument("--provider", default="cpu",
+                   help="ONNX Runtime execution provider, of those this build offers: "
+                   f"{', '.join(available_providers())} (default cpu)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's choice)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -369,35 +427,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shared.io import check_writable
+
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.images and not args.npy:
-        parser.error("give image files, folders or glob patterns, or --npy FILE")
+        raise errors.UserError("give image files, folders or glob patterns, or --npy FILE")
     for flag, value in (("--topk", args.topk), ("--batch-size", args.batch_size)):
         if value < 1:
-            parser.error(f"{flag} must be >= 1; got {value}")
-    try:
-        check_out(args.out)
-        model = load(args.onnx, threads=args.threads, provider=args.provider)
-        if args.npy:
-            if not Path(args.npy).is_file():
-                raise InferenceError(f"input file not found: {args.npy}")
-            probs = softmax(model.logits(np.load(args.npy), args.batch_size))
-            results = [{"image": f"{args.npy}[{i}]", "top": top, "note": None, "error": None}
-                       for i, top in enumerate(top_k(probs, model.meta["class_names"], args.topk))]
-        else:
-            paths = collect_images(args.images)
-            results = _classify_with_progress(model, paths, args)
-    except InferenceError as e:
-        raise SystemExit(f"error: {e}") from None
+            raise errors.UserError(f"{flag} must be >= 1; got {value}")
+    check_out(args.out)
+    if args.out:  # before any image is read: an unwritable --out must not cost the whole run
+        check_writable(args.out, what="predictions file")
+    model = load(args.onnx, threads=args.threads, provider=args.provider, runtime=args.runtime)
+    if args.npy:
+        if not Path(args.npy).is_file():
+            raise InferenceError(f"input file not found: {args.npy}")
+        probs = softmax(model.logits(np.load(args.npy), args.batch_size))
+        results = [{"image": f"{args.npy}[{i}]", "top": top, "note": None, "error": None}
+                   for i, top in enumerate(top_k(probs, model.meta["class_names"], args.topk))]
+    else:
+        paths = collect_images(args.images)
+        results = _classify_with_progress(model, paths, args)
     failed = sum(1 for r in results if r["error"])
     if args.out:
         write_results(args.out, results, args.topk)
     if args.json:
         print(json.dumps(results_json(results), indent=2))
     elif not args.out:
+        hint = (model.info or {}).get("precision_hint")
         print(f"# {model.path} ({model.meta['model']}, {model.meta['framework']} export, {model.meta['layout']}, "
-              f"{model.meta['input_size']}px, dataset {model.meta.get('dataset', '?')})")
+              f"{model.meta['input_size']}px, dataset {model.meta.get('dataset', '?')}; {model.runtime}"
+              + (f" at {hint}" if hint else "") + ")")
         for r in results:
             if not r["error"]:
                 _print_result(r)
@@ -434,4 +495,4 @@ def _classify_with_progress(model: OnnxModel, paths: list[Path], args: argparse.
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -1,29 +1,45 @@
-"""``make export``: write an ``.onnx`` file from a run (or random weights) in either framework.
+"""``make export``: write a run (or random weights) in a deployment format, from either framework (docs/export.md).
 
-    python -m export.onnx_export --run runs/synthetic/resnet20/torch-... [--framework keras] [--out DIR|FILE]
+    python -m export.onnx_export --run runs/synthetic/resnet20/torch-... [--framework keras] [--format onnx]
+                                 [--out DIR|FILE] [--opset 18]
     python -m export.onnx_export --model resnet50 --framework keras [--seed 0] [--out DIR|FILE]
 
-The export itself runs in a subprocess of the chosen framework (``python -m pytorch_impl.export onnx``
-or ``python -m keras_impl.export onnx``): torch's exporter crashes in a process that has imported
-tensorflow, so this driver imports neither. Weights are canonical, so a torch-trained run exports
-through Keras too. Where the file goes: ``<run>/model.onnx`` in the run's own framework,
-``<run>/model-<framework>.onnx`` in the other one, ``artifacts/export/<model>-<framework>.onnx`` for
-random weights; ``--out`` names the file (``*.onnx``) or the folder. ``--opset`` picks the ONNX
-opset (default 18 in both frameworks; ``shared/onnx_meta.py`` says why), recorded in the file's
-metadata. Afterwards the file is opened with ONNX Runtime and run at batch sizes 1 and 5 (the batch
-dimension is symbolic).
+``--format`` is ``onnx`` (default), ``pt2`` (torch.export; Keras on the torch backend), ``saved_model``,
+``litert`` or ``openvino`` (Keras' ``model.export``, on the backends ``shared.onnx_meta.FORMATS`` names;
+``make export BACKEND=`` picks the Keras backend). The export itself runs in a subprocess of the chosen
+framework (``python -m pytorch_impl.export`` / ``keras_impl.export``): torch's exporter crashes in a process
+that has imported tensorflow, so this driver imports neither. Weights are canonical, so a torch-trained run
+exports through Keras too. Where the file goes: ``<run>/model.<suffix>`` in the run's own framework,
+``<run>/model-<framework>.<suffix>`` in the other one, ``artifacts/export/<model>-<framework>.<suffix>`` for
+random weights; ``--out`` names the file (with the format's suffix) or the folder, and is checked writable
+before the export starts. ``--opset`` picks the ONNX opset (default 18; ``shared/onnx_meta.py`` says why);
+the runtimes that cannot read it are named (``export/runtimes.py``, measured by ``make deploy-check``).
+Afterwards an ONNX file is run in ONNX Runtime at batch sizes 1 and 5 (the batch dimension is symbolic).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from shared import process
-from shared.onnx_meta import DEFAULT_OPSET, check_framework, check_opset, resolve_source
+from shared import errors, process
+from shared.backends import keras_backend
+from shared.io import check_writable
+from shared.onnx_meta import (
+    DEFAULT_OPSET,
+    FORMATS,
+    check_format,
+    check_framework,
+    check_opset,
+    check_route,
+    default_export_path,
+    read_metadata,
+    resolve_source,
+)
 from shared.process import FRAMEWORKS
 
 
@@ -53,6 +69,17 @@ def export(framework: str, run: str | None = None, model: str | None = None, out
     return Path(stdout.strip().splitlines()[-1])
 
 
+def export_format(framework: str, fmt: str, path: Path, run: str | None = None, model: str | None = None,
+                  opset: int = DEFAULT_OPSET, **overrides) -> Path:
+    """Export to ``path`` in ``fmt`` in ``framework``'s subprocess; the written path (a one-line error otherwise)."""
+    target = f"{fmt}:{opset}={path}" if fmt == "onnx" else f"{fmt}={path}"
+    stdout = framework_cli(framework, "export", *source_args(run, model, **overrides), "--to", target)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    if "error" in result:
+        raise process.ChildError(f"{framework} could not write {fmt}: {result['error']}")
+    return Path(result["path"])
+
+
 def smoke_test(path: Path) -> list[tuple[int, tuple[int, ...]]]:
     """Run the file in ONNX Runtime at batch sizes 1 and 5; the output shapes."""
     from export.infer import load
@@ -66,37 +93,55 @@ def smoke_test(path: Path) -> list[tuple[int, tuple[int, ...]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.onnx_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(prog="python -m export.onnx_export", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", help="run folder or .safetensors checkpoint")
     p.add_argument("--model", help="registry model name (random weights) when no --run is given")
     p.add_argument("--framework", help=f"exporter: {' or '.join(FRAMEWORKS)} (default: the run's, else torch)")
+    p.add_argument("--format", default="onnx", help=f"{', '.join(FORMATS)} (default onnx)")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--shortcut")
     p.add_argument("--input-size", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output .onnx file, or folder")
+    p.add_argument("--out", help="output file (with the format's suffix), or folder")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     args = p.parse_args(argv)
     if not args.run and not args.model:
-        p.error("give --run RUN_FOLDER_OR_CHECKPOINT or --model NAME")
+        raise errors.UserError("give --run RUN_FOLDER_OR_CHECKPOINT or --model NAME")
+    overrides = {"num_classes": args.num_classes, "shortcut": args.shortcut, "input_size": args.input_size,
+                 "seed": args.seed}
     try:
-        source = resolve_source(args.run, model=args.model, num_classes=args.num_classes,
-                                shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
+        fmt = check_format(args.format).name
+        source = resolve_source(args.run, model=args.model, **overrides)
         framework = check_framework(args.framework or source.framework or "torch")
+        backend = keras_backend() if framework == "keras" else None
+        check_route(fmt, framework, backend)
         check_opset(args.opset)
-        path = export(framework, args.run, args.model, args.out, args.opset, num_classes=args.num_classes,
-                      shortcut=args.shortcut, input_size=args.input_size, seed=args.seed)
-        shapes = smoke_test(path)
+        path = check_writable(default_export_path(source, framework, fmt, args.out), folder=FORMATS[fmt].folder,
+                              what=f"{fmt} export")
+        if fmt == "onnx":
+            path = export(framework, args.run, args.model, str(path), args.opset, **overrides)
+            shapes = smoke_test(path)
+        else:
+            path = export_format(framework, fmt, path, args.run, args.model, args.opset, **overrides)
+            read_metadata(path)  # the metadata travelled with the file
     except (FileNotFoundError, ValueError, process.ChildError) as e:
-        raise SystemExit(f"error: {e}") from None
-    size_mb = path.stat().st_size / 2**20
-    runs = ", ".join(f"batch {b} -> {list(s)}" for b, s in shapes)
-    print(f"wrote {path} ({source.spec.name}, {framework} exporter, opset {args.opset}, {size_mb:.1f} MiB); "
-          "onnx.checker ok; "
-          f"onnxruntime: {runs}")
+        raise errors.UserError(str(e)) from None
+    size_mb = sum(f.stat().st_size for f in ([path, path.with_suffix(".bin")] if fmt == "openvino" else
+                  path.rglob("*") if path.is_dir() else [path]) if f.is_file()) / 2**20
+    who = f"{framework} exporter" + (f" on the Keras {backend} backend" if backend else "")
+    if fmt == "onnx":
+        runs = ", ".join(f"batch {b} -> {list(s)}" for b, s in shapes)
+        print(f"wrote {path} ({source.spec.name}, {who}, opset {args.opset}, {size_mb:.1f} MiB); onnx.checker ok; "
+              f"onnxruntime: {runs}")
+        from export.runtimes import opset_advice
+
+        for line in opset_advice(args.opset):
+            print(f"note: {line}", file=sys.stderr)
+    else:
+        print(f"wrote {path} ({source.spec.name}, {fmt}, {who}, {size_mb:.1f} MiB; metadata {FORMATS[fmt].metadata})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

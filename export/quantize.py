@@ -43,7 +43,8 @@ import numpy as np
 
 from export.infer import OnnxModel, load
 from export.parity import REFERENCE_IMAGES, reference_check
-from shared.io import atomic_write, atomic_write_json, atomic_write_text
+from shared import errors
+from shared.io import atomic_write, atomic_write_json, atomic_write_text, check_writable
 from shared.machine import machine_info
 from shared.markdown import table
 from shared.onnx_meta import check_framework, default_onnx_path, graph_opset, resolve_source
@@ -347,8 +348,8 @@ def write_report(report: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = errors.ArgumentParser(prog="python -m export.quantize", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--precision", default="int8", help=f"{' or '.join(PRECISIONS)} (default int8)")
     p.add_argument("--framework", help=f"whose export to quantize: {' or '.join(FRAMEWORKS)} (default: the run's)")
@@ -365,10 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         check_precision(args.precision)
         if args.calibration < 1:
             raise QuantizeError(f"--calibration must be >= 1; got {args.calibration}")
+        # The quantized file and its report go to --out, else beside the float32 file (the run folder).
+        if args.out:
+            check_writable(args.out, what="quantized file")
+        else:
+            check_writable(Path(args.onnx).parent if args.onnx else args.run, folder=True,
+                           what="quantized file's folder")
         report = quantize(args.run, args.precision, args.framework, args.onnx, args.data_dir, args.calibration,
                           args.seed, args.reduce_range, bench=not args.no_bench, out=args.out)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: process.ChildError
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
     md, js = write_report(report)
     print(markdown(report))
     print(f"wrote {report['file']}, {md} and {js}")
@@ -376,4 +383,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -1,4 +1,5 @@
-"""ONNX export of a Keras ResNet (``model.export(format="onnx")``), native predictions and timings.
+"""Exports of a Keras ResNet through Keras' own ``model.export`` (ONNX, SavedModel, LiteRT, OpenVINO IR, ``.pt2``),
+native predictions and timings (docs/export.md).
 
 Keras' own exporter runs on the TensorFlow backend (tf2onnx) and the PyTorch backend (torch.onnx). On the
 JAX backend Keras asks for ``jax2onnx``, which pulls in flax, equinox, optax, orbax and huggingface-hub; the
@@ -6,13 +7,19 @@ route here is instead exact: the model's canonical weights (the same numbers on 
 to a safetensors file and exported by Keras on the PyTorch backend (TensorFlow where torch is absent), in
 its own process. The file's metadata names both backends.
 
-``python -m keras_impl.export onnx|predict|bench ...`` is what the framework-neutral drivers in
-``export/`` run in a subprocess (this process must never import torch).
+``python -m keras_impl.export onnx|export|predict|bench ...`` is what the framework-neutral drivers in
+``export/`` run in a subprocess. Each format is written on the backends that Keras supports for it
+(``shared.onnx_meta.FORMATS``); the file's metadata names the backend. On the TensorFlow backend this process
+never imports torch; on the torch backend, ``.pt2`` and ONNX (torch.export) must be written before anything
+imports tensorflow (Keras' OpenVINO export does), so list them first.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,13 +30,19 @@ import numpy as np
 
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
-from shared.io import load_weights, save_weights
+from shared import errors
+from shared.io import atomic_write_json, load_weights, save_weights
 from shared.onnx_meta import (
     DEFAULT_OPSET,
+    PT2_METADATA,
+    RT_INFO_SECTION,
+    SAVED_MODEL_METADATA,
     Source,
     check_metadata,
+    check_route,
     export_cli,
     finalize_onnx,
+    sidecar_path,
 )
 from shared.spec import ModelSpec
 
@@ -40,9 +53,16 @@ LAYOUT = "NHWC"
 BACKEND = keras.backend.backend()
 
 
-def exporter_version(opset: int = DEFAULT_OPSET) -> str:
-    """The exporter that writes this framework's files, with its version: Keras' own ``model.export``
-    goes through tf2onnx on the TensorFlow backend and torch.onnx on the PyTorch backend."""
+# Keras' own names of the formats (model.export(format=...)).
+KERAS_FORMATS = {"onnx": "onnx", "saved_model": "tf_saved_model", "litert": "litert", "openvino": "openvino",
+                 "pt2": "torch"}
+
+
+def exporter_version(opset: int = DEFAULT_OPSET, fmt: str = "onnx") -> str:
+    """The exporter that writes this framework's ``fmt`` files, with its version: Keras' own ``model.export``
+    (for ONNX: tf2onnx on the TensorFlow backend, torch.onnx on the PyTorch backend)."""
+    if fmt != "onnx":
+        return f"keras {keras.__version__} ({BACKEND} backend) model.export(format={KERAS_FORMATS[fmt]!r})"
     if BACKEND == "torch":
         import torch
 
@@ -96,6 +116,78 @@ def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata:
         else:
             model.export(str(raw), format="onnx", verbose=False, opset_version=opset)
         return finalize_onnx(raw, path, metadata)
+
+
+def _replace(tmp: Path, path: Path) -> Path:
+    """Move a finished file or folder into place (an old folder of the same name is removed first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.is_dir() and path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def _with_saved_model_metadata(raw: Path, metadata: dict[str, str]) -> None:
+    atomic_write_json(raw / SAVED_MODEL_METADATA, metadata)
+
+
+def _with_litert_sidecar(path: Path, metadata: dict[str, str]) -> None:
+    atomic_write_json(sidecar_path(path), metadata)
+
+
+def _openvino_with_rt_info(raw: Path, path: Path, metadata: dict[str, str]) -> Path:
+    """The IR again, with ``metadata`` in its rt_info section; float32 weights kept (no fp16 compression)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(raw))
+    for key, value in metadata.items():
+        model.set_rt_info(value, [RT_INFO_SECTION, key])
+    out = raw.parent / "final" / path.name
+    ov.save_model(model, str(out), compress_to_fp16=False)
+    _replace(out.with_suffix(".bin"), path.with_suffix(".bin"))
+    return _replace(out, path)
+
+
+def _pt2_with_metadata(raw: Path, path: Path, metadata: dict[str, str]) -> Path:
+    import torch
+
+    program = torch.export.load(str(raw))
+    out = raw.parent / "final.pt2"
+    torch.export.save(program, str(out), extra_files={PT2_METADATA: json.dumps(metadata)})
+    return _replace(out, path)
+
+
+def export_format(model: keras.Model, spec: ModelSpec, fmt: str, path: str | Path, metadata: dict[str, str],
+                  opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` in deployment format ``fmt`` with Keras' ``model.export`` on this backend, ``metadata``
+    where the format keeps it (``shared.onnx_meta.FORMATS``); the file appears only once complete."""
+    check_metadata(metadata)
+    check_route(fmt, FRAMEWORK, BACKEND)
+    if fmt == "onnx":
+        return export_onnx(model, spec, path, metadata, opset=opset)
+    path = Path(path)
+    kwargs = {}
+    if fmt == "pt2":
+        if "tensorflow" in sys.modules:  # torch.export crashes the interpreter when TensorFlow shares it
+            raise ValueError("torch.export must run before anything imports tensorflow: list pt2 (and onnx) "
+                             "before the other formats, or export it in its own process")
+        import torch
+
+        kwargs["dynamic_shapes"] = {0: torch.export.Dim("batch", min=1)}
+    model(np.zeros((1, spec.input_size, spec.input_size, spec.in_channels), np.float32), training=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        raw = Path(tmp) / f"raw{path.suffix}"
+        model.export(str(raw), format=KERAS_FORMATS[fmt], verbose=False, **kwargs)
+        if fmt == "saved_model":
+            _with_saved_model_metadata(raw, metadata)
+            return _replace(raw, path)
+        if fmt == "litert":
+            _with_litert_sidecar(path, metadata)
+            return _replace(raw, path)
+        if fmt == "openvino":
+            return _openvino_with_rt_info(raw, path, metadata)
+        return _pt2_with_metadata(raw, path, metadata)
 
 
 def load_model(source: Source) -> keras.Model:
@@ -154,4 +246,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

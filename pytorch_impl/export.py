@@ -1,6 +1,7 @@
-"""ONNX export of a PyTorch ResNet (torch.onnx dynamo exporter), native predictions and timings.
+"""Exports of a PyTorch ResNet (ONNX through torch.onnx, ``.pt2`` through ``torch.export``), native predictions
+and timings (docs/export.md).
 
-``python -m pytorch_impl.export onnx|predict|bench ...`` is what the framework-neutral drivers in
+``python -m pytorch_impl.export onnx|export|predict|bench ...`` is what the framework-neutral drivers in
 ``export/`` run in a subprocess (this process must never import tensorflow: torch.export crashes).
 
 The dynamo exporter needs the ``onnxscript`` package; where it is missing (many GPU containers),
@@ -12,6 +13,8 @@ checked against torch by the same parity tests.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
 import tempfile
 import time
@@ -23,11 +26,13 @@ import torch
 
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import set_weights
-from shared.io import load_weights
+from shared import errors
+from shared.io import atomic_write, load_weights
 from shared.onnx_meta import (
     DEFAULT_OPSET,
     INPUT_NAME,
     OUTPUT_NAME,
+    PT2_METADATA,
     Source,
     check_metadata,
     export_cli,
@@ -49,8 +54,10 @@ def dynamo_available() -> bool:
 DYNAMO_MIN_OPSET = 18
 
 
-def exporter_version(opset: int = DEFAULT_OPSET) -> str:
-    """The exporter that writes this framework's files at ``opset``, with its version."""
+def exporter_version(opset: int = DEFAULT_OPSET, fmt: str = "onnx") -> str:
+    """The exporter that writes this framework's ``fmt`` files (ONNX at ``opset``), with its version."""
+    if fmt == "pt2":
+        return f"torch {torch.__version__} torch.export"
     kind = "dynamo" if dynamo_available() and opset >= DYNAMO_MIN_OPSET else "torchscript"
     return f"torch {torch.__version__} torch.onnx {kind}"
 
@@ -87,6 +94,35 @@ def export_onnx(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metad
                 torch.onnx.export(model, (example,), str(raw), dynamo=False, opset_version=opset, **names,
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         return finalize_onnx(raw, path, metadata)
+
+
+def export_pt2(model: torch.nn.Module, spec: ModelSpec, path: str | Path, metadata: dict[str, str]) -> Path:
+    """``torch.export`` of ``model`` (eval mode) to a ``.pt2`` archive with a symbolic batch, ``metadata`` as its
+    extra file ``metadata.json``; written atomically. ``torch.export.load(path).module()`` runs it."""
+    check_metadata(metadata)
+    if "tensorflow" in sys.modules:  # torch.export crashes the interpreter when TensorFlow shares it
+        raise ValueError("torch.export must run in a process that has not imported tensorflow")
+    model = model.eval()
+    example = torch.zeros(2, spec.in_channels, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    extra = {PT2_METADATA: json.dumps(metadata)}
+
+    def save(tmp: str) -> None:  # torch.export.save wants a name ending in .pt2
+        torch.export.save(program, tmp + ".pt2", extra_files=extra)
+        os.replace(tmp + ".pt2", tmp)
+
+    return atomic_write(path, save)
+
+
+def export_format(model: torch.nn.Module, spec: ModelSpec, fmt: str, path: str | Path, metadata: dict[str, str],
+                  opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` in deployment format ``fmt`` (``onnx`` or ``pt2``, the formats PyTorch has a route to)."""
+    exporters = {"onnx": lambda: export_onnx(model, spec, path, metadata, opset=opset),
+                 "pt2": lambda: export_pt2(model, spec, path, metadata)}
+    if fmt not in exporters:
+        raise ValueError(f"PyTorch has no route to {fmt!r}; it writes: {', '.join(exporters)}")
+    return exporters[fmt]()
 
 
 def load_model(source: Source) -> torch.nn.Module:
@@ -134,4 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

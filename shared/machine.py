@@ -99,6 +99,31 @@ def machine_info() -> dict[str, Any]:
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags of native bf16 arithmetic
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 CPU flags of int8 dot products (VNNI / AMX)
+# The flags a deployment report names (what decides float32, bf16 and int8 speed on a CPU).
+REPORT_FLAGS = ("avx2", "fma", "avx512f", *VNNI_FLAGS, *BF16_FLAGS)
+
+
+def cpu_flag_set() -> set[str]:
+    """Every flag /proc/cpuinfo lists (x86 ``flags``, ARM ``Features``); empty where there is no /proc/cpuinfo."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags: set[str] = set()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith(("flags", "features")):
+                flags |= set(line.split(":", 1)[1].split())
+    return flags
+
+
+def cpu_flags(names: tuple[str, ...] = REPORT_FLAGS) -> dict[str, bool]:
+    """Whether this CPU has each of ``names`` (read, never assumed)."""
+    have = cpu_flag_set()
+    return {name: name in have for name in names}
+
+
+def cpu_has_vnni() -> bool:
+    """Whether the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    return bool(cpu_flag_set() & set(VNNI_FLAGS))
 
 
 def cpu_has_bf16() -> bool:
@@ -107,11 +132,6 @@ def cpu_has_bf16() -> bool:
     Without it, bf16 autocast / ``mixed_bfloat16`` emulate bf16 in software: measured 0.07-0.08x the
     float32 speed on a 2-core AVX2 CPU.
     """
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
+    if not Path("/proc/cpuinfo").is_file():
         return platform.machine().lower() in ("arm64", "aarch64")  # Apple/ARM cores with bf16: assume yes
-    flags: set[str] = set()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.lower().startswith(("flags", "features")):
-            flags |= set(line.split(":", 1)[1].split())
-    return bool(flags & {*BF16_FLAGS, "bf16"})
+    return bool(cpu_flag_set() & {*BF16_FLAGS, "bf16"})

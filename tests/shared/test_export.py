@@ -194,9 +194,11 @@ def onnx_file(torch_run):
 
 
 def _infer_error(*argv) -> str:
-    with pytest.raises(SystemExit) as e:
+    from shared.errors import UserError
+
+    with pytest.raises(UserError) as e:
         infer.main([str(a) for a in argv])
-    return str(e.value.code)
+    return f"error: {e.value}"
 
 
 def test_infer_missing_and_truncated_onnx(onnx_file, tmp_path):
@@ -209,7 +211,7 @@ def test_infer_missing_and_truncated_onnx(onnx_file, tmp_path):
     assert msg.startswith(f"error: {truncated} is not a readable ONNX model"), msg
     proc = subprocess.run([sys.executable, "-m", "export.infer", str(truncated), str(img)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and str(truncated) in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(truncated) in proc.stderr
 
 
 def test_infer_onnx_without_metadata(tmp_path):
@@ -301,14 +303,15 @@ def test_infer_bad_inputs_are_one_line_errors(onnx_file, image_tree, tmp_path):
     assert _infer_error(onnx_file, tmp_path / "x*.png").startswith(f"error: no images match '{tmp_path / 'x*.png'}'")
     assert _infer_error(onnx_file, good[0], "--out", tmp_path / "p.txt") == (
         f"error: --out must end in .csv or .json; got {tmp_path / 'p.txt'}")
-    assert _infer_error(onnx_file, good[0], "--provider", "tpu") == (
-        "error: unknown provider 'tpu'; valid choices: cpu, cuda, tensorrt, openvino")
     import onnxruntime as ort
 
+    offered = ", ".join(k for k, v in infer.PROVIDERS.items() if v in ort.get_available_providers())
+    assert _infer_error(onnx_file, good[0], "--provider", "tpu").startswith(
+        f"error: unknown provider 'tpu' for onnxruntime {ort.__version__}; valid choices here: {offered} (it offers ")
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
         msg = _infer_error(onnx_file, good[0], "--provider", "tensorrt")
         assert msg.startswith("error: provider 'tensorrt' (TensorrtExecutionProvider) is not available") and (
-            "available here: cpu" in msg), msg
+            f"valid choices here: {offered} " in msg), msg
     assert _infer_error(good[0], good[0]).startswith(f"error: {good[0]} is not a readable ONNX model")
 
 

@@ -156,9 +156,11 @@ def test_parity_checks_quantized_files_with_the_second_runtime(qrun, data_dir):
 
 
 def _error(*argv) -> str:
-    with pytest.raises(SystemExit) as e:
+    from shared.errors import UserError
+
+    with pytest.raises(UserError) as e:
         quantize.main([str(a) for a in argv])
-    return str(e.value.code)
+    return f"error: {e.value}"
 
 
 def test_quantize_bad_input_is_one_line(qrun, data_dir, tmp_path):
