@@ -236,7 +236,7 @@ data: $(STAMP) ## prepare a dataset once: make data DATASET=cifar10|cifar100|cat
 		$(call opt,--val-size,$(VAL_SIZE)) $(if $(NO_DOWNLOAD),--no-download)
 
 bench-data: $(STAMP) ## images/s of each framework's input pipeline (CIFAR-10-shaped batches of 128): results/bench/data.*
-	$(PY) -m datasets.bench --data-dir $(DATA_DIR)
+	$(PY) -m datasets.bench --data-dir $(DATA_DIR) $(call opt,--batch-size,$(BATCH_SIZE))
 
 # Speed benchmark (shared/bench/): training/inference images/s, batch-1 latency and GFLOP/s per framework, Keras
 # backend and fast path, each in its own process, ONNX Runtime on both exports, and the real training loops

@@ -14,7 +14,6 @@ Writes ``<out>/data.json`` and ``<out>/data.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from datasets.prepared import DataError, prepared_dir, read_prepared
-from shared import process
+from shared import errors, process
 from shared.bench.catalog import LOOP_VARIANT, canonical
-from shared.io import atomic_write_json, atomic_write_text
+from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.markdown import table
 
 # (framework, augment, torch threads): torch's pipeline also with one thread, because on a busy CPU
@@ -126,7 +125,7 @@ def verdict(pipelines: list[dict], training: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.bench", description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(prog="python -m datasets.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=150, help="timed batches per pipeline")
@@ -134,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="do not time ResNet-20 training steps")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.batches < 1:
-        parser.error(f"--batch-size and --batches must be >= 1; got {args.batch_size}, {args.batches}")
+        raise errors.UserError(f"--batch-size and --batches must be >= 1; got {args.batch_size}, {args.batches}")
+    out = check_writable(args.out, folder=True, what="report folder")
     from shared.machine import machine_info
 
     load = [round(v, 2) for v in os.getloadavg()]
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path, data = bench_dataset(Path(args.data_dir), Path(tmp))
         except DataError as e:
-            raise SystemExit(f"error: {e}") from None
+            raise errors.UserError(str(e)) from None
         pipelines = []
         for fw, train, threads in PIPELINES:
             row = bench_pipeline(fw, path, args.batch_size, args.batches, train, threads)
@@ -159,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
               "cpu": info.get("cpu") or platform.processor(), "cores": info.get("cores") or os.cpu_count(),
               "load_average": load, "pipelines": pipelines, "training": training,
               "verdict": verdict(pipelines, training), "machine": info}
-    out = Path(args.out)
     atomic_write_json(out / "data.json", report)
     atomic_write_text(out / "data.md", render(report))
     print(report["verdict"])
@@ -168,4 +167,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datasets import synthetic
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared, write_prepared
-from shared import process
+from shared import errors, process
 from shared.data import CIFAR_DATASETS, SYNTHETIC_DATASETS, check_dataset
 from shared.io import atomic_save_npz
 
@@ -85,7 +85,7 @@ def loader_main(args: argparse.Namespace, *, bench: Callable[[Prepared], dict],
     try:
         prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)
     except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
     if args.bench:
         print(json.dumps(bench(prepared)))
         return 0

@@ -8,11 +8,11 @@ missing offline, corrupt archive, checksum mismatch) end the command with one ``
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from datasets.loading import prepare
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared
+from shared import errors
 from shared.data import DATASETS, LABELS, with_labels
 
 
@@ -26,7 +26,7 @@ def _summary(p: Prepared) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare", description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(prog="python -m datasets.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     parser.add_argument("--labels", default=None,
                         help=f"which label set: {', '.join(LABELS['cifar100'])} (cifar100 only; default fine): "
@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only verify an existing preparation's checksums")
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
-        parser.error(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
+        raise errors.UserError(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
     try:
         args.dataset = with_labels(args.dataset, args.labels)
     except ValueError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
     try:
         if args.check:
             p = read_prepared(prepared_dir(args.dataset, args.data_dir))
@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             p = prepare(args.dataset, args.data_dir, download=not args.no_download, val_size=args.val_size,
                         in_process=True)
     except (DataError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
     print(_summary(p))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

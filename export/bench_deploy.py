@@ -11,8 +11,8 @@ default precision hint (bf16 on a CPU with native bf16; the report says which, f
 the int8 file in ONNX Runtime and OpenVINO: each row with its accuracy, top-1 agreement and max |logit
 difference| against ONNX Runtime float32, and its images/s at batch 1 and 64. The best float32 runtime is
 named with its ratio. Then both frameworks' float32 exports are quantized to int8 and fp16 (``export/quantize.py``:
-accuracy on the test split, top-1 agreement, max|d logit|, ORT batch-1 latency and batch-64 throughput
-against float32, timed in alternating rounds in one process). Then ``make infer``'s folder path
+accuracy on the test split, top-1 agreement, max|d logit|) and timed here against float32 in ONNX Runtime at batch 1
+and 64, in alternating rounds in one process. Then ``make infer``'s folder path
 (``export/infer.py``: find, decode in a thread pool, batch 64, classify) runs over ``--images`` PNG
 files written from the first run's test split (repeated), and its time per image is compared with the
 batch-64 throughput of the same file on preprocessed arrays, with 1 decoding thread and the default.
@@ -37,10 +37,11 @@ from export import infer
 from export.quantize import PRECISIONS, quantize, write_report
 from shared import errors
 from shared.bench import timing
+from shared.export_source import default_onnx_path, resolve_source
 from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.machine import machine_info
 from shared.markdown import table
-from shared.onnx_meta import FRAMEWORKS, default_onnx_path, resolve_source
+from shared.process import FRAMEWORKS
 
 # How long things are timed: a cell of `make deploy-check` in short blocks (a matrix has dozens of cells), a
 # slow runtime's cell in one block (onnx.reference takes seconds per batch of 64), the runtimes side by side in
@@ -64,19 +65,23 @@ def runner_speed(run: Callable[[np.ndarray], Any], x: np.ndarray, slow: bool = F
 
 
 def interleaved_rates(runs: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, batch: int) -> dict[str, Any]:
-    """Images/s of each ``run`` at ``batch``, timed in alternating rounds (one block of each per round), so that a
-    busy machine slows all of them alike: one :func:`shared.bench.timing.summarize` per run."""
-    settings, sync = TIMING["side by side"], lambda: None
+    """Images/s of each ``run`` on a batch of ``batch`` of ``x``'s images, timed in alternating rounds
+    (:func:`shared.bench.timing.interleaved_rates`)."""
     xb = _batch(x, batch)
-    steps = {name: (lambda run=run: run(xb)) for name, run in runs.items()}
-    for step in steps.values():
-        timing.warm_up(step, sync, settings.warmup)
-    counts = {name: timing.block_steps(step, sync, settings) for name, step in steps.items()}
-    values: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(settings.repeats):
-        for name, step in steps.items():
-            values[name].append(batch * counts[name] / timing.timed_block(step, sync, counts[name]))
-    return {name: timing.summarize(v) for name, v in values.items()}
+    return timing.interleaved_rates({name: (lambda run=run: run(xb)) for name, run in runs.items()}, batch,
+                                    TIMING["side by side"])
+
+
+def quantized_speed(report: dict[str, Any]) -> dict[str, Any]:
+    """Images/s of a ``make quantize`` file and its float32 source in ONNX Runtime at batch 1 and 64, in
+    alternating rounds; the speedups at both batch sizes."""
+    q = report["precision"]
+    models = {"float32": infer.load(report["float32_file"]), q: infer.load(report["file"])}
+    x = np.random.default_rng(0).standard_normal((64, *models["float32"].input_shape), dtype=np.float32)
+    runs = {name: (lambda xb, m=m: m.session.run(None, {"input": xb})) for name, m in models.items()}
+    speed = {f"b{b}": interleaved_rates(runs, x, b) for b in BATCHES}
+    return {"speed": speed, **{f"speedup_b{b}": speed[f"b{b}"][q]["median"] / speed[f"b{b}"]["float32"]["median"]
+                               for b in BATCHES}}
 
 
 # The rows of the side-by-side table: (row name, runtime, which file: the float32 export or its int8 twin).
@@ -246,11 +251,12 @@ def markdown(report: dict[str, Any]) -> str:
         q = r["precision"]
         body.append([r["model"], r["framework"], q, f"{r['float32_acc']:.4f}", f"{r['acc']:.4f}",
                      f"{r['top1_agreement_pct']:.2f}%", f"{r['max_abs_logit_diff']:.3g}",
-                     f"{s['float32']['throughput_ips_b64']:.0f} -> {s[q]['throughput_ips_b64']:.0f}",
+                     f"{s['b64']['float32']['median']:.0f} -> {s['b64'][q]['median']:.0f}",
                      f"**{r['speedup_b64']:.2f}x**",
-                     f"{s['float32']['latency_ms_b1']:.2f} -> {s[q]['latency_ms_b1']:.2f}"])
+                     f"{s['b1']['float32']['median']:.0f} -> {s['b1'][q]['median']:.0f}",
+                     f"{r['speedup_b1']:.2f}x"])
     lines += table(("run model", "export", "precision", "float32 acc", "acc", "top-1 agreement", "max abs d logit",
-                    "batch-64 img/s float32 -> q", "speedup b64", "batch-1 ms float32 -> q"), body)
+                    "batch-64 img/s float32 -> q", "speedup b64", "batch-1 img/s float32 -> q", "speedup b1"), body)
     lines += ["", "Accuracy is on the runs' test split (synthetic data, 500 images; the runs are short CPU "
               "trainings, not paper results). int8: ORT static QDQ, per-channel int8 weights, uint8 activations, "
               "MinMax on 256 training images. fp16: float16 weights and activations, float32 input/output; this "
@@ -284,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 for precision in PRECISIONS:
                     r = quantize(run, precision, fw, data_dir=args.data_dir)
                     write_report(r)
+                    r |= quantized_speed(r)
                     print(f"{r['model']} {fw} {precision}: agreement {r['top1_agreement_pct']:.2f}%, "
                           f"speedup b64 {r['speedup_b64']:.2f}x", flush=True)
                     report["quantized"].append(r)

@@ -6,7 +6,7 @@
 
 Each source (``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch``: the exporting framework and Keras
 backend, labelled as ``make bench`` labels them) exports the run's weights to every format it has a route to
-(``shared.onnx_meta.FORMATS``; ONNX at each of ``--opsets``) under ``<run>/deploy/<source>/``, in its own
+(``shared.export_meta.FORMATS``; ONNX at each of ``--opsets``) under ``<run>/deploy/<source>/``, in its own
 process; files newer than the weights are reused. The native model of each source computes the logits of the
 run's test split (else val), in its own process. Then every runtime of :data:`export.runtimes.RUNTIMES` that
 loads a file's format runs it, in a worker process of the kind the runtime needs (torch, tensorflow or
@@ -33,10 +33,11 @@ from export.parity import compare, evaluation_set
 from export.runtimes import PROCESSES, RUNTIMES, can_load
 from shared import errors, process
 from shared.bench.catalog import TRAINING as SOURCE_LABELS
+from shared.export_meta import DEFAULT_OPSET, FORMATS, check_format, check_opset
+from shared.export_source import Source, resolve_source
 from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.machine import cpu_flags, machine_info
 from shared.markdown import table
-from shared.onnx_meta import DEFAULT_OPSET, FORMATS, Source, check_format, check_opset, resolve_source
 
 DEFAULT_SOURCES = ("torch", "keras-tensorflow")
 DEFAULT_OPSETS = (DEFAULT_OPSET, 17)
@@ -128,7 +129,7 @@ def native_logits(run: str, label: str, x_path: Path, out: Path) -> np.ndarray:
 
 def plan_cells(files: list[dict[str, Any]], runtimes: tuple[str, ...], n: int) -> tuple[list[dict], list[dict]]:
     """(cells to run, cells that cannot: not installed) for every exported file x every runtime that loads it."""
-    from shared.onnx_meta import LAYOUTS
+    from shared.export_meta import LAYOUTS
 
     cells, skipped = [], []
     for i, f in enumerate(files):

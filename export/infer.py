@@ -18,7 +18,7 @@ file with its reason; the others are still classified. The exit status is 0 when
 classified and 1 when any failed; the last line counts them. ``--out`` writes one row per image:
 path, status, the top-k classes and probabilities, a note and the error (CSV or JSON by suffix).
 
-Everything the preprocessing needs is read from the file's metadata (``shared/onnx_meta.py``), whatever the runtime:
+Everything the preprocessing needs is read from the file's metadata (``shared/export_meta.py``), whatever the runtime:
 the image is decoded with Pillow and converted to RGB (grayscale, palette and RGBA images are
 converted, and the output says so), resized to the model's ``input_size`` (``resize=crop``: the
 shorter side to ``input_size`` then a center crop, keeping the aspect ratio; ``resize=stretch``:
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from shared import errors
-from shared.onnx_meta import RESIZE_MODES, parse_metadata
+from shared.export_meta import RESIZE_MODES, parse_metadata
 
 # What a folder or a glob contributes: files with these suffixes (case-insensitive), anything Pillow decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -118,7 +118,7 @@ def load_other(path: Path, runtime: str) -> OnnxModel:
     """Open ``path`` in a runtime other than ONNX Runtime (``export/runtimes.py``), its metadata read from the
     file itself (an ONNX file's metadata_props, an OpenVINO IR's rt_info)."""
     from export.runtimes import INFER_RUNTIMES, check_runtime
-    from shared.onnx_meta import read_metadata
+    from shared.export_meta import read_metadata
 
     try:
         adapter = check_runtime(runtime, INFER_RUNTIMES)

@@ -5,14 +5,14 @@
     python -m export.onnx_export --model resnet50 --framework keras [--seed 0] [--out DIR|FILE]
 
 ``--format`` is ``onnx`` (default), ``pt2`` (torch.export; Keras on the torch backend), ``saved_model``,
-``litert`` or ``openvino`` (Keras' ``model.export``, on the backends ``shared.onnx_meta.FORMATS`` names;
+``litert`` or ``openvino`` (Keras' ``model.export``, on the backends ``shared.export_meta.FORMATS`` names;
 ``make export BACKEND=`` picks the Keras backend). The export itself runs in a subprocess of the chosen
 framework (``python -m pytorch_impl.export`` / ``keras_impl.export``): torch's exporter crashes in a process
 that has imported tensorflow, so this driver imports neither. Weights are canonical, so a torch-trained run
 exports through Keras too. Where the file goes: ``<run>/model.<suffix>`` in the run's own framework,
 ``<run>/model-<framework>.<suffix>`` in the other one, ``artifacts/export/<model>-<framework>.<suffix>`` for
 random weights; ``--out`` names the file (with the format's suffix) or the folder, and is checked writable
-before the export starts. ``--opset`` picks the ONNX opset (default 18; ``shared/onnx_meta.py`` says why);
+before the export starts. ``--opset`` picks the ONNX opset (default 18; docs/export.md says why);
 the runtimes that cannot read it are named (``export/runtimes.py``, measured by ``make deploy-check``).
 Afterwards an ONNX file is run in ONNX Runtime at batch sizes 1 and 5 (the batch dimension is symbolic).
 """
@@ -28,18 +28,17 @@ import numpy as np
 
 from shared import errors, process
 from shared.backends import keras_backend
-from shared.io import check_writable
-from shared.onnx_meta import (
+from shared.export_meta import (
     DEFAULT_OPSET,
     FORMATS,
     check_format,
     check_framework,
     check_opset,
     check_route,
-    default_export_path,
     read_metadata,
-    resolve_source,
 )
+from shared.export_source import default_export_path, resolve_source
+from shared.io import check_writable
 from shared.process import FRAMEWORKS
 
 

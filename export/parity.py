@@ -25,7 +25,6 @@ exits 1 when a check fails (after writing the report). This process imports neit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,17 +35,12 @@ import numpy as np
 
 from export.infer import OnnxModel, load
 from export.onnx_export import export, framework_cli
+from shared import errors
+from shared.export_meta import DEFAULT_OPSET, check_opset
+from shared.export_source import Source, default_onnx_path, resolve_source
 from shared.io import atomic_write_json, atomic_write_text
-from shared.machine import machine_info
 from shared.markdown import table
-from shared.onnx_meta import (
-    DEFAULT_OPSET,
-    Source,
-    check_opset,
-    default_onnx_path,
-    graph_opset,
-    resolve_source,
-)
+from shared.onnx_file import graph_opset
 from shared.process import FRAMEWORKS
 from shared.runs import read_run
 
@@ -109,25 +103,6 @@ def reference_check(path: Path, session: Any, x: np.ndarray, precision: str = "f
             "seconds": time.perf_counter() - t}
 
 
-def ort_benchmark(model: OnnxModel, repeats: int = 20, batch: int = 64) -> dict[str, float]:
-    """ORT latency (batch 1, median ms) and throughput (batch ``batch``, images/s)."""
-    sess, name = model.session, model.session.get_inputs()[0].name
-    x1 = np.random.default_rng(0).standard_normal((1, *model.input_shape)).astype(np.float32)
-    xb = np.random.default_rng(1).standard_normal((batch, *model.input_shape)).astype(np.float32)
-    sess.run(None, {name: x1}), sess.run(None, {name: xb})  # warm-up
-    lat = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {name: x1})
-        lat.append(time.perf_counter() - t)
-    runs = max(2, repeats // 5)
-    t = time.perf_counter()
-    for _ in range(runs):
-        sess.run(None, {name: xb})
-    dt = time.perf_counter() - t
-    return {"latency_ms_b1": float(np.median(lat) * 1e3), "throughput_ips_b64": batch * runs / dt}
-
-
 def evaluation_set(source: Source, data_dir: str, split: str | None, limit: int | None
                    ) -> tuple[np.ndarray, np.ndarray, str, dict[str, Any]]:
     """(normalized NHWC float32 images, labels, split, manifest) of the run's dataset."""
@@ -176,7 +151,7 @@ def reference_checks(files: dict[str, Path], models: dict[str, OnnxModel], x_nhw
 
 
 def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str | None = None,
-           limit: int | None = None, bench: bool = True, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+           limit: int | None = None, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Every number of the report (see the module docstring)."""
     check_opset(opset)
     source = resolve_source(run)
@@ -232,12 +207,6 @@ def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str
     report["ok"] = bool(all(c["ok"] for c in report["native_vs_ort"].values())
                         and report["torch_onnx_vs_keras_onnx"]["ok"]
                         and all(c["ok"] for c in report["reference_evaluator"].values()))
-    if bench:
-        speed = {f"ort ({fw} export)": ort_benchmark(m) for fw, m in models.items()}
-        for fw in FRAMEWORKS:
-            speed[f"{fw} (native)"] = json.loads(framework_cli(fw, "bench", "--run", run).strip().splitlines()[-1])
-        report["speed"] = speed
-        report["machine"] = machine_info()
     return report
 
 
@@ -275,16 +244,11 @@ def markdown(report: dict[str, Any]) -> str:
                [[f"`{path}`", c["precision"], f"{c['max_abs_diff']:.3g}", f"{c['bound']:.3g}",
                  "yes" if c["ok"] else "**NO**"] for path, c in report["reference_evaluator"].items()], "llrrl"),
     ]
-    if "speed" in report:
-        lines += ["", f"## Speed on this CPU ({report['machine']['cpu']}, {report['machine']['cores']} cores)", "",
-                  *table(["engine", "latency, batch 1 (median ms)", "throughput, batch 64 (images/s)"],
-                         [[name, f"{s['latency_ms_b1']:.2f}", f"{s['throughput_ips_b64']:.1f}"]
-                          for name, s in report["speed"].items()], "lrr")]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__,
+    p = errors.ArgumentParser(prog="python -m export.parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--onnx", help="the .onnx file under test (default: <run>/model.onnx, exported if missing)")
@@ -292,15 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("train", "val", "test"), help="default: test, else val")
     p.add_argument("--limit", type=int, help="only the first N images of the split")
     p.add_argument("--out", help="report folder (default: the run folder)")
-    p.add_argument("--no-bench", action="store_true", help="skip the latency/throughput measurements")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"opset of the files exported here (default {DEFAULT_OPSET}); other opsets are redone")
     args = p.parse_args(argv)
     try:
-        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, bench=not args.no_bench,
-                        opset=args.opset)
+        report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: process.ChildError, DataError
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
     out = Path(args.out or report["run"])
     atomic_write_json(out / "parity.json", report)
     atomic_write_text(out / "parity.md", markdown(report))
@@ -313,4 +275,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

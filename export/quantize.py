@@ -1,7 +1,7 @@
 """``make quantize``: an int8 or float16 ONNX file of a run, with a report of what it costs and gains.
 
     python -m export.quantize --run RUN [--precision int8|fp16] [--framework torch|keras] [--data-dir data]
-                              [--onnx model.onnx] [--calibration 256] [--seed 0] [--no-bench]
+                              [--onnx model.onnx] [--calibration 256] [--seed 0]
 
 The float32 file is ``--onnx`` or the run's export in ``--framework`` (``<run>/model.onnx`` /
 ``<run>/model-<fw>.onnx``, exported first when missing). The result is written beside it as
@@ -22,10 +22,9 @@ The float32 file is ``--onnx`` or the run's export in ``--framework`` (``<run>/m
   into the convolutions already (the float32 graphs have no BatchNormalization node).
 
 The report compares the file with its float32 source on the run's test split (else val): accuracy
-of both, top-1 agreement, max and mean |logit difference|; ORT batch-1 latency and batch-64
-throughput of both, measured in the same process in alternating rounds (so that a busy machine
-slows both alike), with the load average; and ``onnx.reference.ReferenceEvaluator`` (a second
-runtime) against ORT on a few images. This process imports neither torch nor tensorflow.
+of both, top-1 agreement, max and mean |logit difference|, and ``onnx.reference.ReferenceEvaluator`` (a second
+runtime) against ORT on a few images. Its speed is ``make bench-deploy``'s to measure. This process imports
+neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -41,13 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from export.infer import OnnxModel, load
+from export.infer import load
 from export.parity import REFERENCE_IMAGES, reference_check
 from shared import errors
+from shared.export_meta import check_framework
+from shared.export_source import default_onnx_path, resolve_source
 from shared.io import atomic_write, atomic_write_json, atomic_write_text, check_writable
-from shared.machine import machine_info
 from shared.markdown import table
-from shared.onnx_meta import check_framework, default_onnx_path, graph_opset, resolve_source
+from shared.onnx_file import graph_opset
 from shared.process import FRAMEWORKS
 
 PRECISIONS = ("int8", "fp16")
@@ -183,36 +183,9 @@ def _topological_sort(graph: Any) -> None:
     graph.node.extend(copies)
 
 
-def bench_pair(models: dict[str, OnnxModel], rounds: int = 7, runs: int = 5, batch: int = 64,
-               latency_runs: int = 20) -> dict[str, dict[str, float]]:
-    """Batch-1 latency (median ms) and batch-``batch`` throughput (median images/s) of each model, measured
-    in alternating rounds in this process, so that both see the same load; min-max across rounds too."""
-    inputs = {}
-    for key, m in models.items():
-        rng = np.random.default_rng(0)
-        inputs[key] = (rng.standard_normal((1, *m.input_shape), dtype=np.float32),
-                       rng.standard_normal((batch, *m.input_shape), dtype=np.float32))
-        m.session.run(None, {"input": inputs[key][0]}), m.session.run(None, {"input": inputs[key][1]})  # warm-up
-    lat: dict[str, list[float]] = {k: [] for k in models}
-    thr: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for key, m in models.items():
-            x1, xb = inputs[key]
-            for _ in range(latency_runs // rounds + 1):
-                t = time.perf_counter()
-                m.session.run(None, {"input": x1})
-                lat[key].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for _ in range(runs):
-                m.session.run(None, {"input": xb})
-            thr[key].append(batch * runs / (time.perf_counter() - t))
-    return {k: {"latency_ms_b1": float(np.median(lat[k]) * 1e3), "throughput_ips_b64": float(np.median(thr[k])),
-                "throughput_min_max": [float(min(thr[k])), float(max(thr[k]))]} for k in models}
-
-
 def quantize(run: str, precision: str = "int8", framework: str | None = None, onnx: str | None = None,
              data_dir: str = "data", calibration: int = DEFAULT_CALIBRATION, seed: int = 0,
-             reduce_range: bool = False, bench: bool = True, out: str | None = None) -> dict[str, Any]:
+             reduce_range: bool = False, out: str | None = None) -> dict[str, Any]:
     """Write the quantized file and its report; the report as a dict (see the module docstring)."""
     from export.onnx_export import export
 
@@ -273,13 +246,6 @@ def quantize(run: str, precision: str = "int8", framework: str | None = None, on
         "float32": reference_check(float_path, f32.session, x_test[:REFERENCE_IMAGES], "float32"),
         precision: reference_check(path, qmodel.session, x_test[:REFERENCE_IMAGES], precision),
     }
-    if bench:
-        report["machine"] = machine_info()
-        speed = bench_pair({"float32": f32, precision: qmodel})
-        report["speed"] = speed
-        report["speedup_b64"] = speed[precision]["throughput_ips_b64"] / speed["float32"]["throughput_ips_b64"]
-        report["speedup_b1"] = speed["float32"]["latency_ms_b1"] / speed[precision]["latency_ms_b1"]
-        report["load_average_after"] = machine_info()["load_average"]
     return report
 
 
@@ -320,23 +286,6 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "ORT fuses Q/DQ pairs into integer kernels (QLinearConv) whose requantization rounds "
                   "differently from the reference's float Conv between DequantizeLinear and QuantizeLinear, "
                   "so the int8 bound is a few quantization steps of the logits, not float rounding."]
-    if "speed" in r:
-        m = r["machine"]
-        load = m.get("load_average")
-        lines += ["", f"## Speed: ONNX Runtime, CPU ({m['cpu']}, {m['cores']} cores)", "",
-                  f"Load average (1/5/15 min) before: {load}, after: {r['load_average_after']} "
-                  f"on {m['cores']} cores: other processes share this CPU, so absolute figures vary; "
-                  "both files were timed in alternating rounds in one process.", "",
-                  *table(["file", "latency, batch 1 (median ms)", "throughput, batch 64 (median images/s)", "min-max"],
-                         [[name, f"{s['latency_ms_b1']:.2f}", f"{s['throughput_ips_b64']:.1f}",
-                           "{:.0f}-{:.0f}".format(*s["throughput_min_max"])] for name, s in r["speed"].items()],
-                         "lrrr")]
-        lines += ["", f"{p} / float32: **{r['speedup_b64']:.2f}x** throughput at batch 64, "
-                  f"{r['speedup_b1']:.2f}x at batch 1 (latency ratio)."]
-        if p == "fp16":
-            lines += ["", "This CPU has no float16 arithmetic units for ONNX Runtime's CPU kernels to use: "
-                      "float16 pays for casts and emulation, and is expected to be no faster than float32 here. "
-                      "float16 is a GPU format (CUDA/TensorRT execution providers)."]
     return "\n".join(lines) + "\n"
 
 
@@ -360,7 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample")
     p.add_argument("--reduce-range", action="store_true", help="int8: 7-bit weights (x86 CPUs without VNNI)")
     p.add_argument("--out", help="output .onnx file (default: <float32 name>.<precision>.onnx beside it)")
-    p.add_argument("--no-bench", action="store_true", help="skip the latency/throughput measurements")
     args = p.parse_args(argv)
     try:
         check_precision(args.precision)
@@ -373,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(Path(args.onnx).parent if args.onnx else args.run, folder=True,
                            what="quantized file's folder")
         report = quantize(args.run, args.precision, args.framework, args.onnx, args.data_dir, args.calibration,
-                          args.seed, args.reduce_range, bench=not args.no_bench, out=args.out)
+                          args.seed, args.reduce_range, out=args.out)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: process.ChildError
         raise errors.UserError(str(e)) from None
     md, js = write_report(report)

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared import process
+from shared import errors, process
 from shared.io import load_weights
 from shared.process import FRAMEWORKS
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
@@ -40,7 +40,7 @@ def _run(framework: str, *args: str) -> None:
     try:
         process.call(framework, "convert", *args)
     except process.ChildError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
 
 
 def resolve_source(src: str | None) -> tuple[str | None, dict | None]:
@@ -97,7 +97,7 @@ def transfer(src_fw: str, dst_fw: str, out: str, spec: ModelSpec, *, src: str | 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.transfer", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="python -m export.transfer", description=__doc__.split("\n\n")[0])
     p.add_argument("--from", dest="src_fw", choices=FRAMEWORKS, required=True, help="source framework")
     p.add_argument("--to", dest="dst_fw", choices=FRAMEWORKS, required=True, help="target framework")
     p.add_argument("--out", required=True, help="output file (suffix picks the format)")
@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sources = [args.src is not None, args.random is not None, args.init, args.pretrained is not None]
     if sum(sources) != 1:
-        parser.error("give exactly one source: --src PATH, --random SEED, --init or --pretrained")
+        raise errors.UserError("give exactly one source: --src PATH, --random SEED, --init or --pretrained")
     if args.pretrained is not None and args.src_fw != "torch":
-        parser.error("--pretrained takes torchvision's weights: use --from torch")
+        raise errors.UserError("--pretrained takes torchvision's weights: use --from torch")
     if args.weights_file and args.pretrained is None:
-        parser.error("--weights-file goes with --pretrained")
+        raise errors.UserError("--weights-file goes with --pretrained")
     try:
         weights, spec_dict = resolve_source(args.src)
         if args.model:
@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         out = transfer(args.src_fw, args.dst_fw, args.out, spec, src=weights, random=args.random,
                       init=args.init, pretrained=args.pretrained, weights_file=args.weights_file)
     except ValueError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
     print(f"{spec.name}: {args.src_fw} -> {args.dst_fw}: wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -1,11 +1,12 @@
 """What differs between Keras' backends, as one table: threads, determinism, devices and distribution, the input
-that ``fit`` is given, XLA, several processes (docs/keras-backends.md). The rest of ``keras_impl`` asks
-:data:`CURRENT`, never which backend runs.
+that ``fit`` is given, XLA, several processes, the ONNX export route (docs/keras-backends.md). The rest of
+``keras_impl`` asks :data:`CURRENT`, never which backend runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,29 @@ class Backend:
     batches_ahead: int = 0  # batches prepared ahead of the step in a thread (``keras_impl.data.EpochDataset``)
     always_jit: bool = False  # compiled whatever --jit says (JAX without jit runs op by op)
     several_processes: str | None = None  # None: --nproc works; else why not, and the way that does
+    onnx_exporter: str | None = None  # what Keras' model.export(format="onnx") goes through; None: no exact route
+    run_eagerly_counts: bool = True  # False: run_eagerly changes nothing (the backend runs eagerly unless jit)
+    cpu_name: str = "cpu"  # the backend's name of the CPU device, and of the first GPU
+    gpu_name: str = "gpu"
+
+    def version(self) -> str:
+        """The version of the backend's package."""
+        return importlib.import_module(self.name).__version__
+
+    def thread_record(self) -> Any:
+        """The backend's CPU threads as a report records them (None where the count is not exposed)."""
+        return self.threads()
+
+    def device_scope(self, name: str) -> Any:
+        """The context that places ops on device ``name`` (the backend's own placement where it has none)."""
+        return contextlib.nullcontext()
+
+    def gpu_missing(self) -> str | None:
+        """None when this backend sees a GPU; else what it reported instead, in a few words."""
+        return None if self.gpus() else "no GPU visible"
+
+    def enable_float64(self) -> None:
+        """Let float64 mean float64 (the parity harness computes in it)."""
 
     def threads(self) -> int | None:
         """The intra-op CPU threads now; None where the pool is sized once at start-up (XLA's)."""
@@ -57,6 +81,20 @@ class Backend:
 
 
 class TensorFlow(Backend):
+    def thread_record(self) -> Any:
+        import tensorflow as tf
+
+        return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+    def device_scope(self, name: str) -> Any:
+        import tensorflow as tf
+
+        return tf.device(name)
+
+    def gpu_missing(self) -> str | None:
+        return None if self.gpus() else "tf.config.list_physical_devices('GPU') is empty"
+
     def threads(self) -> int | None:
         import tensorflow as tf
 
@@ -112,6 +150,16 @@ class TensorFlow(Backend):
 
 
 class Jax(Backend):
+    def gpu_missing(self) -> str | None:
+        import jax
+
+        return None if self.gpus() else f"jax.devices() is {jax.devices()}"
+
+    def enable_float64(self) -> None:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # without it JAX silently computes float64 in float32
+
     def gpus(self) -> int:
         import jax
 
@@ -129,6 +177,9 @@ class Jax(Backend):
 
 
 class Torch(Backend):
+    def gpu_missing(self) -> str | None:
+        return None if self.gpus() else "torch.cuda.is_available() is False"
+
     def threads(self) -> int | None:
         import torch
 
@@ -158,10 +209,14 @@ TABLE: dict[str, Backend] = {
     # its step asynchronously, and the torch backend's step uses both cores: there a thread would only compete.
     "tensorflow": TensorFlow("tensorflow", batches_ahead=2,
                              several_processes="TensorFlow's way is MultiWorkerMirroredStrategy with a TF_CONFIG per "
-                                               "host, which this trainer does not wire"),
+                                               "host, which this trainer does not wire",
+                             onnx_exporter="tf2onnx", cpu_name="/CPU:0", gpu_name="/GPU:0"),
+    # Keras' own ONNX route on JAX is jax2onnx (flax, equinox, optax, orbax, huggingface-hub): the exact route here
+    # is the model's canonical weights exported by Keras on another backend (keras_impl/export.py).
     "jax": Jax("jax", always_jit=True),
     "torch": Torch("torch", several_processes="Keras offers none on the torch backend; pytorch_impl.train --nproc N "
-                                              "trains with DDP"),
+                                              "trains with DDP",
+                   onnx_exporter="torch.onnx", run_eagerly_counts=False, gpu_name="cuda"),
 }
 CURRENT: Backend = TABLE[keras.backend.backend()]
 

@@ -14,8 +14,6 @@ what one step of ``fit`` costs.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -24,38 +22,26 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_impl.backend_table import CURRENT as BACKEND
 from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model
+from shared import errors
+from shared.backends import framework_label
 from shared.bench import Workload, first_line, worker_main
 from shared.spec import ModelSpec
 
-BACKEND = keras.backend.backend()
-FRAMEWORK = f"keras-{BACKEND}"
+FRAMEWORK = framework_label("keras", BACKEND.name)
 LAYOUT = "NHWC"
 
 
 def check_device(device: str) -> str:
     """The backend's name for ``cpu``/``cuda``; a GPU the backend cannot see is an error (never a silent CPU run)."""
     if device != "cuda":
-        return "/CPU:0" if BACKEND == "tensorflow" else "cpu"
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        found = bool(tf.config.list_physical_devices("GPU"))
-        name, probe = "/GPU:0", "tf.config.list_physical_devices('GPU') is empty"
-    elif BACKEND == "jax":
-        import jax
-
-        found = any(d.platform == "gpu" for d in jax.devices())
-        name, probe = "gpu", f"jax.devices() is {jax.devices()}"
-    else:
-        import torch
-
-        found = torch.cuda.is_available()
-        name, probe = "cuda", "torch.cuda.is_available() is False"
-    if not found:
-        raise RuntimeError(f"device 'cuda' requested but the Keras {BACKEND} backend sees no GPU ({probe})")
-    return name
+        return BACKEND.cpu_name
+    missing = BACKEND.gpu_missing()
+    if missing:
+        raise RuntimeError(f"device 'cuda' requested but the Keras {BACKEND.name} backend sees no GPU ({missing})")
+    return BACKEND.gpu_name
 
 
 def low_precision(device: str) -> str:
@@ -66,29 +52,21 @@ def low_precision(device: str) -> str:
 def compile_flags(variant: str) -> dict[str, bool]:
     """``run_eagerly``/``jit_compile`` of a variant on this backend; the first variant of each backend
     (``shared.bench.catalog.KERAS_VARIANTS``) is exactly what ``keras_impl.train`` compiles."""
-    jit = variant == "jit_compile" or (BACKEND == "jax" and variant == "mixed_precision")
-    # On the torch backend run_eagerly changes nothing (it runs eagerly unless jit_compile); the loop's False is kept.
-    return {"run_eagerly": variant == "eager" and BACKEND != "torch", "jit_compile": jit}
-
-
-def _device_scope(name: str):
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.device(name)
-    return contextlib.nullcontext()
+    jit = variant == "jit_compile" or (BACKEND.always_jit and variant == "mixed_precision")
+    # Where run_eagerly changes nothing (the torch backend runs eagerly unless jit_compile), the loop's False is kept.
+    return {"run_eagerly": variant == "eager" and BACKEND.run_eagerly_counts, "jit_compile": jit}
 
 
 def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) -> Workload:
     """The three timed steps of one variant, on one random batch that stays on the device."""
     name = check_device(device)
-    info: dict[str, Any] = {"backend": BACKEND, "device": name, **compile_flags(variant)}
+    info: dict[str, Any] = {"backend": BACKEND.name, "device": name, **compile_flags(variant)}
     if variant == "mixed_precision":
         # The policy must be set before the layers are built; it is reset in cleanup().
         keras.mixed_precision.set_global_policy(low_precision(device))
         info["policy"] = low_precision(device)
     try:
-        with _device_scope(name):
+        with BACKEND.device_scope(name):
             model = build_model(spec, input_shape=(spec.input_size, spec.input_size, spec.in_channels), seed=0)
             model.compile(optimizer=make_sgd(0.1, 0.9, 1e-4),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -104,7 +82,7 @@ def build_workload(spec: ModelSpec, variant: str, batch_size: int, device: str) 
 
     def on_device(fn):
         def step():
-            with _device_scope(name):
+            with BACKEND.device_scope(name):
                 return fn()
         return step
 
@@ -126,7 +104,8 @@ def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
     Returns ``{"path", "layout", "seconds"}`` or ``{"error": reason}`` when the export fails.
     """
     from keras_impl.export import export_onnx, exporter_version
-    from shared.onnx_meta import Source, build_metadata
+    from shared.export_meta import build_metadata
+    from shared.export_source import Source
 
     try:
         model = build_model(spec, seed=0)
@@ -139,14 +118,10 @@ def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
 
 def framework_info(device: str) -> dict[str, Any]:
     """Versions of Keras and its backend's package."""
-    lib = importlib.import_module(BACKEND)
-    info: dict[str, Any] = {"versions": {"keras": keras.__version__, BACKEND: lib.__version__}, "backend": BACKEND,
-                            "device": device}
-    if BACKEND == "tensorflow":
-        info["threads"] = {"intra_op": lib.config.threading.get_intra_op_parallelism_threads(),
-                           "inter_op": lib.config.threading.get_inter_op_parallelism_threads()}
-    elif BACKEND == "torch":
-        info["threads"] = lib.get_num_threads()
+    info: dict[str, Any] = {"versions": {"keras": keras.__version__, BACKEND.name: BACKEND.version()},
+                            "backend": BACKEND.name, "device": device}
+    if BACKEND.thread_record() is not None:
+        info["threads"] = BACKEND.thread_record()
     return info
 
 
@@ -156,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

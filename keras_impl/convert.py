@@ -20,6 +20,7 @@ import numpy as np
 import keras_impl.blocks  # noqa: F401  (registers the custom layers a .keras file refers to)
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
+from shared import errors
 from shared.cli import convert_main
 from shared.harness.parity.randomize import randomize_arrays
 from shared.io import load_weights, save_weights
@@ -97,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from shared import errors
 from shared.data import (
     augment_reference,
     augmentation,
@@ -240,4 +241,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -9,7 +9,7 @@ its own process. The file's metadata names both backends.
 
 ``python -m keras_impl.export onnx|export|predict|bench ...`` is what the framework-neutral drivers in
 ``export/`` run in a subprocess. Each format is written on the backends that Keras supports for it
-(``shared.onnx_meta.FORMATS``); the file's metadata names the backend. On the TensorFlow backend this process
+(``shared.export_meta.FORMATS``); the file's metadata names the backend. On the TensorFlow backend this process
 never imports torch; on the torch backend, ``.pt2`` and ONNX (torch.export) must be written before anything
 imports tensorflow (Keras' OpenVINO export does), so list them first.
 """
@@ -22,35 +22,34 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from keras_impl.backend_table import CURRENT as BACKEND
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
 from shared import errors
-from shared.io import atomic_write_json, load_weights, save_weights
-from shared.onnx_meta import (
+from shared.export_cli import export_cli
+from shared.export_meta import (
     DEFAULT_OPSET,
     PT2_METADATA,
     RT_INFO_SECTION,
     SAVED_MODEL_METADATA,
-    Source,
     check_metadata,
     check_route,
-    export_cli,
-    finalize_onnx,
     sidecar_path,
 )
+from shared.export_source import Source
+from shared.io import atomic_write_json, load_weights, save_weights
+from shared.onnx_file import finalize_onnx
 from shared.spec import ModelSpec
 
 FRAMEWORK = "keras"
 LAYOUT = "NHWC"
 
 
-BACKEND = keras.backend.backend()
 
 
 # Keras' own names of the formats (model.export(format=...)).
@@ -62,16 +61,12 @@ def exporter_version(opset: int = DEFAULT_OPSET, fmt: str = "onnx") -> str:
     """The exporter that writes this framework's ``fmt`` files, with its version: Keras' own ``model.export``
     (for ONNX: tf2onnx on the TensorFlow backend, torch.onnx on the PyTorch backend)."""
     if fmt != "onnx":
-        return f"keras {keras.__version__} ({BACKEND} backend) model.export(format={KERAS_FORMATS[fmt]!r})"
-    if BACKEND == "torch":
-        import torch
-
-        return f"keras {keras.__version__} (torch backend) torch.onnx {torch.__version__}"
-    if BACKEND == "jax":
-        return f"keras {keras.__version__} (jax backend; canonical weights exported by Keras on {jax_route()})"
-    import tf2onnx
-
-    return f"keras {keras.__version__} tf2onnx {tf2onnx.__version__}"
+        return f"keras {keras.__version__} ({BACKEND.name} backend) model.export(format={KERAS_FORMATS[fmt]!r})"
+    if BACKEND.onnx_exporter is None:
+        return f"keras {keras.__version__} ({BACKEND.name} backend; canonical weights exported by Keras on " \
+               f"{jax_route()})"
+    package = importlib.import_module(BACKEND.onnx_exporter.split(".")[0])
+    return f"keras {keras.__version__} ({BACKEND.name} backend) {BACKEND.onnx_exporter} {package.__version__}"
 
 
 def jax_route() -> str:
@@ -111,7 +106,7 @@ def export_onnx(model: keras.Model, spec: ModelSpec, path: str | Path, metadata:
     model(np.zeros((1, spec.input_size, spec.input_size, spec.in_channels), np.float32), training=False)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
-        if BACKEND == "jax":
+        if BACKEND.onnx_exporter is None:
             _export_through(model, spec, raw, opset)
         else:
             model.export(str(raw), format="onnx", verbose=False, opset_version=opset)
@@ -160,9 +155,9 @@ def _pt2_with_metadata(raw: Path, path: Path, metadata: dict[str, str]) -> Path:
 def export_format(model: keras.Model, spec: ModelSpec, fmt: str, path: str | Path, metadata: dict[str, str],
                   opset: int = DEFAULT_OPSET) -> Path:
     """Write ``model`` in deployment format ``fmt`` with Keras' ``model.export`` on this backend, ``metadata``
-    where the format keeps it (``shared.onnx_meta.FORMATS``); the file appears only once complete."""
+    where the format keeps it (``shared.export_meta.FORMATS``); the file appears only once complete."""
     check_metadata(metadata)
-    check_route(fmt, FRAMEWORK, BACKEND)
+    check_route(fmt, FRAMEWORK, BACKEND.name)
     if fmt == "onnx":
         return export_onnx(model, spec, path, metadata, opset=opset)
     path = Path(path)
@@ -205,40 +200,6 @@ def predict(model: keras.Model, x_nhwc: np.ndarray, batch_size: int = 64) -> np.
     out = [keras.ops.convert_to_numpy(model(x_nhwc[i:i + batch_size], training=False)).astype(np.float32)
            for i in range(0, len(x_nhwc), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def benchmark(model: keras.Model, spec: ModelSpec, repeats: int = 20, batch: int = 64) -> dict[str, float]:
-    """CPU latency (batch 1, median ms) and throughput (batch ``batch``, images/s) in inference mode.
-
-    Times the eager call ``model(x, training=False)`` (what ``predict`` above uses).
-    """
-    x1 = np.random.randn(1, spec.input_size, spec.input_size, spec.in_channels).astype(np.float32)
-    xb = np.random.randn(batch, spec.input_size, spec.input_size, spec.in_channels).astype(np.float32)
-    model(x1, training=False), model(xb, training=False)  # warm-up
-    lat = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        keras.ops.convert_to_numpy(model(x1, training=False))
-        lat.append(time.perf_counter() - t)
-    runs = max(2, repeats // 5)
-    t = time.perf_counter()
-    for _ in range(runs):
-        keras.ops.convert_to_numpy(model(xb, training=False))
-    dt = time.perf_counter() - t
-    return {"latency_ms_b1": float(np.median(lat) * 1e3), "throughput_ips_b64": batch * runs / dt,
-            "threads": _threads()}
-
-
-def _threads() -> int:
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        return tf.config.threading.get_intra_op_parallelism_threads()
-    if BACKEND == "torch":
-        import torch
-
-        return torch.get_num_threads()
-    return 0  # XLA's CPU pool size is not exposed
 
 
 def main(argv: list[str] | None = None) -> int:

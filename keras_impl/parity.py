@@ -9,22 +9,23 @@ The SGD step uses :func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_impl.backend_table import CURRENT as BACKEND
 from keras_impl.convert import read_native
 from keras_impl.optim import make_sgd
 from keras_impl.resnet import build_model
 from keras_impl.summary import summarize
 from keras_impl.weights import get_weights, set_weights
+from shared import errors
 from shared.harness.parity.randomize import randomize_arrays
+from shared.harness.parity.run import serve_jobs
 from shared.harness.summary import dump
-from shared.io import atomic_write_json, atomic_write_text, save_weights
+from shared.io import atomic_write_text, save_weights
 from shared.names import canonical_name, canonical_weights, keras_name, to_torch_layout
 from shared.spec import ModelSpec
 
@@ -54,10 +55,8 @@ def bn_counts(model: keras.Model, x: np.ndarray) -> dict[str, int]:
 
 def with_dtype(model: keras.Model, dtype: str) -> keras.Model:
     """A copy of ``model`` whose every layer (the float32 classifier included) computes in ``dtype``."""
-    if dtype == "float64" and keras.backend.backend() == "jax":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)  # without it JAX silently computes float64 in float32
+    if dtype == "float64":
+        BACKEND.enable_float64()
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
@@ -90,7 +89,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     keras.backend.clear_session()  # one process runs many jobs: drop the previous models' graphs
     spec = ModelSpec.from_dict(job["spec"])
     model = build_model(spec, seed=0)
-    report: dict[str, Any] = {"framework": "keras", "backend": keras.backend.backend(), "model": spec.name}
+    report: dict[str, Any] = {"framework": "keras", "backend": BACKEND.name, "model": spec.name}
     if job.get("summary"):
         atomic_write_text(job["summary"], dump(summarize(model, spec)))
     if job.get("randomize") is not None:
@@ -119,13 +118,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m keras_impl.parity JOBS.json")
-    request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    atomic_write_json(request["report"], [run_job(job) for job in request["jobs"]])
-    return 0
+    return serve_jobs("python -m keras_impl.parity", run_job, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_impl.blocks import BLOCK_NAMES
 from keras_impl.resnet import build_model
+from shared import errors
 from shared.cli import summary_main
 from shared.harness.summary import make_summary
 from shared.names import canonical_layers
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

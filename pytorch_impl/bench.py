@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
+from shared import errors
 from shared.bench import Settings, Workload, first_line, rate, worker_main
 from shared.bench.catalog import CUDA_GRAPHS
 from shared.bench.flops import CUDA_PEAK_N, MATMUL_N, PEAK_PRECISIONS, matmul_flops
@@ -153,7 +154,8 @@ def export_for_ort(spec: ModelSpec, path: str | Path) -> dict[str, Any]:
     Returns ``{"path", "layout", "seconds"}`` or ``{"error": reason}`` when the export fails.
     """
     from pytorch_impl.export import export_onnx, exporter_version
-    from shared.onnx_meta import Source, build_metadata
+    from shared.export_meta import build_metadata
+    from shared.export_source import Source
 
     try:
         torch.manual_seed(0)
@@ -263,4 +265,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -21,6 +21,7 @@ import torch
 
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
+from shared import errors
 from shared.cli import convert_main
 from shared.harness.parity.randomize import randomize_arrays
 from shared.io import atomic_write, load_weights, save_weights
@@ -160,4 +161,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

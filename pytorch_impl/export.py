@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -27,17 +26,11 @@ import torch
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import set_weights
 from shared import errors
+from shared.export_cli import export_cli
+from shared.export_meta import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, PT2_METADATA, check_metadata
+from shared.export_source import Source
 from shared.io import atomic_write, load_weights
-from shared.onnx_meta import (
-    DEFAULT_OPSET,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    PT2_METADATA,
-    Source,
-    check_metadata,
-    export_cli,
-    finalize_onnx,
-)
+from shared.onnx_file import finalize_onnx
 from shared.spec import ModelSpec
 
 FRAMEWORK = "torch"
@@ -50,7 +43,7 @@ def dynamo_available() -> bool:
 
 
 # The dynamo exporter implements opset 18 and newer; older opsets use the TorchScript exporter
-# (shared/onnx_meta.py says why).
+# (docs/export.md says why).
 DYNAMO_MIN_OPSET = 18
 
 
@@ -143,26 +136,6 @@ def predict(model: torch.nn.Module, x_nhwc: np.ndarray, batch_size: int = 64) ->
             xb = torch.from_numpy(np.ascontiguousarray(x_nhwc[i:i + batch_size].transpose(0, 3, 1, 2)))
             out.append(model(xb).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def benchmark(model: torch.nn.Module, spec: ModelSpec, repeats: int = 20, batch: int = 64) -> dict[str, float]:
-    """CPU latency (batch 1, median ms) and throughput (batch ``batch``, images/s) in eval mode."""
-    x1 = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size)
-    xb = torch.randn(batch, spec.in_channels, spec.input_size, spec.input_size)
-    with torch.no_grad():
-        model(x1), model(xb)  # warm-up
-        lat = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x1)
-            lat.append(time.perf_counter() - t)
-        runs = max(2, repeats // 5)
-        t = time.perf_counter()
-        for _ in range(runs):
-            model(xb)
-        dt = time.perf_counter() - t
-    return {"latency_ms_b1": float(np.median(lat) * 1e3), "throughput_ips_b64": batch * runs / dt,
-            "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:

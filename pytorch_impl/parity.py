@@ -17,9 +17,7 @@ step in train mode (``probe``: a second one from weights perturbed by ``scale``,
 from __future__ import annotations
 
 import copy
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +29,11 @@ from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
 from pytorch_impl.summary import summarize
 from pytorch_impl.weights import get_weights, set_weights
+from shared import errors
 from shared.harness.parity.randomize import calibrated_stats, calibration_rng, randomize_arrays
+from shared.harness.parity.run import serve_jobs
 from shared.harness.summary import dump
-from shared.io import atomic_write_json, atomic_write_text, save_weights
+from shared.io import atomic_write_text, save_weights
 from shared.names import canonical_weights
 from shared.spec import ModelSpec
 
@@ -179,13 +179,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m pytorch_impl.parity JOBS.json")
-    request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    atomic_write_json(request["report"], [run_job(job) for job in request["jobs"]])
-    return 0
+    return serve_jobs("python -m pytorch_impl.parity", run_job, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

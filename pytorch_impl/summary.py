@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from pytorch_impl.resnet import build_model
+from shared import errors
 from shared.cli import summary_main
 from shared.harness.summary import make_summary
 from shared.names import canonical_layers
@@ -62,7 +63,7 @@ def print_table(model: torch.nn.Module, summary: dict[str, Any]) -> None:
     try:
         import torchinfo
     except ImportError:
-        raise SystemExit("error: the summary table needs the torchinfo package, which is not installed "
+        raise errors.UserError("the summary table needs the torchinfo package, which is not installed "
                          "(pip install torchinfo); --json prints the project's summary without it") from None
     print(torchinfo.summary(
         model, input_size=tuple(summary["input_shape"]), depth=3, verbose=0,
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

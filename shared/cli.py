@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import errors
 from shared.harness.summary import dump, spec_from_args, summary_arg_parser
 from shared.io import atomic_write_text, load_weights
 from shared.spec import ModelSpec
@@ -25,7 +26,7 @@ Arrays = dict[str, np.ndarray]
 
 def convert_parser(prog: str, pretrained: bool) -> argparse.ArgumentParser:
     """The flags of ``python -m <package>.convert`` (the per-process half of ``python -m export.transfer``)."""
-    p = argparse.ArgumentParser(prog=prog)
+    p = errors.ArgumentParser(prog=prog)
     p.add_argument("action", choices=("export", "import"))
     p.add_argument("--spec", required=True, help="ModelSpec as JSON")
     p.add_argument("--src", default=None)
@@ -73,7 +74,7 @@ def convert_main(
             arrays, source = read_native(args.src, spec), str(args.src)
         write_native(args.out, spec, arrays, source=source)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
     return 0
 
 

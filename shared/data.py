@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared import errors
+
 # CIFAR-100's two label sets are two datasets with their own prepared folders (datasets/cifar.py says why):
 # cifar100 (100 fine classes) and cifar100_coarse (20 superclasses); LABELS picks one (`make data LABELS=coarse`).
 # synthetic_cifar: the synthetic set at prepared CIFAR-10's sizes (datasets/synthetic.py), for timing the CIFAR recipe.
@@ -200,7 +202,7 @@ def reference_batches(x: np.ndarray, y: np.ndarray, manifest: dict, batch_size: 
 
 def loader_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags of ``python -m pytorch_impl.data`` and ``python -m keras_impl.data`` (dump or time a loader)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = errors.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--prepared", default=None, help="a prepared folder (instead of --dataset/--data-dir)")

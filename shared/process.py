@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared import errors
 from shared.backends import keras_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def child_env(*, keras: bool = True, **extra: str) -> dict[str, str]:
         try:
             env["KERAS_BACKEND"] = keras_backend({**env, **extra})
         except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
+            raise errors.UserError(str(e)) from None
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**env, **extra}

@@ -10,12 +10,12 @@ and fails with one line naming every missing package. It imports neither torch n
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import platform
 import sys
 
+from shared import errors
 from shared.process import FRAMEWORKS
 
 # The import name of each package, for the error message (pip names differ for a few).
@@ -97,7 +97,7 @@ def missing(modules: tuple[str, ...]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shared.requires", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="python -m shared.requires", description=__doc__.split("\n\n")[0])
     p.add_argument("targets", nargs="*", help="make targets (none: nothing to check)")
     p.add_argument("--framework", default="torch", choices=FRAMEWORKS)
     p.add_argument("--variants", default=None, help="the bench's --variants")
@@ -106,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gaps = {t: missing(needed(t, args.framework, args.variants, args.backend)) for t in args.targets}
     except ValueError as e:  # a bad --variants
-        raise SystemExit(f"error: {e}") from None
+        raise errors.UserError(str(e)) from None
     gaps = {t: m for t, m in gaps.items() if m}
     if gaps:
         names = sorted({PIP_NAMES.get(m, m) for m in sum(gaps.values(), [])})
         where = f"{sys.executable} (Python {platform.python_version()})"
         hint = " (or choose BENCH_VARIANTS=torch,onnxruntime:torch_export)" if "bench" in gaps else ""
-        raise SystemExit(f"error: make {' '.join(gaps)} SYSTEM_PYTHON=1 needs the package(s) {', '.join(names)}, "
+        raise errors.UserError(f"make {' '.join(gaps)} SYSTEM_PYTHON=1 needs the package(s) {', '.join(names)}, "
                          f"which {where} cannot import; install them{hint}, or drop SYSTEM_PYTHON=1 to use the .venv")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

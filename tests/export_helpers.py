@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.export_meta import DEFAULT_OPSET, REQUIRED_KEYS
+from shared.export_source import Source
 from shared.io import save_weights
-from shared.onnx_meta import DEFAULT_OPSET, REQUIRED_KEYS, Source, graph_opset
+from shared.onnx_file import graph_opset
 from shared.process import FRAMEWORKS
 from shared.runs import write_config
 from shared.spec import MODEL_NAMES, get_spec

@@ -17,7 +17,6 @@ named next to it must then fail. It proves the harness is sensitive to the mista
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shared import process
+from shared import errors, process
 from shared.markdown import table
 from shared.process import ROOT
 
@@ -187,7 +186,7 @@ def markdown(rows: list[dict], pending: list[str] = ()) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=None, help="comma-separated mutant names, run in that order (default: all)")
     p.add_argument("--out", default="results", help="folder for mutants.md/.json (default: results)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per pytest process")
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = args.only.split(",")
         bad = [n for n in wanted if n not in names]
         if bad:
-            p.error(f"unknown mutant {bad[0]!r}; valid choices: {', '.join(sorted(names))}")
+            raise errors.UserError(f"unknown mutant {bad[0]!r}; valid choices: {', '.join(sorted(names))}")
         by_name = {m.name: m for m in MUTANTS}
         chosen = [by_name[n] for n in dict.fromkeys(wanted)]  # in the order given
     for m in chosen:
@@ -248,4 +247,4 @@ def write_report(out: Path, rows: list[dict], pending: list[str]) -> None:
     atomic_write_text(out / "mutants.md", markdown(rows, pending))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

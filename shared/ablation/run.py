@@ -20,7 +20,6 @@ import json
 import re
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -359,32 +358,32 @@ def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Nam
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.ablation not in ABLATIONS:
-        parser.error(f"unknown ablation {args.ablation!r}; valid choices: {', '.join(ABLATIONS)}")
+        raise errors.UserError(f"unknown ablation {args.ablation!r}; valid choices: {', '.join(ABLATIONS)}")
     ab = ABLATIONS[args.ablation]
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     bad = [f for f in frameworks if f not in LABELS]
     if bad or not frameworks:
-        parser.error(f"unknown framework(s) {bad or args.frameworks!r}; valid choices: {', '.join(LABELS)}")
+        raise errors.UserError(f"unknown framework(s) {bad or args.frameworks!r}; valid choices: {', '.join(LABELS)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(ab.models)
     for m in models:
         try:
             get_spec(m)
         except ValueError as e:
-            parser.error(str(e))
+            raise errors.UserError(str(e)) from None
     if args.shortcut is not None and args.shortcut not in SHORTCUTS:
-        parser.error(f"unknown shortcut {args.shortcut!r}; valid choices: {', '.join(SHORTCUTS)}")
+        raise errors.UserError(f"unknown shortcut {args.shortcut!r}; valid choices: {', '.join(SHORTCUTS)}")
     for name in ("epochs", "iters", "batch_size", "num_classes"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1; got {value}")
+            raise errors.UserError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
     if args.epochs is not None and args.iters is not None:
-        parser.error("give --epochs or --iters, not both")
+        raise errors.UserError("give --epochs or --iters, not both")
     if args.dataset is not None and args.dataset not in DATASETS:
-        parser.error(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
+        raise errors.UserError(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
     if args.seed is not None and args.seeds is not None:
-        parser.error("give --seed or --seeds, not both")
+        raise errors.UserError("give --seed or --seeds, not both")
     if args.seed is not None and args.seed < 0:
-        parser.error(f"--seed must be >= 0; got {args.seed}")
+        raise errors.UserError(f"--seed must be >= 0; got {args.seed}")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
     dataset = args.dataset or ab.dataset
     stem = report_stem(ab.name, dataset)
@@ -442,7 +441,3 @@ def main(argv: list[str] | None = None) -> int:
              "fix the cause and run the same command again")
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(errors.run(main))

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared import errors
 from shared.bench.catalog import VARIANTS, default_selection, merge, parse_frameworks, parse_variants
 from shared.bench.report import markdown_table, write_report
 from shared.bench.run import BenchConfig, resolve_device, run_bench
@@ -27,7 +28,7 @@ LOOP_EPOCHS = 3
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.bench", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="python -m shared.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20", help="registry name, e.g. resnet20, resnet50")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"got {args.loop_epochs}")
         device, _ = resolve_device(args.device)
     except ValueError as e:
-        p.error(str(e))
+        raise errors.UserError(str(e)) from None
     cfg = BenchConfig(args.model, device, settings, variants, Path(args.out), args.timeout,
                       loop_epochs=args.loop_epochs, data_dir=args.data_dir, profile=not args.no_profile)
     print(f"bench {args.model} on {device}: batch {settings.batch_size}, {settings.iters} iters (or >= "
@@ -83,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

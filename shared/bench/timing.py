@@ -143,3 +143,17 @@ def rate(step: Callable[[], Any], units_per_step: float, settings: Settings,
     """:func:`time_throughput` as one summary: units/s with its spread, ``first_call_s`` and ``steps``."""
     values, first, steps = time_throughput(step, sync, settings, units_per_step)
     return {**summarize(values), "first_call_s": first, "steps": steps}
+
+
+def interleaved_rates(steps: dict[str, Callable[[], Any]], units_per_step: float, settings: Settings,
+                      sync: Callable[[], None] = _no_sync) -> dict[str, dict[str, Any]]:
+    """Units/s of each step, timed in alternating rounds (one block of each per round, ``settings.repeats``
+    rounds), so that a busy machine slows all of them alike: one :func:`summarize` per step."""
+    for step in steps.values():
+        warm_up(step, sync, settings.warmup)
+    counts = {name: block_steps(step, sync, settings) for name, step in steps.items()}
+    values: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(settings.repeats):
+        for name, step in steps.items():
+            values[name].append(units_per_step * counts[name] / timed_block(step, sync, counts[name]))
+    return {name: summarize(v) for name, v in values.items()}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import errors
 from shared.bench.catalog import VARIANTS
 from shared.bench.timing import (
     DEFAULTS,
@@ -132,7 +133,7 @@ def run_variants(framework: str, variants: Iterable[str], build: Callable[[str],
 
 def worker_parser(prog: str, framework: str) -> argparse.ArgumentParser:
     """The command line of a framework's benchmark process (``shared.bench`` starts it)."""
-    p = argparse.ArgumentParser(prog=prog, description=f"Benchmark the {framework} variants of one model.")
+    p = errors.ArgumentParser(prog=prog, description=f"Benchmark the {framework} variants of one model.")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--variants", default=",".join(VARIANTS[framework]),
@@ -152,16 +153,17 @@ def parse_worker_args(parser: argparse.ArgumentParser, framework: str,
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         if v not in VARIANTS[framework]:
-            parser.error(f"unknown {framework} variant {v!r}; valid choices: {', '.join(VARIANTS[framework])}")
+            raise errors.UserError(f"unknown {framework} variant {v!r}; valid choices: "
+                                   f"{', '.join(VARIANTS[framework])}")
     args.metrics = tuple(m for m in args.metrics.split(",") if m)
     for m in args.metrics:
         if m not in METRICS:
-            parser.error(f"unknown metric {m!r}; valid choices: {', '.join(METRICS)}")
+            raise errors.UserError(f"unknown metric {m!r}; valid choices: {', '.join(METRICS)}")
     try:
         get_spec(args.model)
         settings = Settings(**{k: getattr(args, k) for k in DEFAULTS}, min_time=args.min_time)
     except ValueError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
     return args, settings, variants
 
 
@@ -182,7 +184,7 @@ def worker_main(framework: str, prog: str, argv: list[str] | None, *, check_devi
     try:
         check_device(args.device)
     except RuntimeError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
     spec = get_spec(args.model)
     result = run_variants(framework, variants, lambda v: build_workload(spec, v, settings.batch_size, args.device),
                           settings, args.json_out, framework_info(args.device), args.metrics)

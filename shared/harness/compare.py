@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared import process
+from shared import errors, process
 from shared.backends import keras_backend
 from shared.harness.parity import (
     DIRECTIONS,
@@ -285,7 +285,7 @@ def _all_markdown(rows: list[dict[str, str]], note: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.harness.compare", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(prog="python -m shared.harness.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20", help="registry name (resnet20, resnet34, plain50, ...)")
     p.add_argument("--num-classes", type=int, default=None, help="override the class count")
     p.add_argument("--shortcut", choices=SHORTCUTS, default=None, help="override the shortcut option")
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.batch < 2:
-        parser.error(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
+        raise errors.UserError(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
     out_dir = Path(args.out_dir)
     options = dict(parity=not args.no_parity, train_step=not args.no_train_step, direction=args.direction,
                    batch=args.batch, size=args.size, seed=args.seed)
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"written: {out_dir / (spec.name + '.md')}, {out_dir / (spec.name + '.json')}")
             return 0 if cmp["ok"] and parity_ok(parity, args.strict_train_step) else 1
         if args.torch_summary or args.keras_summary:
-            parser.error("--torch-summary/--keras-summary name one model's summaries; they cannot go with --all")
+            raise errors.UserError("--torch-summary/--keras-summary name one model's summaries; they cannot go "
+                                   "with --all")
         names = [n for n in MODEL_NAMES if args.include_1202 or n not in SKIPPED_BY_DEFAULT]
         specs = [get_spec(name, num_classes=args.num_classes, shortcut=args.shortcut) for name in names]
         comparisons = compare_models(specs, **options)
@@ -350,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written: {out_dir / 'all.md'}, {out_dir / 'all.json'}")
         return 0 if ok else 1
     except ValueError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -19,6 +19,7 @@ import argparse
 import json
 from typing import Any
 
+from shared import errors
 from shared.process import FRAMEWORKS
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
@@ -70,7 +71,7 @@ def validate_summary(summary: dict[str, Any]) -> None:
 
 def summary_arg_parser(prog: str) -> argparse.ArgumentParser:
     """The CLI both ``pytorch_impl.summary`` and ``keras_impl.summary`` accept."""
-    p = argparse.ArgumentParser(prog=prog, description="Summarize a registry model.")
+    p = errors.ArgumentParser(prog=prog, description="Summarize a registry model.")
     p.add_argument("--model", default="resnet20", help="registry name (resnet20, plain34, resnet50, ...)")
     p.add_argument("--num-classes", type=int, default=None, help="override the class count")
     p.add_argument("--shortcut", choices=SHORTCUTS, default=None, help="override the shortcut option")
@@ -84,7 +85,7 @@ def spec_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     try:
         return get_spec(args.model, num_classes=args.num_classes, shortcut=args.shortcut)
     except ValueError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
 
 
 def dump(summary: dict[str, Any]) -> str:

@@ -8,7 +8,8 @@ import pytest
 from keras_impl.export import export_onnx, load_model, predict
 from keras_impl.resnet import build_model
 from keras_impl.weights import get_weights, set_weights
-from shared.onnx_meta import DEFAULT_OPSET, Source, build_metadata
+from shared.export_meta import DEFAULT_OPSET, build_metadata
+from shared.export_source import Source
 from shared.spec import get_spec
 from tests.conftest import run_module
 from tests.export_helpers import ExportContract, assert_logits_match, fixture_images, ort_logits, randomize_bn

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from shared import backends, process
+from shared.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -22,7 +23,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
     with pytest.raises(ValueError, match=r"needs the 'jax' package.*pip install jax==\d"):
         backends.installed_backend("jax")
-    with pytest.raises(SystemExit, match="^error: "):
+    with pytest.raises(UserError, match="the Keras jax backend needs"):
         monkeypatch.setenv("KERAS_BACKEND", "jax")
         process.child_env()
 

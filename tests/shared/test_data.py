@@ -23,6 +23,7 @@ from datasets.fixtures import (
     write_cifar100_python,
 )
 from shared.data import DATASETS, augmentation, epoch_plan, reference_batches, with_labels
+from shared.errors import UserError
 
 PER_BATCH, TEST = 20, 30  # 100 training images (90 train + 10 val), 30 test
 
@@ -94,7 +95,7 @@ def test_cifar10_cli_and_val_fraction(tmp_path, run):
     data[-1] ^= 0xFF
     val_x.write_bytes(bytes(data))
     bad = run("datasets.prepare", "--dataset", "cifar10", "--data-dir", tmp_path, "--check", check=False)
-    assert bad.returncode == 1 and "checksum mismatch" in bad.stderr and "val_x.npy" in bad.stderr
+    assert bad.returncode == 2 and "checksum mismatch" in bad.stderr and "val_x.npy" in bad.stderr
 
 
 def test_truncated_archive_is_named_and_leaves_nothing(tmp_path, run):
@@ -411,7 +412,7 @@ def test_with_labels():
 def _one_error_line(run, dataset, data_dir) -> str:
     proc = run("datasets.prepare", "--dataset", dataset, "--data-dir", data_dir, "--no-download", check=False)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
     return lines[0]
 
 
@@ -498,5 +499,5 @@ def test_loader_cli_dumps_the_first_batches_and_names_a_bad_folder(tmp_path, cap
     for i, (xb, yb) in zip(range(2), reference_batches(x, y, prepared.manifest, 8, train=True, seed=3)):
         np.testing.assert_array_equal(dumped[f"x{i}"], xb)
         np.testing.assert_array_equal(dumped[f"y{i}"], yb)
-    with pytest.raises(SystemExit, match=f"error: .*{tmp_path / 'nowhere'}"):
+    with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'}"):
         loader_main(parser.parse_args(["--prepared", str(tmp_path / "nowhere")]), bench=dict, batches=batches)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from export import infer
 from export.runtimes import INFER_RUNTIMES, RUNTIMES, opset_advice
-from shared.onnx_meta import FORMATS, read_metadata
+from shared.export_meta import FORMATS, read_metadata
 from tests.blocked_imports import blocked_env
 from tests.conftest import ROOT, run_module
 from tests.export_helpers import assert_logits_match

@@ -17,7 +17,7 @@ import pytest
 from datasets import load_prepared, read_prepared
 from datasets.digits import split_indices
 from shared.data import DATASETS, augmentation
-from shared.onnx_meta import DATASET_RESIZE
+from shared.export_meta import DATASET_RESIZE
 from shared.recipes import recipe_for
 from shared.spec import get_spec
 from tests.blocked_imports import blocked_env

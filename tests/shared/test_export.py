@@ -19,7 +19,8 @@ from PIL import Image
 
 from export import infer
 from export.parity import compare
-from shared.onnx_meta import Source, build_metadata, default_onnx_path, resolve_source
+from shared.export_meta import build_metadata
+from shared.export_source import Source, default_onnx_path, resolve_source
 from shared.spec import get_spec
 from tests.conftest import ROOT, run_module
 
@@ -36,7 +37,7 @@ def _make_run(framework, model, out, data_dir, seed=0):
 
 
 def _parity(run, data_dir, *extra):
-    run_module("export.parity", "--run", run, "--data-dir", data_dir, "--no-bench", *extra)
+    run_module("export.parity", "--run", run, "--data-dir", data_dir, *extra)
     return json.loads((Path(run) / "parity.json").read_text())
 
 
@@ -81,7 +82,7 @@ def test_parity_keras_run_plain20_both_exports_at_an_older_opset(tmp_path, data_
     assert report["opsets"] == {"keras": 17, "torch": 17}
     import onnx
 
-    from shared.onnx_meta import graph_opset
+    from shared.onnx_file import graph_opset
 
     for fw, path in report["onnx_files"].items():
         proto = onnx.load(path)
@@ -106,7 +107,7 @@ def test_parity_with_onnx_override_and_out(torch_run, tmp_path, data_dir):
     later = (run / "model.onnx").stat().st_mtime + 10
     os.utime(weights, (later, later))  # as if training went on: the default model.onnx is now stale
     run_module("export.parity", "--run", run, "--onnx", run / "model-keras.onnx", "--data-dir", data_dir,
-               "--no-bench", "--limit", "50", "--out", tmp_path)
+               "--limit", "50", "--out", tmp_path)
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["onnx_under_test"] == str(run / "model-keras.onnx") and report["ok"] and report["n"] == 50
     assert report["exported_now"] == [str(run / "model.onnx")]  # re-exported; the explicit file is kept

@@ -15,6 +15,7 @@ import pytest
 from shared import bench, process
 from shared.bench import bound, full_run, gpu_plan, gpu_report
 from shared.bench.gpu_plan import Budget, GpuConfig, Item
+from shared.errors import UserError
 from tests.blocked_imports import blocked_env, blocked_python
 from tests.conftest import ROOT, run_module
 
@@ -124,7 +125,7 @@ def test_a_child_gets_the_keras_backend_it_asks_for_even_where_the_default_is_mi
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda n: None if n == "tensorflow" else real(n))
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     assert process.child_env(KERAS_BACKEND="jax")["KERAS_BACKEND"] == "jax"
-    with pytest.raises(SystemExit, match="needs the 'tensorflow' package"):
+    with pytest.raises(UserError, match="needs the 'tensorflow' package"):
         process.child_env()
 
 

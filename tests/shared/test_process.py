@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from shared import process
+from shared.errors import UserError
 
 
 def test_run_captures_stdout_and_keeps_the_last_progress_frame_of_stderr():
@@ -38,7 +39,7 @@ def test_unknown_framework_is_one_line_with_the_choices():
 
 def test_a_child_without_keras_runs_whatever_the_backend(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "mxnet")
-    with pytest.raises(SystemExit, match=r"unknown Keras backend 'mxnet'"):
+    with pytest.raises(UserError, match=r"unknown Keras backend 'mxnet'"):
         process.child_env()
     env = process.child_env(keras=False, EXTRA="1")
     assert env["KERAS_BACKEND"] == "mxnet" and env["EXTRA"] == "1"  # passed through unchecked, as the user set it

@@ -33,7 +33,7 @@ def qrun(tmp_path_factory, data_dir):
 
 def _quantize(run, data_dir, *extra):
     before = set(ROOT.iterdir())
-    out = run_module("export.quantize", "--run", run, "--data-dir", data_dir, "--no-bench", *extra).stdout
+    out = run_module("export.quantize", "--run", run, "--data-dir", data_dir, *extra).stdout
     stray = [f.name for f in set(ROOT.iterdir()) - before if f.suffix in (".onnx", ".data")]
     assert not stray  # ORT's pre-processing leaves no model or external-data file in the working directory
     path = Path(out.strip().splitlines()[-1].split()[1].rstrip(","))
@@ -165,7 +165,7 @@ def _error(*argv) -> str:
 
 def test_quantize_bad_input_is_one_line(qrun, data_dir, tmp_path):
     assert _error("--run", qrun, "--precision", "int4") == "error: unknown precision 'int4'; valid choices: int8, fp16"
-    msg = _error("--run", qrun, "--data-dir", tmp_path / "nodata", "--no-bench")
+    msg = _error("--run", qrun, "--data-dir", tmp_path / "nodata")
     assert "is not prepared; run `make data DATASET=synthetic" in msg and msg.startswith("error: the run's data")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")

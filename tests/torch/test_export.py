@@ -8,7 +8,8 @@ import torch
 from pytorch_impl.export import export_onnx, load_model, predict
 from pytorch_impl.resnet import build_model
 from pytorch_impl.weights import get_weights, set_weights
-from shared.onnx_meta import DEFAULT_OPSET, Source, build_metadata, resolve_source
+from shared.export_meta import DEFAULT_OPSET, build_metadata
+from shared.export_source import Source, resolve_source
 from shared.spec import get_spec
 from tests.blocked_imports import blocked_env
 from tests.conftest import run_module

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared import errors
 from shared.harness.parity.report import eval_line, render_markdown, train_line
 from shared.harness.parity.run import DIRECTIONS, IMAGENET_PARITY_SIZE, Case, run_parity_cases
 from shared.harness.parity.step import StepConfig
@@ -15,7 +16,7 @@ from shared.spec import SHORTCUTS, get_spec
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shared.harness.parity",
+    p = errors.ArgumentParser(prog="python -m shared.harness.parity",
                                 description="Numerical parity between the PyTorch and the Keras ResNet.")
     p.add_argument("--model", default="resnet20", help="registry name (resnet20, resnet50, plain34, ...)")
     p.add_argument("--num-classes", type=int, default=None)
@@ -36,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = get_spec(args.model, num_classes=args.num_classes, shortcut=args.shortcut)
     except ValueError as e:
-        parser.error(str(e))
+        raise errors.UserError(str(e)) from None
     if args.batch < 2:
-        parser.error(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
+        raise errors.UserError(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
     directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
     step = None if args.no_train_step else StepConfig()
     results = run_parity_cases([Case(spec, d) for d in directions], batch=args.batch, size=args.size,
@@ -54,4 +55,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(errors.run(main))

@@ -60,6 +60,18 @@ def run_worker(framework: str, jobs: list[dict[str, Any]], workdir: Path, *,
     return json.loads(report_path.read_text(encoding="utf-8"))
 
 
+def serve_jobs(prog: str, run_job: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None) -> int:
+    """A framework's parity worker (``python -m <package>.parity JOBS.json``): every job of the request file run by
+    ``run_job``, and the reports written where the request says."""
+    from shared.errors import ArgumentParser
+
+    p = ArgumentParser(prog=prog, description="Run the parity jobs of a request file (written by shared.harness).")
+    p.add_argument("jobs", help="the request: {\"jobs\": [...], \"report\": path}")
+    request = json.loads(Path(p.parse_args(argv).jobs).read_text(encoding="utf-8"))
+    atomic_write_json(request["report"], [run_job(job) for job in request["jobs"]])
+    return 0
+
+
 def run_parity(spec: ModelSpec, direction: str = "torch2keras", **kwargs: Any) -> dict[str, Any]:
     """One case (``tamper`` goes into it); keyword arguments as :func:`run_parity_cases`."""
     tamper = kwargs.pop("tamper", None)
