@@ -1,8 +1,8 @@
-"""The callbacks ``keras_impl.train`` hands to ``model.fit``: the shared run folder driven from ``fit``'s events,
-and the resume backup, both through public Keras API only (docs/training.md).
+"""The callback ``keras_impl.train`` hands to ``model.fit`` to drive the shared run folder from ``fit``'s events, and
+the resume backup it writes, both through public Keras API only (docs/training.md).
 
-:class:`RecordRun` is listed before :class:`ResumeBackup`, so an epoch's row and weights are on disk before its
-checkpoint.
+At the end of every epoch :class:`RecordRun` writes the metrics row, the weights and the backup together; on a
+SIGTERM it writes the backup of the position inside the epoch and raises :class:`StopTraining` out of ``fit``.
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_impl.weights import get_weights
-from shared.io import atomic_write_json
+from shared.io import ReadError, atomic_write, atomic_write_json
 from shared.run_folder import CHECK_EVERY, EpochLog, RunFolder
+from shared.signals import StopRequest
 
 
 @keras.saving.register_keras_serializable(package="resnet_xf")
@@ -38,49 +41,18 @@ class BatchLoss(keras.metrics.Metric):
         return keras.ops.convert_to_tensor(self.value)
 
 
-class RecordRun(keras.callbacks.Callback):
-    """The run folder, written from ``fit``'s events as the torch loop writes it: per batch the iteration count,
-    the NaN guard, ``--trace-steps`` and the stop at ``total_iters`` inside the last epoch; per epoch
-    ``record_epoch``."""
-
-    def __init__(self, run: RunFolder) -> None:
-        super().__init__()
-        self.run, self.plan, self.progress = run, run.plan, run.progress
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.t0, self.t_train = time.perf_counter(), None
-        self.steps = self.plan.iters_in_epoch(epoch)
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        lr = self.plan.lr_at(self.progress.iteration)
-        if self.progress.iteration < self.run.settings.trace_steps:
-            self.run.trace_step(float(logs["batch_loss"]), lr)
-        self.progress.iteration += 1
-        if (batch + 1) % CHECK_EVERY == 0 or batch + 1 == self.steps:
-            self.run.check_loss(float(logs["loss"]), lr)
-        if self.progress.iteration >= self.plan.total_iters:
-            self.model.stop_training = True  # fit counts whole epochs; the recipe may end inside one
-
-    def on_test_begin(self, logs=None) -> None:
-        if self.t_train is None:
-            self.t_train = time.perf_counter() - self.t0
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        train = EpochLog(float(logs["loss"]), float(logs["acc"]), self.steps * self.plan.batch_size,
-                         self.t_train or time.perf_counter() - self.t0, self.plan.lr_at(self.progress.iteration - 1))
-        weights = get_weights(self.model, self.run.spec) if self.run.owner else {}
-        self.run.record_epoch(train, float(logs["val_ce"]), float(logs["val_acc"]),
-                              seconds=time.perf_counter() - self.t0, weights=weights)
+class StopTraining(Exception):  # noqa: N818 (a stop, not an error)
+    """Raised out of ``fit`` once the checkpoint of a stop signal is written (``stop_training`` would first run the
+    epoch's validation and its end)."""
 
 
-class ResumeBackup(keras.callbacks.Callback):
-    """The run's resume checkpoint after every due epoch: the model's and the optimizer's variables in a new
-    ``.weights.h5`` file, then the metadata naming it (``epoch``, ``weights``, ``backend``) replaced atomically,
-    then the previous file removed, so a SIGKILL at any instant leaves a whole checkpoint. :meth:`restore` reads
-    it back before ``fit(initial_epoch=...)``."""
+class ResumeBackup:
+    """The run's resume checkpoint: the model's and the optimizer's variables in a new ``.weights.h5`` file, then
+    the metadata naming it (``epoch`` finished, ``step`` into the next, ``partial``: the epoch's running metric
+    state, ``weights``, ``backend``), each written atomically and the metadata last; the previous file is removed
+    after, so a kill at any instant leaves a whole checkpoint. :meth:`restore` reads it back before ``fit``."""
 
     def __init__(self, run: RunFolder, backend: str) -> None:
-        super().__init__()
         self.run, self.backend = run, backend
         self.meta_path = run.checkpoint_path
         self.dir = self.meta_path.parent
@@ -88,27 +60,132 @@ class ResumeBackup(keras.callbacks.Callback):
     @staticmethod
     def read(meta_path: Path) -> dict[str, Any]:
         """The metadata of the last backup."""
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            raise ReadError(f"cannot read the resume backup {meta_path}: truncated or corrupt; restore it from a "
+                            "copy, or start the run again") from None
 
     @classmethod
     def restore(cls, model: keras.Model, meta_path: Path) -> dict[str, Any]:
         """Load the last backup into ``model`` and its (compiled) optimizer; its metadata."""
         meta = cls.read(meta_path)
+        weights = meta_path.parent / meta["weights"]
         model.optimizer.build(model.trainable_variables)  # the file holds the optimizer's variables too
-        model.load_weights(meta_path.parent / meta["weights"])
+        try:
+            model.load_weights(weights)
+        except Exception:  # h5py's or Keras' own message for a truncated or foreign file
+            raise ReadError(f"cannot read the resume backup {weights}: truncated or corrupt; restore it from a copy, "
+                            "or start the run again") from None
         return meta
 
+    def save(self, model: keras.Model) -> None:
+        """The backup of the run at ``run.progress`` (its epoch, and its step when inside one), staged in the run
+        folder's save block. On several JAX processes saving is collective (it creates variables): every process
+        takes part, and only the first keeps a file."""
+        if not self.run.owner:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_weights(Path(tmp) / "backup.weights.h5")
+            return
+        p = self.run.progress
+        name = f"epoch-{p.epoch:04d}" + (f"-step-{p.step:05d}" if p.step else "") + ".weights.h5"
+        atomic_write(self.dir / name, lambda tmp: model.save_weights(tmp, overwrite=True), suffix=".weights.h5")
+        atomic_write_json(self.meta_path, {"epoch": p.epoch, "step": p.step, "partial": p.partial, "weights": name,
+                                           "backend": self.backend})
+
+    def prune(self) -> None:
+        """Remove the backup files the metadata no longer names (after the save block has committed)."""
+        if self.run.owner and self.meta_path.is_file():
+            keep = self.read(self.meta_path)["weights"]
+            for old in self.dir.glob("epoch-*.weights.h5"):
+                if old.name != keep:
+                    old.unlink(missing_ok=True)
+
+
+def metric_state(model: keras.Model) -> list[Any]:
+    """The running state of the compiled metrics (the epoch's loss and accuracy sums so far), as JSON values."""
+    return [keras.ops.convert_to_numpy(v).tolist() for v in model.metrics_variables]
+
+
+def set_metric_state(model: keras.Model, state: list[Any], size: int) -> None:
+    """Restore :func:`metric_state` (at an epoch's begin, after ``fit`` has reset the metrics); ``size``: the
+    model's input size."""
+    if len(model.metrics_variables) < len(state):  # TensorFlow creates the compiled metrics in the first step
+        x = np.zeros((1, size, size, 3), "float32")
+        model.compute_metrics(x, np.zeros(1, "int32"), model(x))
+    for v, value in zip(model.metrics_variables, state, strict=True):
+        v.assign(np.asarray(value, dtype=v.dtype))
+
+
+class RecordRun(keras.callbacks.Callback):
+    """The run folder, written from ``fit``'s events as the torch loop writes it: per batch the iteration count,
+    the NaN guard, ``--trace-steps``, the stop at ``total_iters`` inside the last epoch and the stop signal; per
+    epoch ``record_epoch`` and the backup.
+
+    A run resumed inside an epoch fits the rest of that epoch first (a dataset that starts at its step): its
+    metric state is restored at the epoch's begin, after ``fit`` has reset it, so the epoch's row is the one an
+    uninterrupted run writes. ``agree`` (several processes): the collective by which they agree to stop, joined at
+    every host check; one process stops after any step.
+    """
+
+    def __init__(self, run: RunFolder, backup: ResumeBackup, stop: StopRequest,
+                 agree: Callable[[bool], bool] | None = None) -> None:
+        super().__init__()
+        self.run, self.plan, self.progress = run, run.plan, run.progress
+        self.backup, self.stop, self.agree = backup, stop, agree
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.t0, self.t_train = time.perf_counter(), None
+        self.steps = self.plan.iters_in_epoch(epoch)
+        self.first, self.seconds = self.progress.step, float(self.progress.partial.get("seconds", 0.0))
+        if "metrics" in self.progress.partial:
+            set_metric_state(self.model, self.progress.partial["metrics"], self.run.spec.input_size)
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        step, lr = self.first + batch + 1, self.plan.lr_at(self.progress.iteration)
+        if self.progress.iteration < self.run.settings.trace_steps:
+            self.run.trace_step(float(logs["batch_loss"]), lr)
+        self.progress.iteration += 1
+        checked = step % CHECK_EVERY == 0 or step == self.steps
+        if checked:
+            self.run.check_loss(float(logs["loss"]), lr)
+        if step < self.steps and self.stopping(checked):  # at the last step: after the epoch's end instead
+            self.save_stop(step)
+        if self.progress.iteration >= self.plan.total_iters:
+            self.model.stop_training = True  # fit counts whole epochs; the recipe may end inside one
+
+    def stopping(self, checked: bool) -> bool:
+        """Whether a stop signal ends the epoch here: at once alone, at a host check when several processes
+        must agree."""
+        if self.agree is None:
+            return self.stop.requested
+        return checked and self.agree(self.stop.requested)
+
+    def save_stop(self, step: int) -> None:
+        """The backup of the position inside the epoch (the model's variables are synced for callbacks on every
+        backend), then :class:`StopTraining`."""
+        model = self.model
+        self.progress.stop_at(step, {"metrics": metric_state(model),
+                                     "seconds": self.seconds + time.perf_counter() - self.t0})
+        with self.run.saving():
+            self.backup.save(model)
+        self.backup.prune()
+        raise StopTraining()
+
+    def on_test_begin(self, logs=None) -> None:
+        if self.t_train is None:
+            self.t_train = time.perf_counter() - self.t0
+
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not self.run.checkpoint_due(collective=True):
-            return
-        if not self.run.owner:  # saving is collective on several JAX processes (it creates variables): take
-            with tempfile.TemporaryDirectory() as tmp:  # part, keep nothing; the first process writes the backup
-                self.model.save_weights(Path(tmp) / "backup.weights.h5")
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        old = self.read(self.meta_path) if self.meta_path.is_file() else None
-        name = f"epoch-{epoch + 1:04d}.weights.h5"
-        self.model.save_weights(self.dir / name, overwrite=True)  # a new file: never read until named below
-        atomic_write_json(self.meta_path, {"epoch": epoch + 1, "weights": name, "backend": self.backend})
-        if old and old["weights"] != name:
-            (self.dir / old["weights"]).unlink(missing_ok=True)
+        t_train = self.seconds + (self.t_train or time.perf_counter() - self.t0)
+        train = EpochLog(float(logs["loss"]), float(logs["acc"]), self.steps * self.plan.batch_size, t_train,
+                         self.plan.lr_at(self.progress.iteration - 1))
+        weights = get_weights(self.model, self.run.spec) if self.run.owner else {}
+        with self.run.saving():  # the epoch's row, weights and backup land together, or none of them
+            self.run.record_epoch(train, float(logs["val_ce"]), float(logs["val_acc"]),
+                                  seconds=self.seconds + time.perf_counter() - self.t0, weights=weights)
+            if self.run.checkpoint_due(collective=True):
+                self.backup.save(self.model)
+        self.backup.prune()
+        if self.progress.epoch < self.plan.epochs and self.stopping(checked=True):
+            raise StopTraining()

@@ -60,6 +60,7 @@ class EpochDataset(keras.utils.PyDataset):
     yields its ``part`` of every global batch, and an evaluation batch that does not split over the
     devices is padded with images of sample weight 0 (the compiled metrics are weighted).
 
+    ``start`` > 0: every epoch begins at that batch of its plan (the rest of an epoch a stop signal ended).
     ``ahead`` > 0: a background thread prepares the next ``ahead`` batches while the step runs. A batch is a
     pure function of (seed, epoch, index), so a prepared batch is the one asked for whatever the order of
     requests. (Keras' own ``workers`` > 1 enqueuer is not used: it replays the batches it had prefetched
@@ -68,8 +69,9 @@ class EpochDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, prepared, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                 ahead: int = 0, part: Part = Part()) -> None:
+                 ahead: int = 0, part: Part = Part(), start: int = 0) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
+        self.start = start  # each epoch's batches begin at this one (the rest of an epoch a stop signal ended)
         check_split(split)
         self.x_np, y_np = prepared.arrays(split)
         self.y_np = np.asarray(y_np, dtype=np.int32)
@@ -93,11 +95,12 @@ class EpochDataset(keras.utils.PyDataset):
                                 seed=self.seed, epoch=self.epoch)
 
     def __len__(self) -> int:
-        return len(self._plan)
+        return len(self._plan) - self.start
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
-        if not 0 <= i < len(self._plan):
-            raise IndexError(f"batch {i} out of range (0..{len(self._plan) - 1})")
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} out of range (0..{len(self) - 1})")
+        i += self.start
         if not self.ahead:
             return self._batch(self._plan, i)
         ready = self._pending.pop((self.epoch, i), None)

@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from keras_impl.backend_table import Backend
 from shared.errors import UserError
+from shared.signals import run_processes
 from shared.train_flags import without_nproc
 
 ADDRESSES, COUNT, INDEX = (f"KERAS_DISTRIBUTION_{k}" for k in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"))
@@ -96,6 +96,16 @@ def from_owner(processes: Processes, arrays: dict[str, Any]) -> dict[str, Any]:
     return {k: np.asarray(v) for k, v in multihost_utils.broadcast_one_to_all(arrays, processes.owner).items()}
 
 
+def agreement(processes: Processes) -> Callable[[bool], bool] | None:
+    """How several processes agree to stop: a collective every process joins at the same step, True when any of
+    them was asked; None alone (the process stops on its own)."""
+    if processes.count == 1:
+        return None
+    from jax.experimental import multihost_utils
+
+    return lambda asked: bool(np.any(multihost_utils.process_allgather(np.int32(asked))))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -103,8 +113,9 @@ def free_port() -> int:
 
 
 def launch(nproc: int, backend: Backend, device: str, argv: list[str]) -> int:
-    """``--nproc N``: start this command N times on this machine, joined by Keras' variables; the worst
-    exit status. The processes' output is the command's own (passed through, not captured)."""
+    """``--nproc N``: start this command N times on this machine, joined by Keras' variables; the first failure's
+    exit status (143 after a SIGTERM). The processes' output is the command's own (passed through, not captured);
+    ``shared.signals.run_processes`` passes each stop signal on to them once."""
     if nproc < 1:
         raise UserError(f"--nproc must be >= 1; got {nproc}")
     backend.check_several_processes(f"--nproc {nproc}")
@@ -114,13 +125,6 @@ def launch(nproc: int, backend: Backend, device: str, argv: list[str]) -> int:
                         "(DataParallel); across hosts set KERAS_DISTRIBUTION_* on each")
     rest = without_nproc(argv)
     address = f"localhost:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-m", "keras_impl.train", *rest],
-                              env={**os.environ, ADDRESSES: address, COUNT: str(nproc), INDEX: str(i)})
-             for i in range(nproc)]
-    while any(p.poll() is None for p in procs):
-        if any(p.poll() for p in procs):  # one failed: the others would wait for it in a collective
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        time.sleep(0.2)
-    return max((p.returncode for p in procs), key=abs)
+    cmd = [sys.executable, "-m", "keras_impl.train", *rest]
+    return run_processes([(cmd, {**os.environ, ADDRESSES: address, COUNT: str(nproc), INDEX: str(i)})
+                          for i in range(nproc)])

@@ -3,6 +3,8 @@ plan and run folder of the torch loop (docs/training.md, docs/keras-backends.md)
 
     KERAS_BACKEND=jax python -m keras_impl.train --model resnet20 --dataset cifar10 [--epochs E | --iters N] ...
     python -m keras_impl.train ... --strategy mirrored     # TF: MirroredStrategy; JAX: keras.distribution.DataParallel
+
+SIGTERM stops it after the current step with a backup of the position inside the epoch (exit 143).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import datasets
 from keras_impl import distributed
 from keras_impl.backend_table import CURRENT as BACKEND
 from keras_impl.backend_table import device_name
-from keras_impl.callbacks import BatchLoss, RecordRun, ResumeBackup
+from keras_impl.callbacks import BatchLoss, RecordRun, ResumeBackup, StopTraining
 from keras_impl.data import EpochDataset, Part, SetEpoch
 from keras_impl.optim import RecipeSchedule, make_sgd
 from keras_impl.resnet import build_model
@@ -29,7 +31,8 @@ from shared.devices import bf16_falls_back
 from shared.errors import UserError
 from shared.recipes import Plan
 from shared.run_folder import Progress, RunFolder
-from shared.run_settings import RunSettings, initial_weights, resolve_run
+from shared.run_settings import RunSettings, check_run_folder, initial_weights, resolve_run
+from shared.signals import StopNow, StopRequest
 from shared.threads import choose_threads
 from shared.train_flags import train_arg_parser
 
@@ -95,14 +98,21 @@ def evaluate(model: keras.Model, data: EpochDataset) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if os.environ.get(distributed.INDEX, "0") == "0":  # the process that writes (or launches the ones that do)
+        check_run_folder(args)
     if args.nproc != 1 and distributed.COUNT not in os.environ:
         return distributed.launch(args.nproc, BACKEND, args.device, sys.argv[1:] if argv is None else list(argv))
-    with distributed.errors_said_once():
-        return train(args)
+    with distributed.errors_said_once(), StopRequest() as stop:  # SIGTERM: finish the step, back up, exit 143
+        try:
+            return train(args, stop)
+        except StopNow as e:  # before the run folder was open
+            return e.said("before training started; nothing was written",
+                          say=os.environ.get(distributed.INDEX, "0") == "0")
 
 
-def train(args: argparse.Namespace) -> int:
-    """One training process: the whole run, or its part of a run over several processes."""
+def train(args: argparse.Namespace, stop: StopRequest) -> int:
+    """One training process: the whole run, or its part of a run over several processes; 143 when a SIGTERM
+    stopped it."""
     settings, data = resolve_run(args, FRAMEWORK, datasets.load_prepared)
     device, scope, replicas, processes, threads = set_up(settings)
     plan, spec = settings.plan, settings.spec
@@ -117,29 +127,44 @@ def train(args: argparse.Namespace) -> int:
         if saved["backend"] != BACKEND.name:
             print(f"note: resuming a run backed up on the {saved['backend']} backend on {BACKEND.name}: the weights "
                   "carry over; steps differ from an uninterrupted run in float rounding", file=sys.stderr)
-        # The backup holds model, optimizer and epoch; the run's progress is metrics.csv up to that epoch.
-        progress = Progress.from_rows(runs.read_metrics(settings.run_dir)[: saved["epoch"]], plan)
-    record = describe(device, scope, replicas, processes)
-    run = RunFolder.start(settings, progress, owner=processes.owner, manifest=data.manifest, device=record,
+        # The backup holds model, optimizer, epoch and step; the run's progress is metrics.csv up to that epoch.
+        progress = Progress.from_rows(runs.read_metrics(settings.run_dir)[: saved["epoch"]], plan,
+                                      saved.get("step", 0), saved.get("partial"))
+    described = describe(device, scope, replicas, processes)
+    run = RunFolder.start(settings, progress, owner=processes.owner, manifest=data.manifest, device=described,
                           threads=threads)
-    where = f"{device}, {record['strategy']} x{replicas}" if record["strategy"] else device
+    where = f"{device}, {described['strategy']} x{replicas}" if described["strategy"] else device
     run.announce(f"{FRAMEWORK}/{BACKEND.name}, {where}" + (f" over {processes.count} processes"
                                                            if processes.count > 1 else ""))
     part = Part(processes.index, processes.count, replicas)  # each process feeds its part of every global batch
     batches = {"ahead": BACKEND.batches_ahead, "part": part}
-    train_data = EpochDataset(data, "train", plan.batch_size, train=settings.augment, seed=settings.seed, **batches)
     val_data = EpochDataset(data, "val", plan.batch_size, train=False, **batches)
     shown = settings.show_progress and processes.owner  # Keras' bar first: it ends its line before the epoch's
-    callbacks = [SetEpoch(train_data), *([keras.callbacks.ProgbarLogger()] if shown else []), RecordRun(run),
-                 ResumeBackup(run, BACKEND.name)]
+    rest = [*([keras.callbacks.ProgbarLogger()] if shown else []),
+            RecordRun(run, ResumeBackup(run, BACKEND.name), stop, distributed.agreement(processes))]
+
+    def fit(start: int, epochs: int) -> None:
+        """Epochs up to ``epochs`` from the run's, each from its batch ``start`` (shuffle=False: the epoch plan has
+        shuffled already, and fit would reorder a PyDataset's batches)."""
+        train_data = EpochDataset(data, "train", plan.batch_size, train=settings.augment, seed=settings.seed,
+                                  start=start, **batches)
+        model.fit(BACKEND.fit_input(train_data), epochs=epochs, initial_epoch=run.progress.epoch,
+                  validation_data=BACKEND.fit_input(val_data), callbacks=[SetEpoch(train_data), *rest],
+                  shuffle=False, verbose=1 if shown else 0)
+
     with run:
-        # shuffle=False: the epoch plan has shuffled already (fit would reorder a PyDataset's batches).
-        model.fit(BACKEND.fit_input(train_data), epochs=plan.epochs, initial_epoch=progress.epoch,
-                  validation_data=BACKEND.fit_input(val_data), callbacks=callbacks, shuffle=False,
-                  verbose=1 if shown else 0)
-        best = run.best_weights() if processes.owner else get_weights(model, spec)
-        set_weights(model, spec, distributed.from_owner(processes, best))
-        run.finish(*evaluate(model, EpochDataset(data, "test", plan.batch_size, train=False, part=part)))
+        try:
+            if run.progress.step:  # resumed inside an epoch: the rest of it first
+                fit(run.progress.step, run.progress.epoch + 1)
+            if run.progress.epoch < plan.epochs:
+                fit(0, plan.epochs)
+            best = run.best_weights() if processes.owner else get_weights(model, spec)
+            set_weights(model, spec, distributed.from_owner(processes, best))
+            run.finish(*evaluate(model, EpochDataset(data, "test", plan.batch_size, train=False, part=part)))
+        except StopTraining:
+            return run.stopped(stop.signal)
+        except StopNow as e:
+            return run.stopped_at_once(e)
     return 0
 
 

@@ -2,7 +2,8 @@
 written atomically and read back with ``torch.load(weights_only=True)``, so no code runs on load.
 
 It holds the model, the optimizer (momentum buffers), the AMP grad scaler, the run's progress (epoch,
-global iteration, best so far, metrics rows, wall time) and torch's RNG states. Nothing in training
+global iteration, best so far, metrics rows, wall time; after a SIGTERM, the step inside the epoch and the
+epoch's sums so far) and torch's RNG states. Nothing in training
 draws from Python's own ``random``, so its state is not kept (older checkpoints that hold it load too).
 """
 
@@ -46,7 +47,14 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         "progress": progress.to_dict(),
         "rng": _rng_state(device),
     }
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: _save(state, tmp))
+
+
+def _save(state: dict[str, Any], tmp: str) -> None:
+    # through a Python file, so that a full disk reaches the caller as ENOSPC (torch.save given a path reports
+    # only "unexpected pos")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -1,5 +1,8 @@
-"""DistributedDataParallel plumbing of the torch trainer: ``--nproc N`` starts N processes through
-``python -m torch.distributed.run``, and each joins the process group (nccl on GPUs, gloo on the CPU).
+"""DistributedDataParallel plumbing of the torch trainer: ``--nproc N`` starts N processes on this machine with
+torchrun's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...), and each joins the process group (nccl on
+GPUs, gloo on the CPU). ``shared.signals.run_processes`` starts them, so a SIGTERM reaches each once and they stop
+together with a checkpoint; torchrun itself prints a traceback on SIGTERM and kills its workers 30 s later.
+``python -m torch.distributed.run`` still starts the trainer by hand (several hosts).
 
 At most one CUDA process per visible GPU: more would die with "invalid device ordinal", so it is
 checked first, with one line that says what to do.
@@ -8,13 +11,14 @@ checked first, with one line that says what to do.
 from __future__ import annotations
 
 import os
-import subprocess
+import socket
 import sys
 
 import torch
 
 from shared.devices import resolve_device_name
 from shared.errors import UserError
+from shared.signals import run_processes
 from shared.train_flags import without_nproc
 
 
@@ -29,13 +33,19 @@ def check_nproc(nproc: int, device_name: str, gpus: int) -> None:
 
 
 def launch(nproc: int, requested: str, argv: list[str]) -> int:
-    """``--nproc N``: check, then start this command N times through ``python -m torch.distributed.run``."""
+    """``--nproc N``: check, then run this command N times as the ranks of one DDP run; the first failure's exit
+    status (143 after a SIGTERM)."""
     gpus = torch.cuda.device_count()
     check_nproc(nproc, resolve_device_name(requested, gpus), gpus)
-    # the processes run without --nproc (torchrun would take it for its own option)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "pytorch_impl.train", *without_nproc(argv)]
-    return subprocess.call(cmd)  # the processes' output is the command's own: passed through, not captured
+    with socket.socket() as s:  # a free port for rank 0's rendezvous store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the processes run without --nproc; like torchrun, one OpenMP thread each unless OMP_NUM_THREADS says
+    common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+              "LOCAL_WORLD_SIZE": str(nproc), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [sys.executable, "-m", "pytorch_impl.train", *without_nproc(argv)]
+    return run_processes([(cmd, {**os.environ, **common, "RANK": str(i), "LOCAL_RANK": str(i)})
+                          for i in range(nproc)])
 
 
 def init_distributed(requested: str) -> tuple[torch.device, int, int]:

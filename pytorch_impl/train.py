@@ -2,6 +2,8 @@
 
     python -m pytorch_impl.train --model resnet20 --dataset cifar10 [--epochs E | --iters N] ...
     python -m pytorch_impl.train --nproc 2 ...                 # DDP: nccl on GPUs, gloo on the CPU
+
+SIGTERM stops it after the current step with a checkpoint of the position inside the epoch (exit 143).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from shared import errors, runs
 from shared.devices import bf16_falls_back
 from shared.errors import UserError
 from shared.run_folder import CHECK_EVERY, EpochLog, Progress, RunFolder
-from shared.run_settings import RunSettings, initial_weights, resolve_run
+from shared.run_settings import RunSettings, check_run_folder, initial_weights, resolve_run
+from shared.signals import StopNow, StopRequest
 from shared.threads import choose_threads
 from shared.train_flags import train_arg_parser
 
@@ -81,9 +84,19 @@ class Context:
             torch.distributed.all_reduce(t)
         return t
 
-    def host_totals(self, sums: torch.Tensor) -> list[float]:
-        """The loop's one host synchronisation: the device sums (over every rank) as Python floats."""
-        return self.reduced(sums).tolist()
+    def host_totals(self, sums: torch.Tensor, stop: bool = False) -> tuple[list[float], bool]:
+        """The loop's one host synchronisation: (the device sums over every rank as Python floats, whether any
+        rank was asked to stop: the ranks agree here on the step they stop at)."""
+        *totals, stops = self.reduced(torch.cat([sums, sums.new_tensor([float(stop)])])).tolist()
+        return totals, stops > 0
+
+    def gathered(self, t: torch.Tensor) -> list[list[float]]:
+        """``t`` of every rank, in rank order, as Python floats."""
+        if self.world == 1:
+            return [t.tolist()]
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, t)
+        return [part.tolist() for part in parts]
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -164,18 +177,25 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loader, run: RunFolder,
-                    ctx: Context) -> EpochLog:
-    """The epoch ``run.progress.epoch``: SGD steps at the recipe's per-step lr. The sums stay on the device and
-    the image count on the host until the host check every ``CHECK_EVERY`` steps, the loop's one sync."""
+                    ctx: Context, stop: StopRequest) -> EpochLog | None:
+    """The epoch ``run.progress.epoch``, from its step ``run.progress.step`` on (0, or where a stop left it): SGD
+    steps at the recipe's per-step lr. The sums stay on the device and the image count on the host until the host
+    check every ``CHECK_EVERY`` steps, the loop's one sync. None when a SIGTERM stopped it: the progress then marks
+    the step reached and the epoch's sums so far (every rank's), for the checkpoint. One process stops after any
+    step (a host flag, no sync); several agree at a host check."""
     t0, progress, plan = time.perf_counter(), run.progress, run.plan
     model.train()
     loader.set_epoch(progress.epoch)
-    steps = plan.iters_in_epoch(progress.epoch)
-    sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss * images, correct
-    seen, totals, lr = 0, [0.0, 0.0], plan.lr_at(progress.iteration)
-    bar = tqdm(total=steps, desc=f"epoch {progress.epoch + 1}/{plan.epochs}", unit="it", leave=False,
+    steps, start, before = plan.iters_in_epoch(progress.epoch), progress.step, progress.partial
+    ranks = before.get("sums", [[0.0, 0.0]] * ctx.world)
+    mine = ranks[ctx.rank] if len(ranks) == ctx.world else ([0.0, 0.0] if ctx.rank else [sum(c) for c in zip(*ranks)])
+    sums = torch.tensor(mine, dtype=torch.float64, device=ctx.device)  # loss * images, correct
+    seen, seconds = int(before.get("images", 0)), float(before.get("seconds", 0.0))
+    totals, lr = [0.0, 0.0], plan.lr_at(progress.iteration)
+    bar = tqdm(total=steps, initial=start, desc=f"epoch {progress.epoch + 1}/{plan.epochs}", unit="it", leave=False,
                dynamic_ncols=True, disable=not (run.settings.show_progress and ctx.main), file=sys.stderr)
-    for i, (x, y) in zip(range(steps), loader):
+    stopping = False
+    for i, (x, y) in zip(range(start, steps), loader.batches(start)):
         x, y, lr = ctx.shard(x), ctx.shard(y), plan.lr_at(progress.iteration)
         loss, correct = train_step(model, optimizer, x, y, lr, ctx)
         if progress.iteration < run.settings.trace_steps:  # opt-in: a sync, every rank joins the reduction
@@ -183,13 +203,21 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         progress.iteration += 1
         seen += len(y) * ctx.world
         sums += torch.stack([loss.double() * len(y), correct.double()])
+        stopping = ctx.world == 1 and stop.requested
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
-            totals = ctx.host_totals(sums)
+            totals, stopping = ctx.host_totals(sums, stop.requested)
             run.check_loss(totals[0] / seen, lr)
             bar.set_postfix(loss=f"{totals[0] / seen:.4f}", acc=f"{totals[1] / seen:.3f}", lr=f"{lr:.3g}")
             bar.update((i + 1) - bar.n)
+        if stopping:
+            bar.close()
+            progress.stop_at(i + 1, {"sums": ctx.gathered(sums), "images": seen,
+                                     "seconds": seconds + time.perf_counter() - t0})
+            return None
     bar.close()
-    return EpochLog(totals[0] / max(seen, 1), totals[1] / max(seen, 1), seen, time.perf_counter() - t0, lr)
+    if start == steps:  # resumed after the epoch's last step: its totals are the saved ones
+        totals, _ = ctx.host_totals(sums)
+    return EpochLog(totals[0] / max(seen, 1), totals[1] / max(seen, 1), seen, seconds + time.perf_counter() - t0, lr)
 
 
 @torch.no_grad()
@@ -218,9 +246,20 @@ def evaluate(model: nn.Module, loader: Loader, ctx: Context, pad_to: int | None 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if os.environ.get("RANK", "0") == "0":  # the process that writes (or launches the ones that do)
+        check_run_folder(args)
     if args.nproc != 1 and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, args.device, sys.argv[1:] if argv is None else list(argv))
     settings, data = resolve_run(args, FRAMEWORK, datasets.load_prepared)
+    with StopRequest() as stop:  # SIGTERM: finish the step, checkpoint, exit 143; again, or SIGINT: at once
+        try:
+            return train(settings, data, stop)
+        except StopNow as e:  # before the run folder was open
+            return e.said("before training started; nothing was written", say=os.environ.get("RANK", "0") == "0")
+
+
+def train(settings: RunSettings, data: Any, stop: StopRequest) -> int:
+    """One training process: the whole run, or its rank's part of a DDP run; 143 when a SIGTERM stopped it."""
     ctx, threads = set_up(settings)
     plan, spec = settings.plan, settings.spec
     torch.manual_seed(settings.seed)
@@ -242,19 +281,33 @@ def main(argv: list[str] | None = None) -> int:
     train_loader = Loader(data, "train", plan.batch_size, train=settings.augment, seed=settings.seed, **batches)
     val_loader = Loader(data, "val", plan.batch_size, train=False, **batches)
     run.announce(f"{FRAMEWORK}, {ctx.device}{f' x{ctx.world}' if ctx.world > 1 else ''}")
+
+    def save() -> None:  # the resume checkpoint: written by the first rank, the last file of its block
+        if run.owner:
+            save_checkpoint(run.checkpoint_path, model, optimizer, ctx.scaler, run.progress, ctx.device)
+
     with run, contextlib.closing(ctx):
-        while run.progress.epoch < plan.epochs:
-            t0 = time.perf_counter()
-            train = train_one_epoch(net, optimizer, train_loader, run, ctx)
-            val_loss, val_acc = evaluate(eval_net, val_loader, ctx, pad)
-            run.record_epoch(train, val_loss, val_acc, seconds=time.perf_counter() - t0,
-                             weights=get_weights(model, spec))
-            if run.checkpoint_due():
-                save_checkpoint(run.checkpoint_path, model, optimizer, ctx.scaler, run.progress, ctx.device)
-            ctx.barrier()
-        if run.owner:  # the test split, once, with the best weights
-            set_weights(model, spec, run.best_weights())
-            run.finish(*evaluate(model, Loader(data, "test", plan.batch_size, train=False, **batches), ctx))
+        try:
+            while run.progress.epoch < plan.epochs:
+                log = train_one_epoch(net, optimizer, train_loader, run, ctx, stop)
+                if log is None:  # SIGTERM: the position inside the epoch becomes the checkpoint
+                    with run.saving():
+                        save()
+                    ctx.barrier()
+                    return run.stopped(stop.signal)
+                t0 = time.perf_counter()
+                val_loss, val_acc = evaluate(eval_net, val_loader, ctx, pad)
+                with run.saving():  # the epoch's row, weights and checkpoint land together, or none of them
+                    run.record_epoch(log, val_loss, val_acc, seconds=log.seconds + time.perf_counter() - t0,
+                                     weights=get_weights(model, spec))
+                    if run.checkpoint_due():
+                        save()
+                ctx.barrier()
+            if run.owner:  # the test split, once, with the best weights
+                set_weights(model, spec, run.best_weights())
+                run.finish(*evaluate(model, Loader(data, "test", plan.batch_size, train=False, **batches), ctx))
+        except StopNow as e:
+            return run.stopped_at_once(e)
     return 0
 
 

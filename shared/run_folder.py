@@ -5,10 +5,13 @@ The layout is ``shared/runs.py``'s; docs/training.md tells the life cycle. Impor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import threading
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,11 @@ from typing import Any
 from shared import runs
 from shared.data import augmentation
 from shared.errors import UserError
-from shared.io import atomic_write_json, load_weights, save_weights
+from shared.io import WriteError, atomic_write_json, load_weights, refusal, save_weights, together, writing
 from shared.machine import git_commit, library_versions
 from shared.recipes import Plan
 from shared.run_settings import RunSettings
+from shared.signals import STOPPED, StopNow
 from shared.spec import ModelSpec
 
 CHECKPOINT_EVERY = 1  # epochs between resume checkpoints (and always after the last epoch)
@@ -44,7 +48,9 @@ class EpochLog:
 
 @dataclass
 class Progress:
-    """Where a run is: finished epochs, global iteration, best validation accuracy, metrics rows.
+    """Where a run is: finished epochs, global iteration, best validation accuracy, metrics rows, and the position
+    inside the epoch in progress when a stop signal ended the process there (``step``, and the framework's
+    ``partial`` record of the epoch so far: its running sums, its training seconds).
 
     This is the framework-neutral part of every resume checkpoint (stored as JSON-able values).
     """
@@ -55,33 +61,45 @@ class Progress:
     best_epoch: int = 0
     wall_time_s: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0  # steps taken in epoch ``epoch + 1``
+    partial: dict[str, Any] = field(default_factory=dict)
 
     def finish_epoch(self, row: dict[str, Any]) -> bool:
         """Record an epoch's metrics row; True when its validation accuracy is the best so far."""
         self.rows.append(row)
         self.epoch = int(row["epoch"])
+        self.step, self.partial = 0, {}
         self.wall_time_s += float(row["seconds"])
         if row["val_acc"] > self.best_val_acc:
             self.best_val_acc, self.best_epoch = float(row["val_acc"]), self.epoch
             return True
         return False
 
+    def stop_at(self, step: int, partial: dict[str, Any]) -> None:
+        """Mark the position inside the epoch in progress: ``step`` steps taken, ``partial`` the epoch's record."""
+        self.step, self.partial = step, partial
+
     def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "iteration": self.iteration, "best_val_acc": self.best_val_acc,
-                "best_epoch": self.best_epoch, "wall_time_s": self.wall_time_s, "rows": list(self.rows)}
+                "best_epoch": self.best_epoch, "wall_time_s": self.wall_time_s, "rows": list(self.rows),
+                "step": self.step, "partial": dict(self.partial)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Progress:
         return cls(int(d["epoch"]), int(d["iteration"]), float(d["best_val_acc"]), int(d["best_epoch"]),
-                   float(d["wall_time_s"]), [dict(r) for r in d["rows"]])
+                   float(d["wall_time_s"]), [dict(r) for r in d["rows"]], int(d.get("step", 0)),
+                   dict(d.get("partial", {})))
 
     @classmethod
-    def from_rows(cls, rows: list[dict[str, Any]], plan: Plan) -> Progress:
-        """The progress of a run whose first ``len(rows)`` epochs are done (``metrics.csv`` is its record)."""
+    def from_rows(cls, rows: list[dict[str, Any]], plan: Plan, step: int = 0,
+                  partial: dict[str, Any] | None = None) -> Progress:
+        """The progress of a run whose first ``len(rows)`` epochs are done (``metrics.csv`` is its record), and
+        ``step`` steps into the next one."""
         progress = cls()
         for row in rows:
             progress.finish_epoch(row)
-        progress.iteration = sum(plan.iters_in_epoch(e) for e in range(progress.epoch))
+        progress.iteration = sum(plan.iters_in_epoch(e) for e in range(progress.epoch)) + step
+        progress.stop_at(step, partial or {})
         return progress
 
 
@@ -152,17 +170,43 @@ class Scalars:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self._event, self._summary = Event, Summary
+        self.path = run_dir
         self.events = EventFileWriter(str(run_dir))
+        _quiet_writer_threads()
 
     def add(self, tag: str, value: float, step: int) -> None:
         summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))])
         self.events.add_event(self._event(summary=summary, step=int(step), wall_time=time.time()))
 
-    def flush(self) -> None:
-        self.events.flush()
+    def add_row(self, row: dict[str, Any]) -> None:
+        """An epoch's metrics row as scalars at step ``epoch``, written out; a refused write (a full disk) is a
+        ``WriteError`` naming the events files."""
+        e = row["epoch"]
+        with writing(self.path / "events.out.tfevents.*"):
+            for split in ("train", "val"):
+                self.add(f"loss/{split}", row[f"{split}_loss"], e)
+                self.add(f"accuracy/{split}", row[f"{split}_acc"], e)
+            self.add("lr", row["lr"], e)
+            self.add("images_per_s", row["images_per_s"], e)
+            self.events.flush()
 
     def close(self) -> None:
         self.events.close()
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread prints a traceback when its write fails (a full disk); the next ``add`` or
+    ``flush`` in the main thread raises the same error, which the run says in one line. Hide the thread's."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (type(args.thread).__module__.startswith("tensorboard.") and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.quiets_tensorboard = True
+    threading.excepthook = hook
 
 
 class RunFolder:
@@ -173,6 +217,8 @@ class RunFolder:
     def __init__(self, settings: RunSettings, config: dict[str, Any], progress: Progress, owner: bool = True) -> None:
         self.settings, self.config, self.progress, self.owner = settings, config, progress, owner
         self.path, self.spec, self.plan = settings.run_dir, settings.spec, settings.plan
+        # (epoch, step) of the resume checkpoint on disk: finished epochs, steps into the next; None: none yet
+        self.kept: tuple[int, int] | None = (progress.epoch, progress.step) if settings.resumed else None
         self.steps: dict[str, list[float]] = {"loss": [], "lr": []}
         self.scalars = None
         if owner:
@@ -197,9 +243,6 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @property
     def checkpoint_path(self) -> Path:
         """Where the framework's resume checkpoint lives (``runs.CHECKPOINTS``)."""
@@ -217,18 +260,56 @@ class RunFolder:
         which checkpoint is kept, and what to do."""
         if math.isfinite(loss):
             return
-        finished = self.progress.epoch  # each finished epoch left its checkpoint (CHECKPOINT_EVERY = 1)
-        keeps = (f"the last good checkpoint (epoch {finished}) is kept in {self.path}" if finished > 0
+        keeps = (f"the last good checkpoint ({self.position(*self.kept)}) is kept in {self.path}" if self.kept
                  else f"no epoch finished, so {self.path} holds no checkpoint")
-        raise NonFiniteLoss(f"training loss became {loss} at epoch {finished + 1}, iteration {self.progress.iteration} "
-                            f"(lr {lr:g}); stopping. {keeps}. Lower --lr, or turn --amp off, and start again "
-                            f"(or --resume {self.path} after fixing the cause).")
+        raise NonFiniteLoss(f"training loss became {loss} at epoch {self.progress.epoch + 1}, iteration "
+                            f"{self.progress.iteration} (lr {lr:g}); stopping. {keeps}. Lower --lr, or turn --amp "
+                            f"off, and start again (or --resume {self.path} after fixing the cause).")
+
+    @staticmethod
+    def position(epoch: int, step: int) -> str:
+        """``epoch 3``, or ``epoch 3, step 120`` inside epoch 3 (1-based epoch, steps taken in it)."""
+        return f"epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+
+    def keeps(self) -> str:
+        """What a stopped run keeps on disk, and how to go on."""
+        if self.kept is None:
+            return f"no epoch finished, so {self.path} holds no checkpoint: start the run again"
+        return f"the run keeps {self.position(*self.kept)}; resume with RESUME={self.path}"
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """The run's files written inside land together (``shared.io.together``), the resume checkpoint last, and
+        become the state a resume starts from: the epoch closed in the block, or the position inside the epoch
+        that :meth:`Progress.stop_at` marked. A refused write (a full disk) is one line that says what the run
+        keeps, and every file stays as it was."""
+        try:
+            with together():
+                yield
+        except WriteError as e:
+            keeps = self.keeps()
+            raise e.advise(keeps.replace("resume with", "free space and resume with") if e.disk_full
+                           else keeps) from None
+        self.kept = (self.progress.epoch, self.progress.step)
+
+    def stopped(self, signal: str = "SIGTERM") -> int:
+        """After the checkpoint of a stop signal: the one line that says where and how to resume; exit status 143."""
+        if self.owner:
+            p = self.progress
+            print(f"stopped by {signal} at epoch {p.epoch + 1}, step {p.step}; resume with RESUME={self.path}",
+                  file=sys.stderr, flush=True)
+        return STOPPED
+
+    def stopped_at_once(self, stop: StopNow) -> int:
+        """After a second SIGTERM or a SIGINT: the one line that says what the run keeps; its exit status."""
+        return stop.said(self.keeps(), say=self.owner)
 
     def announce(self, where: str) -> None:
         """The run's first line: what trains where, for how long, into which folder."""
         if not self.owner:
             return
-        verb = f"resuming at epoch {self.progress.epoch + 1}" if self.settings.resumed else "training"
+        step = f", step {self.progress.step}" if self.progress.step else ""
+        verb = f"resuming at epoch {self.progress.epoch + 1}{step}" if self.settings.resumed else "training"
         plan = self.plan
         print(f"{verb} {self.spec.name} ({where}) on {self.settings.dataset}: {plan.epochs} epochs x "
               f"{plan.iters_per_epoch} it = {plan.total_iters} iterations, batch {plan.batch_size}, lr {plan.lr:g} "
@@ -256,13 +337,7 @@ class RunFolder:
                          weights_metadata(self.spec, framework, progress.epoch, val_acc=row["val_acc"]))
         if self.steps["loss"]:
             atomic_write_json(self.path / "steps.json", self.steps)
-        e = row["epoch"]
-        for split in ("train", "val"):
-            self.scalars.add(f"loss/{split}", row[f"{split}_loss"], e)
-            self.scalars.add(f"accuracy/{split}", row[f"{split}_acc"], e)
-        self.scalars.add("lr", row["lr"], e)
-        self.scalars.add("images_per_s", row["images_per_s"], e)
-        self.scalars.flush()
+        self.scalars.add_row(row)
         from tqdm import tqdm
 
         tqdm.write(epoch_line(row, self.plan.epochs, progress), file=sys.stdout)
@@ -287,6 +362,14 @@ class RunFolder:
               f"val acc {p.best_val_acc:.4f}); {p.wall_time_s:.1f}s -> {self.path}", flush=True)
         return results
 
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except Exception as e:  # TensorBoard's writer thread met the same full disk: the first error is the one
+            if kind is None:
+                raise (refusal(self.path, e) or e) from None
+
     def close(self) -> None:
         if self.scalars is not None:
-            self.scalars.close()
+            scalars, self.scalars = self.scalars, None
+            scalars.close()

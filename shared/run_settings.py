@@ -15,7 +15,7 @@ from typing import Any
 from shared import runs
 from shared.data import with_labels
 from shared.errors import UserError
-from shared.io import load_weights
+from shared.io import check_writable, load_weights
 from shared.names import check_weight_keys
 from shared.process import package
 from shared.recipes import Plan, make_plan, recipe_for
@@ -63,6 +63,12 @@ class RunSettings:
 
     def fast_paths(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in FAST_PATHS}
+
+
+def check_run_folder(args: argparse.Namespace) -> None:
+    """Refuse, before any data is loaded or process started, a run folder that cannot be written: ``--resume``'s,
+    ``--out``, or ``runs/`` where the default one goes. One line naming it; a refused run leaves no folder."""
+    check_writable(args.resume or args.out or "runs", folder=True, what="the run folder", keep_folders=False)
 
 
 def resolve_run(args: argparse.Namespace, framework: str, load: Loader) -> tuple[RunSettings, Any]:
