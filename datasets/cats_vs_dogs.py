@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.prepared import DataError, Prepared, finish_prepared, prepared_dir, read_prepared, write_split
+from shared.io import writing
 
 NAME = "cats_vs_dogs"
 IMAGE_SIZE = 128
@@ -72,7 +73,6 @@ def prepare(data_dir: str | os.PathLike, *, download: bool = True, val_size: flo
     """Prepare cats_vs_dogs under ``<data_dir>/prepared/cats_vs_dogs`` from TFDS."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    from tqdm import tqdm
 
     src = tfds_dir(data_dir)
     if download and not any((src / NAME).glob("*/dataset_info.json")):
@@ -95,6 +95,14 @@ def prepare(data_dir: str | os.PathLike, *, download: bool = True, val_size: flo
 
     ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256).prefetch(2)
     out = prepared_dir(NAME, data_dir)
+    with writing(out):  # a full disk: one line naming the folder, once the temporary one is gone
+        return _write(ds, out, info, src, image_size, val_size, test_size, seed)
+
+
+def _write(ds, out: Path, info, src: Path, image_size: int, val_size: float, test_size: float, seed: int) -> Prepared:
+    """The decoded images of ``ds`` as the prepared folder ``out``, through a temporary folder."""
+    from tqdm import tqdm
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.", suffix=".tmp", dir=out.parent))
     try:

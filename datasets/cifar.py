@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.prepared import DataError, Prepared, prepared_dir, write_prepared
+from shared.io import refusal
 
 VAL_SIZE = 5000
 VAL_SEED = 0
@@ -159,6 +160,8 @@ def fetch(c: Cifar, archive: Path, data_dir: str | os.PathLike) -> Path:
                     bar.update(len(block))
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
         part.unlink(missing_ok=True)
+        if (failure := refusal(archive, e)) is not None and failure.disk_full:  # the disk, not the network
+            raise failure from None
         raise DataError(f"could not download {c.url} ({e}); " + how_to_provide(c, data_dir)) from e
     if md5.hexdigest() != c.md5:
         part.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from datasets import synthetic
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared, write_prepared
 from shared import errors, process
 from shared.data import CIFAR_DATASETS, SYNTHETIC_DATASETS, check_dataset
-from shared.io import atomic_save_npz
+from shared.io import atomic_save_npz, check_writable
 
 
 def prepare(name: str, data_dir: str | os.PathLike = "data", *, download: bool = True,
@@ -82,6 +82,8 @@ def loader_main(args: argparse.Namespace, *, bench: Callable[[Prepared], dict],
     an epoch, iterable of NHWC numpy (x, y)); up to ``--batches`` of them go to ``--dump`` as
     ``x0, y0, x1, ...`` and the counts are printed as JSON.
     """
+    if args.dump:
+        check_writable(args.dump, what="the --dump file")
     try:
         prepared = read_prepared(args.prepared) if args.prepared else load_prepared(args.dataset, args.data_dir)
     except (DataError, ValueError) as e:

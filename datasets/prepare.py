@@ -14,6 +14,7 @@ from datasets.loading import prepare
 from datasets.prepared import DataError, Prepared, prepared_dir, read_prepared
 from shared import errors
 from shared.data import DATASETS, LABELS, with_labels
+from shared.io import check_writable
 
 
 def _summary(p: Prepared) -> str:
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dataset = with_labels(args.dataset, args.labels)
     except ValueError as e:
         raise errors.UserError(str(e)) from None
+    if not args.check:  # before any download: the arrays go to <data-dir>/prepared/<name>
+        check_writable(prepared_dir(args.dataset, args.data_dir).parent, folder=True, what="the prepared-data folder")
     try:
         if args.check:
             p = read_prepared(prepared_dir(args.dataset, args.data_dir))

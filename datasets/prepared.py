@@ -11,6 +11,7 @@ never looks prepared; :func:`read_prepared` refuses a folder whose files do not 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 
 from shared.data import SPLITS, check_split
 from shared.errors import UserError
-from shared.io import atomic_write_json
+from shared.io import atomic_write_json, writing
 
 FORMAT_VERSION = 1
 
@@ -87,15 +88,16 @@ def write_prepared(out: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
     sizes, image size, mean/std (on ``train``) and checksums are computed here.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        for split, (x, y) in splits.items():
-            write_split(tmp, split, x, y)
-        finish_prepared(tmp, out, meta)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(out):  # a full disk: one line naming the folder, once the temporary one is gone
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            for split, (x, y) in splits.items():
+                write_split(tmp, split, x, y)
+            finish_prepared(tmp, out, meta)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return read_prepared(out)
 
 
@@ -103,20 +105,25 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, index: n
                 chunk: int = 4096) -> None:
     """Write one split's arrays into ``folder`` (uint8 images, int64 labels), copying in chunks.
 
-    With ``index``, the split is ``x[index]``, ``y[index]`` (``x`` may be a large memory map).
+    With ``index``, the split is ``x[index]``, ``y[index]`` (``x`` may be a large memory map). The chunks go
+    through Python's own file writes, so a full disk is an ``OSError`` (ENOSPC); writing into a memory map would
+    end the process with SIGBUS instead.
     """
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"{split}: images must be uint8 [N, H, W, 3]; got {x.dtype} {x.shape}")
     if len(x) != len(y):
         raise ValueError(f"{split}: {len(x)} images but {len(y)} labels")
     index = np.arange(len(x)) if index is None else np.asarray(index)
-    xm = np.lib.format.open_memmap(folder / f"{split}_x.npy", mode="w+", dtype=np.uint8,
-                                   shape=(len(index), *x.shape[1:]))
-    for i in range(0, len(index), chunk):
-        xm[i: i + chunk] = x[index[i: i + chunk]]
-    xm.flush()
-    del xm
-    np.save(folder / f"{split}_y.npy", np.asarray(y, dtype=np.int64)[index])
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (len(index), *x.shape[1:])}
+    with open(folder / f"{split}_x.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for i in range(0, len(index), chunk):
+            f.write(np.ascontiguousarray(x[index[i: i + chunk]]).data)
+    with open(folder / f"{split}_y.npy", "wb") as f:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(y, dtype=np.int64)[index])
+        f.write(buf.getbuffer())
 
 
 def finish_prepared(tmp: Path, out: Path, meta: dict) -> None:

@@ -38,7 +38,7 @@ from export.onnx_export import export, framework_cli
 from shared import errors
 from shared.export_meta import DEFAULT_OPSET, check_opset
 from shared.export_source import Source, default_onnx_path, resolve_source
-from shared.io import atomic_write_json, atomic_write_text
+from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.markdown import table
 from shared.onnx_file import graph_opset
 from shared.process import FRAMEWORKS
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"opset of the files exported here (default {DEFAULT_OPSET}); other opsets are redone")
     args = p.parse_args(argv)
+    check_writable(args.out or args.run, folder=True, what="the parity report folder")
     try:
         report = parity(args.run, args.onnx, args.data_dir, args.split, args.limit, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: process.ChildError, DataError

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from shared import errors, process
-from shared.io import load_weights
+from shared.io import check_writable, load_weights
 from shared.process import FRAMEWORKS
 from shared.spec import SHORTCUTS, ModelSpec, get_spec
 
@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    check_writable(args.out, what="the converted weight file")
     sources = [args.src is not None, args.random is not None, args.init, args.pretrained is not None]
     if sum(sources) != 1:
         raise errors.UserError("give exactly one source: --src PATH, --random SEED, --init or --pretrained")

@@ -18,7 +18,7 @@ import numpy as np
 
 from shared import errors
 from shared.harness.summary import dump, spec_from_args, summary_arg_parser
-from shared.io import atomic_write_text, load_weights
+from shared.io import atomic_write_text, check_writable, load_weights
 from shared.spec import ModelSpec
 
 Arrays = dict[str, np.ndarray]
@@ -56,6 +56,7 @@ def convert_main(
     ``write_native(path, spec, arrays, source=...)`` picks the output format from the suffix.
     """
     args = convert_parser(prog, pretrained_arrays is not None).parse_args(argv)
+    check_writable(args.out, what="the weight file")
     spec = ModelSpec.from_dict(json.loads(args.spec))
     try:
         if args.action == "import":
@@ -89,6 +90,8 @@ def summary_main(
     """``python -m <package>.summary``: the framework's own table, or the project's JSON summary (--json)."""
     parser = summary_arg_parser(prog)
     args = parser.parse_args(argv)
+    if args.out:
+        check_writable(args.out, what="the summary file")
     spec = spec_from_args(args, parser)
     model = build_model(spec)
     summary = summarize(model, spec)

@@ -179,6 +179,13 @@ def together() -> Iterator[None]:
             raise
 
 
+def _sync(tmp: str) -> None:
+    """Flush a written temporary file to the disk (where a full disk may say so only now) and open its mode."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; a result file should read like any other
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path`` (named ``...suffix``), then rename it into place
     (at the end of a :func:`together` block, when one is open). A refusal is a :class:`WriteError`; whatever
@@ -192,9 +199,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
         raise (refusal(path, e) or e) from None
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; a result file should read like any other
+        _sync(tmp)
         if (pending := _staged.get()) is not None:
             pending.append((tmp, path))
             return path

@@ -85,14 +85,15 @@ def _status(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
-    """Run the processes of one training run (``(argv, env)`` each) to their end: the exit status of the first
-    that failed, else 0.
+def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]], grace: float = 10.0) -> int:
+    """Run the processes of one training run (``(argv, env)`` each, the first one the owner that speaks for the
+    run) to their end: the owner's exit status if it failed, else the first failure's, else 0.
 
     Each child runs in its own session and dies with this process (SIGKILL), and every SIGTERM or SIGINT this
     process gets is passed on to each child once, so a scheduler's SIGTERM to the whole job is one request to
-    each, not two. A child that fails on its own takes the others down with SIGKILL (they would wait for it in a
-    collective, where no signal handler runs); after a stop signal, or a child's own stop, each is left to finish.
+    each, not two. When a child fails on its own, the others get ``grace`` seconds to end too (a user error ends
+    them all, the owner saying it), then SIGKILL: they would wait for it in a collective, where no signal handler
+    runs. After a stop signal, or a child's own stop, each is left to finish.
     """
     libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
     parent = os.getpid()
@@ -107,19 +108,26 @@ def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]]) -> int:
                 p.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
-    failures: dict[int, int] = {}  # pid -> exit status, in the order the failures were seen
+    failures: dict[int, int] = {}  # pid -> exit status of the children that failed on their own, in order
+    deadline, killed = None, False
+
+    def record() -> None:
+        if not killed:
+            failures.update({p.pid: _status(p.returncode) for p in procs if p.returncode and p.pid not in failures})
+
     try:
-        while True:
-            running = [p for p in procs if p.poll() is None]
-            failures |= {p.pid: _status(p.returncode) for p in procs if p.returncode and p.pid not in failures}
-            if not running:
-                break
+        while running := [p for p in procs if p.poll() is None]:
+            record()
             stopping = signalled or any(f in (STOPPED, 128 + signal.SIGINT) for f in failures.values())
             if failures and not stopping:
-                for p in running:
-                    p.kill()
+                deadline = deadline or time.monotonic() + grace
+                if time.monotonic() > deadline:
+                    killed = True
+                    for p in running:
+                        p.kill()
             time.sleep(0.1)
-        return next(iter(failures.values()), 0)
+        record()
+        return failures.get(procs[0].pid) or next(iter(failures.values()), 0)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -1,6 +1,7 @@
 """What the training tests of both frameworks share: comparing two runs' metrics, and killing a run with
-SIGKILL in the middle of its second epoch, then checking that ``--resume`` ends where an uninterrupted
-run ends (``tests/torch/test_train.py``, ``tests/keras/test_train.py``, ``tests/keras/test_train_backends.py``)."""
+SIGKILL, or stopping it with SIGTERM, in the middle of its second epoch, then checking that ``--resume`` ends where
+an uninterrupted run ends (``tests/trainer_contract.py``, ``tests/torch/test_train.py``,
+``tests/keras/test_train_backends.py``)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,44 @@ def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: 
             proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     assert len(runs.read_metrics(run_dir)) == 1 and not (run_dir / runs.RESULTS).exists()
+
+
+def signal_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: float, *signals: int,
+                           gap: float = 0.0, **env: str) -> subprocess.CompletedProcess:
+    """Start ``cmd`` (a 2-epoch run into ``run_dir``), wait for its first checkpoint, let it run ``settle`` seconds
+    into the second epoch and send ``signals`` to its process group, ``gap`` seconds apart, as a scheduler or a
+    terminal does; its output once it has ended."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        checkpoint = run_dir / runs.CHECKPOINTS[framework]
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(settle)
+        assert proc.poll() is None, "the run finished before it could be stopped mid-epoch"
+        for i, sig in enumerate(signals):
+            time.sleep(gap if i else 0)
+            os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def assert_one_line(stderr: str, start: str) -> str:
+    """The last line of ``stderr`` starts with ``start``, and nothing in it is a traceback; that line."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(start), stderr[-3000:]
+    return line
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Temporary files of atomic writes left in a run folder (there must be none)."""
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*") if p.is_file())
 
 
 def assert_resumed_like(resumed: Path, full: Path) -> None:

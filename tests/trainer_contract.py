@@ -5,13 +5,17 @@ in its own pytest process).
 On the synthetic set, on the CPU, ResNet-8: it learns and leaves a complete run folder, the same seed gives the
 same steps bit for bit, a SIGKILLed run resumes to the same end (its thread count restored), a NaN stops the run
 with one line and keeps the last good checkpoint, and every user error is one ``error:`` line with exit status 2.
+A SIGTERM, a full disk and a second SIGTERM each stop it with one line and lose nothing: the resume ends the same.
 The determinism and resume tests run at one thread and at the framework's default threading.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
+import signal
 import sys
 import types
 from collections.abc import Callable
@@ -21,11 +25,20 @@ from pathlib import Path
 import pytest
 
 from shared import errors, runs
+from shared import io as shared_io
 from shared.io import load_weights
 from shared.run_folder import RunFolder
+from shared.signals import STOPPED
 from shared.spec import ModelSpec
 from tests.conftest import run_module
-from tests.train_helpers import assert_learned_run, assert_resumed_like, kill_in_second_epoch, same_metrics
+from tests.train_helpers import (
+    assert_learned_run,
+    assert_resumed_like,
+    deterministic_rows,
+    kill_in_second_epoch,
+    leftovers,
+    same_metrics,
+)
 
 CHANCE = 0.1  # 10 balanced classes
 THREADING = {"one thread": "1", "default threading": None}
@@ -176,3 +189,79 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(trainer, 
     assert "started with 1 intra-op thread(s)" in capsys.readouterr().err
     assert trainer.main(["--resume", str(out), "--no-progress", "--device", "cpu"]) == 0
     assert runs.read_run(out)["finished"] and len(runs.read_metrics(out)) == 2
+
+
+def test_an_unwritable_run_folder_is_one_line_before_any_data_is_read(trainer, tmp_path, capsys):
+    """/proc takes no new folders (even for root); the data folder is empty, so reading CIFAR-10 first would fail
+    on the data instead."""
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"), "--out", "/proc/nope/run", "--no-progress"]
+    assert trainer.main(argv) == errors.USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: cannot write the run folder /proc/nope/run: cannot create the folder /proc/nope/run "
+                   "(No such file or directory)")
+    assert not (tmp_path / "empty").exists()
+
+
+def _at_first_check_of(epoch: int, action: Callable[[RunFolder], None]) -> Callable:
+    """A ``RunFolder.check_loss`` that calls ``action(run)`` once, at the first host check of ``epoch`` (0-based)."""
+    real, done = RunFolder.check_loss, []
+
+    def check_loss(run: RunFolder, loss: float, lr: float) -> None:
+        real(run, loss, lr)
+        if run.progress.epoch == epoch and not done:
+            done.append(True)
+            action(run)
+
+    return check_loss
+
+
+def _sigterm(times: int) -> Callable[[RunFolder], None]:
+    return lambda run: [os.kill(os.getpid(), signal.SIGTERM) for _ in range(times)]
+
+
+@pytest.mark.parametrize("full_run", ["one thread"], indirect=True)
+def test_sigterm_a_full_disk_and_a_second_sigterm_each_keep_the_run_and_it_resumes_to_the_same_end(
+        trainer, full_run, data_dir, tmp_path, monkeypatch, capsys):
+    """One run stopped three ways, in this process, each at the first host check of an epoch: a SIGTERM in epoch 1
+    (it finishes the step and writes the position inside the epoch: exit 143), a full disk at the epoch-2
+    checkpoint (exit 2; the epoch-1 files stay as they were), a second SIGTERM in epoch 2 (at once: exit 143).
+    Each says one line and leaves no temporary file; the last resume ends bit for bit as the uninterrupted run."""
+    full, _ = full_run
+    out = tmp_path / "stopped"
+    resume = ["--resume", str(out), "--no-progress", "--device", "cpu"]
+    checkpoint = out / runs.CHECKPOINTS[trainer.framework]
+
+    monkeypatch.setattr(RunFolder, "check_loss", _at_first_check_of(0, _sigterm(1)))
+    assert trainer.main(base_args(data_dir, out, "--epochs", "2")) == STOPPED
+    step = trainer.checkpoint_progress(out)[1]
+    assert trainer.checkpoint_progress(out) == (0, step) and 10 <= step <= 11  # the check's step, or the next one
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by SIGTERM at epoch 1, step {step}; "
+                                                                f"resume with RESUME={out}")
+    assert not (out / runs.METRICS).exists() and leftovers(out) == []
+
+    real_sync, armed = shared_io._sync, []
+
+    def full_disk_at_the_checkpoint(tmp: str) -> None:  # the epoch's last write, once its other files are staged
+        if armed and Path(tmp).name.startswith(f".{checkpoint.name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+        real_sync(tmp)
+
+    monkeypatch.setattr(shared_io, "_sync", full_disk_at_the_checkpoint)
+    monkeypatch.setattr(RunFolder, "check_loss", _at_first_check_of(1, lambda run: armed.append(True)))
+    assert trainer.main(resume) == errors.USER_ERROR
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: no space left on device while writing {checkpoint} (")
+    assert line.endswith(f" MB free); the run keeps epoch 1; free space and resume with RESUME={out}")
+    assert deterministic_rows(out) == deterministic_rows(full)[:1] and leftovers(out) == []
+    assert load_weights(out / runs.LAST)[1]["epoch"] == "1" and trainer.checkpoint_progress(out) == (1, 20)
+
+    monkeypatch.setattr(shared_io, "_sync", real_sync)
+    monkeypatch.setattr(RunFolder, "check_loss", _at_first_check_of(1, _sigterm(2)))
+    assert trainer.main(resume) == STOPPED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped at once by SIGTERM; the run keeps epoch 1; "
+                                                                f"resume with RESUME={out}")
+    assert trainer.checkpoint_progress(out) == (1, 20) and leftovers(out) == []
+
+    monkeypatch.undo()
+    assert trainer.main(resume) == 0
+    assert_resumed_like(out, full)

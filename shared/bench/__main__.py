@@ -21,6 +21,7 @@ from shared.bench.report import markdown_table, write_report
 from shared.bench.run import BenchConfig, resolve_device, run_bench
 from shared.bench.timing import DEFAULTS, MIN_TIME, Settings, is_measured
 from shared.bench.workers import METRICS
+from shared.io import check_writable
 from shared.spec import get_spec
 
 _ALL = "; ".join(f"{k}: {', '.join(v)}" for k, v in VARIANTS.items())
@@ -57,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = get_args_parser()
     args = p.parse_args(argv)
+    check_writable(args.out, folder=True, what="the bench report folder")
     try:
         get_spec(args.model)
         settings = Settings(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)

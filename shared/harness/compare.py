@@ -39,7 +39,7 @@ from shared.harness.parity import (
 )
 from shared.harness.parity import render_markdown as parity_markdown
 from shared.harness.summary import canonical_shape, validate_summary
-from shared.io import atomic_write_json, atomic_write_text
+from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.markdown import table
 from shared.spec import MODEL_NAMES, SHORTCUTS, ModelSpec, get_spec
 
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 2:
         raise errors.UserError(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
-    out_dir = Path(args.out_dir)
+    out_dir = check_writable(args.out_dir, folder=True, what="the compare report folder")
     options = dict(parity=not args.no_parity, train_step=not args.no_train_step, direction=args.direction,
                    batch=args.batch, size=args.size, seed=args.seed)
     try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from shared import errors
 from shared.harness.parity.report import eval_line, render_markdown, train_line
 from shared.harness.parity.run import DIRECTIONS, IMAGENET_PARITY_SIZE, Case, run_parity_cases
 from shared.harness.parity.step import StepConfig
-from shared.io import atomic_write_json, atomic_write_text
+from shared.io import atomic_write_json, atomic_write_text, check_writable
 from shared.spec import SHORTCUTS, get_spec
 
 
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         raise errors.UserError(str(e)) from None
     if args.batch < 2:
         raise errors.UserError(f"--batch must be >= 2 (BN needs a batch variance); got {args.batch}")
+    out = check_writable(args.out_dir, folder=True, what="the parity report folder")
     directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
     step = None if args.no_train_step else StepConfig()
     results = run_parity_cases([Case(spec, d) for d in directions], batch=args.batch, size=args.size,
@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         print(eval_line(r))
         if "train" in r:
             print(train_line(r))
-    out = Path(args.out_dir)
     atomic_write_text(out / f"{spec.name}.md", f"# Parity: {spec.name}\n\n{render_markdown(results)}")
     atomic_write_json(out / f"{spec.name}.json", results)
     return 0 if all(r["ok"] for r in results) else 1
