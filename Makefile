@@ -192,7 +192,7 @@ deploy-check: $(STAMP) ## every export in every runtime, vs the native model: ma
 		$(call opt,--runtimes,$(RUNTIMES)) $(call opt,--limit,$(LIMIT)) $(call opt,--out,$(OUT))
 
 # Training (pytorch_impl/train.py, keras_impl/train.py): the same flags, recipe and run folder.
-# NPROC=N runs torch with DDP on N processes (python -m torch.distributed.run, at most one per visible GPU),
+# NPROC=N runs torch with DDP on N processes (torchrun's variables, at most one per visible GPU),
 # and Keras on BACKEND=jax on N processes joined by keras.distribution.initialize (gloo on the CPU);
 # STRATEGY=mirrored forces Keras' MirroredStrategy (TensorFlow) or DataParallel (JAX).
 NPROC    ?=

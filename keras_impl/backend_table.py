@@ -63,7 +63,7 @@ class Backend:
         """(the scope to build and compile in, replicas) on ``device`` under ``--strategy``."""
         if strategy == "mirrored":
             raise UserError(f"--strategy mirrored: Keras' {self.name} backend trains on one device (keras.distribution "
-                            "is JAX-only); use KERAS_BACKEND=jax or tensorflow, or pytorch_impl.train under torchrun")
+                            "is JAX-only); use KERAS_BACKEND=jax or tensorflow, or pytorch_impl.train with --nproc")
         return contextlib.nullcontext(), 1
 
     def fit_input(self, dataset: Any) -> Any:

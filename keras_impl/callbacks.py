@@ -7,9 +7,15 @@ SIGTERM it writes the backup of the position inside the epoch and raises :class:
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
+import math
+import os
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ import keras
 import numpy as np
 
 from keras_impl.weights import get_weights
-from shared.io import ReadError, atomic_write, atomic_write_json
+from shared.io import ReadError, atomic_write, atomic_write_json, free_bytes
 from shared.run_folder import CHECK_EVERY, EpochLog, RunFolder
 from shared.signals import StopRequest
 
@@ -89,7 +95,7 @@ class ResumeBackup:
             return
         p = self.run.progress
         name = f"epoch-{p.epoch:04d}" + (f"-step-{p.step:05d}" if p.step else "") + ".weights.h5"
-        atomic_write(self.dir / name, lambda tmp: model.save_weights(tmp, overwrite=True), suffix=".weights.h5")
+        atomic_write(self.dir / name, lambda tmp: save_weights_safely(model, tmp), suffix=".weights.h5")
         atomic_write_json(self.meta_path, {"epoch": p.epoch, "step": p.step, "partial": p.partial, "weights": name,
                                            "backend": self.backend})
 
@@ -100,6 +106,31 @@ class ResumeBackup:
             for old in self.dir.glob("epoch-*.weights.h5"):
                 if old.name != keep:
                     old.unlink(missing_ok=True)
+
+
+H5_PER_VARIABLE = 4096  # bytes of HDF5 structure per saved variable, at most (measured: 1.2-1.5 kB)
+
+
+def save_weights_safely(model: keras.Model, path: str) -> None:
+    """``model.save_weights(path)``, refused first with ENOSPC when the disk cannot take it: HDF5, once a write of
+    it has failed, ends the process with SIGSEGV at exit, so it must not start a file it cannot finish. Should the
+    disk fill up meanwhile, h5py's tracebacks for the file's failed closes are hidden (the first error is the one
+    to say)."""
+    saved = [*model.weights, *model.optimizer.variables]
+    need = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize + H5_PER_VARIABLE for v in saved) + (256 << 10)
+    free = free_bytes(path)
+    if free is not None and free < need:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    hooks = sys.excepthook, sys.unraisablehook
+    sys.excepthook = sys.unraisablehook = lambda *args: None
+    try:
+        model.save_weights(path, overwrite=True)
+    except Exception as e:
+        traceback.clear_frames(e.__traceback__)  # the frames that hold the file's objects
+        raise e.with_traceback(None) from None
+    finally:
+        gc.collect()
+        sys.excepthook, sys.unraisablehook = hooks
 
 
 def metric_state(model: keras.Model) -> list[Any]:

@@ -55,7 +55,10 @@ def read_native(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarra
             model = build_model(spec)
             model.load_weights(path)
         return get_weights(model, spec)
-    except (ValueError, KeyError, OSError) as e:
+    except OSError as e:  # h5py's or zipfile's own message for a truncated file
+        raise ValueError(f"cannot read Keras weight file {path}: truncated or corrupt ({type(e).__name__}); "
+                         "write it again") from e
+    except (ValueError, KeyError) as e:
         raise ValueError(f"{path} does not hold {spec.name} weights ({e})") from e
 
 

@@ -62,8 +62,9 @@ def read_native(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarra
         raise FileNotFoundError(f"weight file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({e})") from e
+    except Exception as e:  # unpickling errors come in many types, with torch's whole message
+        raise ValueError(f"cannot read PyTorch weight file {path}: truncated or corrupt ({type(e).__name__}); "
+                         "write it again") from e
     state = _state_dict(obj, path)
     expected = {w.key for w in canonical_weights(spec)}
     unexpected = sorted(k for k in set(state) - expected if not k.endswith("num_batches_tracked"))

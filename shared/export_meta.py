@@ -233,7 +233,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         props = READERS[fmt](path)
     except Exception as e:  # a truncated zip, XML or protobuf: one line naming the file
-        raise ValueError(f"{path} is not a readable {fmt} file (truncated or corrupt?): {e}") from None
+        raise ValueError(f"cannot read {path}: truncated or corrupt {fmt} file ({type(e).__name__}); export it "
+                         "again (make export)") from None
     meta = parse_metadata(props, where=str(path))
     meta.setdefault("format", fmt)
     return meta

@@ -51,6 +51,12 @@ class WriteError(UserError):
         """The same refusal with other advice (what is kept, how to go on)."""
         return WriteError(self.path, self.reason, disk_full=self.disk_full, free_mb=self.free_mb, advice=advice)
 
+    def measured(self) -> WriteError:
+        """The same refusal with the space free now (once more temporary files are gone)."""
+        free = free_bytes(self.path)
+        return WriteError(self.path, self.reason, disk_full=self.disk_full, advice=self.advice,
+                          free_mb=None if free is None else free / 1e6)
+
 
 def free_bytes(path: str | os.PathLike) -> int | None:
     """The bytes free to this user on the filesystem that holds ``path`` (or its nearest existing parent)."""
@@ -162,9 +168,11 @@ def together() -> Iterator[None]:
     token = _staged.set(pending)
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         for tmp, _ in pending:
             _unlink(tmp)
+        if isinstance(e, WriteError):
+            raise e.measured() from None
         raise
     finally:
         _staged.reset(token)

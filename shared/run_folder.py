@@ -220,6 +220,8 @@ class RunFolder:
         # (epoch, step) of the resume checkpoint on disk: finished epochs, steps into the next; None: none yet
         self.kept: tuple[int, int] | None = (progress.epoch, progress.step) if settings.resumed else None
         self.steps: dict[str, list[float]] = {"loss": [], "lr": []}
+        self.said: list[str] = []  # summary lines waiting for their epoch's files to land
+        self.in_block = False  # inside :meth:`saving`
         self.scalars = None
         if owner:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -283,6 +285,7 @@ class RunFolder:
         become the state a resume starts from: the epoch closed in the block, or the position inside the epoch
         that :meth:`Progress.stop_at` marked. A refused write (a full disk) is one line that says what the run
         keeps, and every file stays as it was."""
+        self.in_block = True
         try:
             with together():
                 yield
@@ -290,7 +293,10 @@ class RunFolder:
             keeps = self.keeps()
             raise e.advise(keeps.replace("resume with", "free space and resume with") if e.disk_full
                            else keeps) from None
+        finally:
+            self.in_block = False
         self.kept = (self.progress.epoch, self.progress.step)
+        self.say()
 
     def stopped(self, signal: str = "SIGTERM") -> int:
         """After the checkpoint of a stop signal: the one line that says where and how to resume; exit status 143."""
@@ -324,7 +330,7 @@ class RunFolder:
                      weights: dict[str, Any]) -> bool:
         """Close an epoch: its ``metrics.csv`` row, last and (when validation accuracy improved) best weights
         (``weights``: canonical arrays), each written atomically; ``steps.json`` when tracing; TensorBoard; the
-        summary line. ``seconds``: training and validation. True when the weights are the best so far."""
+        summary line (inside :meth:`saving`, once the block's files have landed). ``seconds``: training and validation. True when the weights are the best so far."""
         framework, progress = self.settings.framework, self.progress
         row = metrics_row(progress.epoch + 1, train, val_loss, val_acc, seconds)
         improved = progress.finish_epoch(row)
@@ -338,11 +344,19 @@ class RunFolder:
         if self.steps["loss"]:
             atomic_write_json(self.path / "steps.json", self.steps)
         self.scalars.add_row(row)
+        self.said.append(epoch_line(row, self.plan.epochs, progress))
+        if not self.in_block:
+            self.say()
+        return improved
+
+    def say(self) -> None:
+        """Print the summary lines of the epochs written (after their files have landed)."""
         from tqdm import tqdm
 
-        tqdm.write(epoch_line(row, self.plan.epochs, progress), file=sys.stdout)
+        for line in self.said:
+            tqdm.write(line, file=sys.stdout)
+        self.said.clear()
         sys.stdout.flush()
-        return improved
 
     def best_weights(self) -> dict[str, Any]:
         """The canonical arrays of ``best.safetensors`` (the test split is evaluated with them)."""

@@ -83,7 +83,7 @@ def train_arg_parser(prog: str, framework: str) -> ArgumentParser:
     g.add_argument("--threads", type=int, default=None,
                    help="intra-op CPU threads of the framework (default: the framework's own choice)")
     g.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="N processes on this machine: torch DDP through torch.distributed.run (one per GPU; gloo "
+                   help="N processes on this machine: torch DDP (one per GPU; gloo "
                         "with --device cpu); keras on the jax backend, joined by keras.distribution.initialize")
     g.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="keras: tf.distribute strategy (auto = mirrored when more than one GPU is visible)")

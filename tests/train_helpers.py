@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -120,3 +122,40 @@ def assert_resumed_like(resumed: Path, full: Path) -> None:
     wa, _ = load_weights(resumed / runs.LAST)
     wb, _ = load_weights(full / runs.LAST)
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def fill_the_disk_in_second_epoch(cmd: list[str], disk: Path, run_dir: Path, framework: str,
+                                  **env: str) -> subprocess.CompletedProcess:
+    """Start ``cmd`` (a 2-epoch run into ``run_dir`` on the small filesystem ``disk``), and once its first checkpoint
+    is written fill the disk but half the room of the files an epoch writes, so that the second epoch's writes
+    fail; its output once it has ended. The filler is removed after (space freed)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    filler = disk / "filler"
+    try:
+        checkpoint = run_dir / runs.CHECKPOINTS[framework]
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        epoch_files = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(shutil.disk_usage(disk).free - epoch_files // 2, 0))
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        filler.unlink(missing_ok=True)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def assert_full_disk_kept_epoch_1(proc: subprocess.CompletedProcess, run_dir: Path, framework: str) -> None:
+    """One line naming the file and the space left, exit 2; the epoch-1 row, weights and checkpoint kept; no
+    temporary file."""
+    line = assert_one_line(proc.stderr, f"error: no space left on device while writing {run_dir}/")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.fullmatch(rf"error: no space left on device while writing {re.escape(str(run_dir))}/\S+ "
+                        rf"\([\d.]+ MB free\); the run keeps epoch 1; free space and resume with "
+                        rf"RESUME={re.escape(str(run_dir))}", line), line
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1] and leftovers(run_dir) == []
+    assert load_weights(run_dir / runs.LAST)[1]["epoch"] == "1" and not (run_dir / runs.RESULTS).exists()

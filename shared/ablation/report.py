@@ -52,7 +52,8 @@ def weight_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="numpy") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated/garbled headers
-        raise RunError(f"{path} is not a readable safetensors file ({e})") from e
+        raise RunError(f"cannot read weight file {path}: truncated or corrupt ({type(e).__name__}); train the "
+                       "run again") from e
 
 
 def run_params(run_dir: str | os.PathLike, spec: ModelSpec) -> tuple[int, int] | None:

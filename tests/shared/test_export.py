@@ -209,7 +209,8 @@ def test_infer_missing_and_truncated_onnx(onnx_file, tmp_path):
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 3])
     msg = _infer_error(truncated, img)
-    assert msg.startswith(f"error: {truncated} is not a readable ONNX model"), msg
+    assert msg.startswith(f"error: cannot read ONNX model {truncated}: truncated or corrupt ("), msg
+    assert msg.endswith("); export it again (make export)") and "\n" not in msg and "Protobuf" not in msg
     proc = subprocess.run([sys.executable, "-m", "export.infer", str(truncated), str(img)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(truncated) in proc.stderr
@@ -313,7 +314,7 @@ def test_infer_bad_inputs_are_one_line_errors(onnx_file, image_tree, tmp_path):
         msg = _infer_error(onnx_file, good[0], "--provider", "tensorrt")
         assert msg.startswith("error: provider 'tensorrt' (TensorrtExecutionProvider) is not available") and (
             f"valid choices here: {offered} " in msg), msg
-    assert _infer_error(good[0], good[0]).startswith(f"error: {good[0]} is not a readable ONNX model")
+    assert _infer_error(good[0], good[0]).startswith(f"error: cannot read ONNX model {good[0]}: truncated or corrupt")
 
 
 def test_infer_missing_file_is_reported_per_file(onnx_file, tmp_path, capsys):

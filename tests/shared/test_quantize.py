@@ -170,7 +170,7 @@ def test_quantize_bad_input_is_one_line(qrun, data_dir, tmp_path):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
     assert _error("--run", qrun, "--onnx", garbage, "--data-dir", data_dir).startswith(
-        f"error: {garbage} is not a readable ONNX model")
+        f"error: cannot read ONNX model {garbage}: truncated or corrupt (")
     if (qrun / "model.int8.onnx").is_file():
         assert "is already int8; give the float32 export" in _error(
             "--run", qrun, "--onnx", qrun / "model.int8.onnx", "--data-dir", data_dir)

@@ -163,7 +163,7 @@ def test_ddp_two_cpu_processes_with_gloo_take_the_steps_of_one_process(data_dir,
     torch.manual_seed(3)
     init = get_weights(build_model(spec), spec)
     save_weights(tmp_path / "init.safetensors", init, {"spec": spec.to_json()})
-    out = tmp_path / "ddp"  # --nproc starts the processes through python -m torch.distributed.run
+    out = tmp_path / "ddp"  # --nproc starts the processes, with torchrun's variables
     cmd = [sys.executable, "-m", "pytorch_impl.train", "--nproc", "2",
            *base_args(data_dir, out, "--iters", "6", "--trace-steps", "6", "--init", tmp_path / "init.safetensors")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
