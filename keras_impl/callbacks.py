@@ -7,6 +7,7 @@ SIGTERM it writes the backup of the position inside the epoch and raises :class:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import json
@@ -156,21 +157,24 @@ class RecordRun(keras.callbacks.Callback):
     A run resumed inside an epoch fits the rest of that epoch first (a dataset that starts at its step): its
     metric state is restored at the epoch's begin, after ``fit`` has reset it, so the epoch's row is the one an
     uninterrupted run writes. ``agree`` (several processes): the collective by which they agree to stop, joined at
-    every host check; one process stops after any step.
+    every host check; one process stops after any step. ``scope``: the distribution scope the model was built in
+    (MirroredStrategy's), entered to restore the metric state.
     """
 
     def __init__(self, run: RunFolder, backup: ResumeBackup, stop: StopRequest,
-                 agree: Callable[[bool], bool] | None = None) -> None:
+                 agree: Callable[[bool], bool] | None = None,
+                 scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         super().__init__()
         self.run, self.plan, self.progress = run, run.plan, run.progress
-        self.backup, self.stop, self.agree = backup, stop, agree
+        self.backup, self.stop, self.agree, self.scope = backup, stop, agree, scope
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.t0, self.t_train = time.perf_counter(), None
         self.steps = self.plan.iters_in_epoch(epoch)
         self.first, self.seconds = self.progress.step, float(self.progress.partial.get("seconds", 0.0))
         if "metrics" in self.progress.partial:
-            set_metric_state(self.model, self.progress.partial["metrics"], self.run.spec.input_size)
+            with self.scope():
+                set_metric_state(self.model, self.progress.partial["metrics"], self.run.spec.input_size)
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         step, lr = self.first + batch + 1, self.plan.lr_at(self.progress.iteration)

@@ -116,24 +116,25 @@ def train(args: argparse.Namespace, stop: StopRequest) -> int:
     settings, data = resolve_run(args, FRAMEWORK, datasets.load_prepared)
     device, scope, replicas, processes, threads = set_up(settings)
     plan, spec = settings.plan, settings.spec
-    with scope.scope() if hasattr(scope, "scope") else contextlib.nullcontext():
+    in_scope = scope.scope if hasattr(scope, "scope") else contextlib.nullcontext
+    with in_scope():  # MirroredStrategy's variables, the optimizer's restored ones too, are made in its scope
         model = build_model(spec, seed=settings.seed)
         if (init := initial_weights(settings)) is not None:
             set_weights(model, spec, init)
         compile_model(model, plan, settings.jit, trace=bool(settings.trace_steps))
+        saved = ResumeBackup.restore(model, settings.run_dir / runs.CHECKPOINTS[FRAMEWORK]) if settings.resumed else {}
     progress = Progress()
     if settings.resumed:
-        saved = ResumeBackup.restore(model, settings.run_dir / runs.CHECKPOINTS[FRAMEWORK])
         if saved["backend"] != BACKEND.name:
             print(f"note: resuming a run backed up on the {saved['backend']} backend on {BACKEND.name}: the weights "
                   "carry over; steps differ from an uninterrupted run in float rounding", file=sys.stderr)
         # The backup holds model, optimizer, epoch and step; the run's progress is metrics.csv up to that epoch.
         progress = Progress.from_rows(runs.read_metrics(settings.run_dir)[: saved["epoch"]], plan,
                                       saved.get("step", 0), saved.get("partial"))
-    described = describe(device, scope, replicas, processes)
-    run = RunFolder.start(settings, progress, owner=processes.owner, manifest=data.manifest, device=described,
+    record = describe(device, scope, replicas, processes)
+    run = RunFolder.start(settings, progress, owner=processes.owner, manifest=data.manifest, device=record,
                           threads=threads)
-    where = f"{device}, {described['strategy']} x{replicas}" if described["strategy"] else device
+    where = f"{device}, {record['strategy']} x{replicas}" if record["strategy"] else device
     run.announce(f"{FRAMEWORK}/{BACKEND.name}, {where}" + (f" over {processes.count} processes"
                                                            if processes.count > 1 else ""))
     part = Part(processes.index, processes.count, replicas)  # each process feeds its part of every global batch
@@ -141,7 +142,8 @@ def train(args: argparse.Namespace, stop: StopRequest) -> int:
     val_data = EpochDataset(data, "val", plan.batch_size, train=False, **batches)
     shown = settings.show_progress and processes.owner  # Keras' bar first: it ends its line before the epoch's
     rest = [*([keras.callbacks.ProgbarLogger()] if shown else []),
-            RecordRun(run, ResumeBackup(run, BACKEND.name), stop, distributed.agreement(processes))]
+            RecordRun(run, ResumeBackup(run, BACKEND.name), stop, distributed.agreement(processes),
+                      scope=in_scope)]
 
     def fit(start: int, epochs: int) -> None:
         """Epochs up to ``epochs`` from the run's, each from its batch ``start`` (shuffle=False: the epoch plan has

@@ -176,6 +176,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
+def rank_sums(partial: dict[str, Any], ctx: Context) -> list[float]:
+    """This rank's sums (loss x images, correct) of the epoch so far: zeros, or its own where a stop saved them (with
+    another number of ranks than the run's, the first carries them all)."""
+    ranks = partial.get("sums", [])
+    if len(ranks) == ctx.world:
+        return list(ranks[ctx.rank])
+    return [sum(column) for column in zip(*ranks)] if ranks and ctx.rank == 0 else [0.0, 0.0]
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Loader, run: RunFolder,
                     ctx: Context, stop: StopRequest) -> EpochLog | None:
     """The epoch ``run.progress.epoch``, from its step ``run.progress.step`` on (0, or where a stop left it): SGD
@@ -187,9 +196,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     model.train()
     loader.set_epoch(progress.epoch)
     steps, start, before = plan.iters_in_epoch(progress.epoch), progress.step, progress.partial
-    ranks = before.get("sums", [[0.0, 0.0]] * ctx.world)
-    mine = ranks[ctx.rank] if len(ranks) == ctx.world else ([0.0, 0.0] if ctx.rank else [sum(c) for c in zip(*ranks)])
-    sums = torch.tensor(mine, dtype=torch.float64, device=ctx.device)  # loss * images, correct
+    sums = torch.tensor(rank_sums(before, ctx), dtype=torch.float64, device=ctx.device)  # loss * images, correct
     seen, seconds = int(before.get("images", 0)), float(before.get("seconds", 0.0))
     totals, lr = [0.0, 0.0], plan.lr_at(progress.iteration)
     bar = tqdm(total=steps, initial=start, desc=f"epoch {progress.epoch + 1}/{plan.epochs}", unit="it", leave=False,
