@@ -1,4 +1,4 @@
-"""How training stops on a signal (docs/training.md, "Stopping: SIGTERM, SIGINT, SIGKILL, a full disk").
+"""How training stops on a signal (docs/training.md, "When the machine says no").
 
 The first SIGTERM (a spot machine's or a batch scheduler's notice) asks the loop to stop after its current step and
 write a resumable checkpoint; the process then exits 143. A second SIGTERM, or SIGINT, stops it at once, wherever
@@ -91,24 +91,23 @@ def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]], grace: f
 
     Each child runs in its own session and dies with this process (SIGKILL), and every SIGTERM or SIGINT this
     process gets is passed on to each child once, so a scheduler's SIGTERM to the whole job is one request to
-    each, not two. When a child fails on its own, the others get ``grace`` seconds to end too (a user error ends
-    them all, the owner saying it), then SIGKILL: they would wait for it in a collective, where no signal handler
-    runs. After a stop signal, or a child's own stop, each is left to finish.
+    each, not two. Once a child has ended with an error, the others get ``grace`` seconds to end too (a user
+    error ends them all, the owner saying it), then SIGKILL: they would wait for it in a collective, where no
+    signal handler runs. A child that stopped on a signal has passed the last collective of its stop, so the
+    others get longer (six times ``grace``) to finish theirs.
     """
     libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
     parent = os.getpid()
     procs = [subprocess.Popen(argv, env=env, start_new_session=True,
                               preexec_fn=lambda: _die_with_parent(libc, parent)) for argv, env in commands]
-    signalled: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        signalled.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
-    failures: dict[int, int] = {}  # pid -> exit status of the children that failed on their own, in order
+    failures: dict[int, int] = {}  # pid -> exit status of the children that ended with one on their own, in order
     deadline, killed = None, False
 
     def record() -> None:
@@ -118,13 +117,13 @@ def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]], grace: f
     try:
         while running := [p for p in procs if p.poll() is None]:
             record()
-            stopping = signalled or any(f in (STOPPED, 128 + signal.SIGINT) for f in failures.values())
-            if failures and not stopping:
-                deadline = deadline or time.monotonic() + grace
-                if time.monotonic() > deadline:
-                    killed = True
-                    for p in running:
-                        p.kill()
+            if failures and deadline is None:
+                stopped = all(f in (STOPPED, 128 + signal.SIGINT) for f in failures.values())
+                deadline = time.monotonic() + (6 * grace if stopped else grace)
+            if deadline is not None and time.monotonic() > deadline:
+                killed = True
+                for p in running:
+                    p.kill()
             time.sleep(0.1)
         record()
         return failures.get(procs[0].pid) or next(iter(failures.values()), 0)
