@@ -46,9 +46,10 @@ from shared.process import FRAMEWORKS
 # How long things are timed: a cell of `make deploy-check` in short blocks (a matrix has dozens of cells), a
 # slow runtime's cell in one block (onnx.reference takes seconds per batch of 64), the runtimes side by side in
 # longer alternating rounds (their ratios are this report's result).
-TIMING = {"cell": timing.Settings(batch_size=64, iters=2, repeats=3, warmup=1, latency_iters=10, min_time=0.3),
-          "slow cell": timing.Settings(batch_size=64, iters=1, repeats=1, warmup=1, latency_iters=2),
-          "side by side": timing.Settings(batch_size=64, iters=3, repeats=7, warmup=2, latency_iters=10, min_time=0.5)}
+TIMING = {"cell": timing.TimingPlan(batch_size=64, iters=2, repeats=3, warmup=1, latency_iters=10, min_time=0.3),
+          "slow cell": timing.TimingPlan(batch_size=64, iters=1, repeats=1, warmup=1, latency_iters=2),
+          "side by side": timing.TimingPlan(batch_size=64, iters=3, repeats=7, warmup=2, latency_iters=10,
+                                            min_time=0.5)}
 BATCHES = (1, 64)
 
 

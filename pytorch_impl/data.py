@@ -108,7 +108,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
     """
     if threads:
         torch.set_num_threads(threads)
-    from shared.bench.timing import Settings, rate
+    from shared.bench.timing import TimingPlan, rate
 
     loader = Loader(prepared, "train", batch_size, train=train, device=device)
     it = iter(loader)
@@ -127,7 +127,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     # the one timing loop: one warm-up batch, then one block of `batches` batches (an eval epoch ends short)
-    speed = rate(next_batch, 1, Settings(batch_size, iters=batches, repeats=1, warmup=1), sync)
+    speed = rate(next_batch, 1, TimingPlan(batch_size, iters=batches, repeats=1, warmup=1), sync)
     n, dt = sum(sizes[1:]), batches / speed["median"]
     return {"framework": "torch", "images_per_s": n / dt, "images": n, "seconds": dt, "batch_size": batch_size,
             "train": train, "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__}

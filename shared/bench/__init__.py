@@ -23,7 +23,7 @@ from shared.bench.run import BenchConfig, add_ratios, failed_rows, resolve_devic
 from shared.bench.timing import (
     DEFAULTS,
     MIN_TIME,
-    Settings,
+    TimingPlan,
     first_line,
     is_measured,
     rate,
@@ -43,7 +43,7 @@ from shared.bench.workers import (
 )
 
 __all__ = ["BASELINE", "DEFAULTS", "DESCRIPTIONS", "LABELS", "LOOP_VARIANT", "METRICS", "MIN_TIME", "VARIANTS",
-           "BenchConfig", "Settings", "Workload", "add_ratios", "failed_rows", "first_line", "is_measured",
+           "BenchConfig", "TimingPlan", "Workload", "add_ratios", "failed_rows", "first_line", "is_measured",
            "measure_workload", "parse_frameworks", "parse_variants", "parse_worker_args", "rate", "ratio",
            "resolve_device", "run_bench", "run_framework", "run_variants", "summarize", "time_latency",
            "time_throughput", "worker_main", "worker_parser"]

@@ -19,7 +19,7 @@ from shared import errors
 from shared.bench.catalog import VARIANTS, default_selection, merge, parse_frameworks, parse_variants
 from shared.bench.report import markdown_table, write_report
 from shared.bench.run import BenchConfig, resolve_device, run_bench
-from shared.bench.timing import DEFAULTS, MIN_TIME, Settings, is_measured
+from shared.bench.timing import DEFAULTS, MIN_TIME, TimingPlan, is_measured
 from shared.bench.workers import METRICS
 from shared.spec import get_spec
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         get_spec(args.model)
-        settings = Settings(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)
+        settings = TimingPlan(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)
         if args.frameworks is None and args.variants is None:
             variants = default_selection()
         else:

@@ -186,7 +186,7 @@ def shell(cmd: list[str]) -> str:
 def bench_config(gc: GpuConfig, model: str, batch: int, timeout: float,
                  metrics: tuple[str, ...] = ("train",)) -> BenchConfig:
     """The :class:`BenchConfig` of one item (the report's only timing settings)."""
-    settings = timing.Settings(batch, gc.iters, gc.repeats, gc.warmup, 1, gc.min_time)
+    settings = timing.TimingPlan(batch, gc.iters, gc.repeats, gc.warmup, 1, gc.min_time)
     return BenchConfig(model, gc.device, settings, {}, Path("."), timeout, echo=gc.echo, loop_epochs=gc.loop_epochs,
                        data_dir=gc.data_dir, profile=False, dataset=gc.dataset, metrics=metrics)
 
