@@ -32,6 +32,7 @@ from export.onnx_export import source_args
 from export.parity import compare, evaluation_set
 from export.runtimes import PROCESSES, RUNTIMES, can_load
 from shared import errors, process
+from shared.backends import split_label
 from shared.bench.catalog import TRAINING as SOURCE_LABELS
 from shared.export_meta import DEFAULT_OPSET, FORMATS, check_format, check_opset
 from shared.export_source import Source, resolve_source
@@ -50,8 +51,7 @@ def parse_source(label: str) -> tuple[str, str | None]:
     """``torch`` -> (torch, None); ``keras-jax`` -> (keras, jax); a one-line error for anything else."""
     if label not in SOURCE_LABELS:
         raise errors.UserError(f"unknown source {label!r}; valid choices: {', '.join(SOURCE_LABELS)}")
-    framework, _, backend = label.partition("-")
-    return framework, backend or None
+    return split_label(label)
 
 
 def parse_list(text: str | None, default: tuple[str, ...], valid: tuple[str, ...], what: str) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import platform
 import sys
 
 from shared import errors
+from shared.backends import split_label
 from shared.process import FRAMEWORKS
 
 # The import name of each package, for the error message (pip names differ for a few).
@@ -50,7 +51,8 @@ def bench_modules(variants: str | None, backend: str | None) -> tuple[str, ...]:
             mods += ONNX
             mods += [m for v in vs for m in framework_modules(v.removesuffix("_export"), backend)]
         else:
-            mods += framework_modules(fw.partition("-")[0], fw.partition("-")[2] or backend)
+            framework, pinned = split_label(fw)
+            mods += framework_modules(framework, pinned or backend)
     return tuple(dict.fromkeys(mods))
 
 

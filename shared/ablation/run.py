@@ -30,7 +30,7 @@ from shared import errors, process
 from shared.ablation import published
 from shared.ablation.published import Published
 from shared.ablation.report import build_report, format_seconds, write_report
-from shared.backends import BACKENDS
+from shared.backends import KERAS_LABELS, split_label
 from shared.data import DATASETS
 from shared.errors import UserError
 from shared.io import atomic_write_json, check_writable
@@ -41,7 +41,7 @@ from shared.spec import SHORTCUTS, get_spec
 
 # A cell's framework label: torch, keras (on the backend KERAS_BACKEND / make BACKEND= names, as before) or
 # keras-<backend>, so that one report can hold several Keras backends.
-LABELS = (*FRAMEWORKS, *(f"keras-{b}" for b in BACKENDS))
+LABELS = (*FRAMEWORKS, *KERAS_LABELS)
 STATE_FILE = "ablation-state.json"
 # Settings that change what a cell computes: a re-run with other values must not reuse the cells. The seed is
 # not one of them: each seed has its own folder, so another seed adds runs instead of replacing them.
@@ -115,12 +115,12 @@ class Cell:
     @property
     def framework(self) -> str:
         """``torch`` or ``keras`` (the training script and its checkpoint)."""
-        return self.label.partition("-")[0]
+        return split_label(self.label)[0]
 
     @property
     def backend(self) -> str | None:
         """The Keras backend a ``keras-<backend>`` label pins (None: the environment's)."""
-        return self.label.partition("-")[2] or None
+        return split_label(self.label)[1]
 
     def env(self) -> dict[str, str]:
         """The training process's environment (its Keras backend made explicit)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import process
+from shared.backends import framework_label
 from shared.bench import loops, timing
 from shared.bench.catalog import LOOP_VARIANT, torch_train_flags
 from shared.bench.flops import PEAK_PRECISIONS
@@ -356,7 +357,7 @@ def build_plan(gc: GpuConfig, workdir: Path) -> list[Item]:
              loop_item(gc, workdir, data, "torch", first, fastest)]
     items += [loop_item(gc, workdir, data, "torch", first, v) for v in variants if v != fastest]
     for backend in gc.keras_backends:
-        label = f"keras-{backend}"
+        label = framework_label("keras", backend)
         items += [steps_item(gc, workdir, label, first, gc.batch_size, KERAS_STEP_VARIANTS[backend]),
                   loop_item(gc, workdir, data, label, first, LOOP_VARIANT[label])]
     for model in gc.models[1:]:
