@@ -8,6 +8,7 @@ import math
 import shutil
 import sys
 import time
+import types
 
 import pytest
 
@@ -162,19 +163,25 @@ def test_throughput_and_latency_time_known_sleeps():
     assert all(20 <= v < 80 for v in values)  # milliseconds per call
 
 
-def test_blocks_grow_to_the_minimum_time_and_say_how_many_steps_they_timed():
-    calls = []
+def test_blocks_grow_to_the_minimum_time_and_say_how_many_steps_they_timed(monkeypatch):
+    """On a clock that each step moves by exactly 5 ms (a GPU's ResNet-20 step), blocks grow from 3 steps to the
+    first size that lasts 0.25 s, aimed 10% over."""
+    from shared.bench import timing
 
-    def step():  # 5 ms a step: 3 steps would be a 15 ms block (a GPU's ResNet-20)
+    clock, calls = [0.0], []
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def step():
         calls.append(1)
-        time.sleep(0.005)
+        clock[0] += 0.005
 
     s = TimingPlan(batch_size=4, iters=3, repeats=2, warmup=1, latency_iters=1, min_time=0.25)
     values, _, steps = bench.time_throughput(step, lambda: None, s, images_per_step=4)
-    assert 50 <= steps <= 80  # 0.25 s / 5 ms = 50 steps, aimed 10% over (sleep overshoots, so fewer)
-    assert all(v <= 4 / 0.005 for v in values)  # each block timed `steps` steps of >= 5 ms
+    grown = math.ceil(3 * 1.1 * 0.25 / 0.015)  # the 3-step trial lasted 15 ms; 55 in exact arithmetic, 56 in float
+    assert steps == grown and steps * 0.005 >= s.min_time
+    assert values == pytest.approx([4 / 0.005] * s.repeats)  # each block: `steps` steps of exactly 5 ms
     trial = len(calls) - s.warmup - s.repeats * steps  # the untimed trial blocks that found `steps`
-    assert 3 <= trial <= 3 + 300
+    assert trial == 3 + grown
     row = bench.measure_workload(lambda: Workload(step, step, step), s)
     assert row["steps"]["train"] >= 50 and row["steps"]["latency_ms"] == 1
     with pytest.raises(ValueError, match="min_time must be seconds between 0 and 600; got -1"):
