@@ -1,21 +1,10 @@
-"""``make deploy-check``: one run's exports, in every format, in every runtime that can load them (docs/export.md).
+"""``make deploy-check``: one run's exports, in every format, run in every runtime that can load them (docs/export.md).
 
     python -m export.deploy_check --run RUN [--sources torch,keras-tensorflow] [--formats onnx,pt2,...]
                                   [--opsets 18,17] [--runtimes onnxruntime,...] [--data-dir data] [--limit N]
                                   [--out DIR] [--no-speed] [--logits-dir DIR]
 
-Each source (``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch``: the exporting framework and Keras
-backend, labelled as ``make bench`` labels them) exports the run's weights to every format it has a route to
-(``shared.export_meta.FORMATS``; ONNX at each of ``--opsets``) under ``<run>/deploy/<source>/``, in its own
-process; files newer than the weights are reused. The native model of each source computes the logits of the
-run's test split (else val), in its own process. Then every runtime of :data:`export.runtimes.RUNTIMES` that
-loads a file's format runs it, in a worker process of the kind the runtime needs (torch, tensorflow or
-neither), and each cell reports whether the file loaded (or the runtime's one-line reason), max |logit
-difference| against the native model with the bar ``1e-4·max(1, max|logit|)``, top-1 agreement and accuracy,
-and images/s at batch 1 and 64. A runtime whose package is missing is a "not installed" row.
-
-Writes ``deploy-check.md`` and ``deploy-check.json`` into ``--out`` (default: the run folder), and exits 1 when
-a float32 cell that ran disagrees with the native model beyond the bar. This process imports neither framework.
+Exits 1 when a float32 cell disagrees with its native model beyond the bar. Imports neither framework.
 """
 
 from __future__ import annotations
@@ -209,7 +198,7 @@ def deploy_check(run: str, sources: tuple[str, ...] = DEFAULT_SOURCES, formats: 
                  opsets: tuple[int, ...] = DEFAULT_OPSETS, runtimes: tuple[str, ...] = tuple(RUNTIMES),
                  data_dir: str = "data", limit: int | None = None, speed: bool = True,
                  logits_dir: str | None = None) -> dict[str, Any]:
-    """Every number of the report (see the module docstring)."""
+    """Every number of the report (docs/export.md, "Reading the report")."""
     source = resolve_source(run)
     if source.run_dir is None or source.framework is None:
         raise errors.UserError(f"{run}: deploy-check needs a run folder (config.json with framework and dataset)")

@@ -1,31 +1,10 @@
-"""Classify images with an exported model in ONNX Runtime, OpenVINO or OpenCV DNN (docs/export.md).
+"""``make infer``: classify images with an exported model in ONNX Runtime, OpenVINO or OpenCV DNN (docs/export.md).
 
     python -m export.infer model.onnx a.jpg photos/ 'shots/**/*.png' [--topk 5] [--out preds.csv|preds.json]
-                           [--batch-size 64] [--runtime onnxruntime|openvino|openvino-f32|opencv]
-                           [--provider cpu|...] [--json]
+                           [--runtime onnxruntime|openvino|openvino-f32|opencv] [--batch-size 64] [--json]
     python -m export.infer model.onnx --npy batch.npy      # already-preprocessed float32 input
 
-``--runtime`` picks the engine (``export/runtimes.py``): ONNX Runtime (default; ``--provider`` lists only
-the execution providers this onnxruntime build offers), OpenVINO at its default precision hint (bf16 on a
-CPU with native bf16: faster, and the logits move; ``make bench-deploy`` measures by how much) or at f32,
-or OpenCV DNN. OpenVINO also reads the OpenVINO IR (``model.xml``) that ``make export FORMAT=openvino`` writes.
-
-Images are files, folders (searched recursively for image extensions) or glob patterns (``**``
-recurses). They are decoded in a thread pool, one batch ahead of ONNX Runtime, and classified in
-batches (default 64), with a progress bar on stderr for large sets. A file that cannot be read or
-decoded (a broken symlink, a truncated JPEG, ...) is reported on its own line and in the output
-file with its reason; the others are still classified. The exit status is 0 when every image was
-classified and 1 when any failed; the last line counts them. ``--out`` writes one row per image:
-path, status, the top-k classes and probabilities, a note and the error (CSV or JSON by suffix).
-
-Everything the preprocessing needs is read from the file's metadata (``shared/export_meta.py``), whatever the runtime:
-the image is decoded with Pillow and converted to RGB (grayscale, palette and RGBA images are
-converted, and the output says so), resized to the model's ``input_size`` (``resize=crop``: the
-shorter side to ``input_size`` then a center crop, keeping the aspect ratio; ``resize=stretch``:
-both sides to ``input_size``; as the training data was prepared: cats_vs_dogs ``crop``, CIFAR-10/100 and
-the synthetic set ``stretch``, random-weight exports by stem), scaled to ``[0, 1]``, normalized
-with the file's ``mean``/``std`` and laid out as the file's ``layout`` (NCHW or NHWC).
-The probabilities are the softmax of the logits. This module imports neither torch nor tensorflow.
+The preprocessing comes from the file's own metadata. Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations

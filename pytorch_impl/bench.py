@@ -1,13 +1,8 @@
-"""PyTorch side of the benchmark: eager, channels_last, torch.compile and autocast variants, and their
-combinations as the trainer runs them (``amp_channels_last``, ``amp_compile``).
+"""PyTorch side of ``make bench`` and ``make gpu-report``: the training step in each variant (eager, channels_last,
+torch.compile, autocast and the trainer's combinations), FLOP counts, matmul peaks and GPU busy time (docs/bench.md).
 
     python -m pytorch_impl.bench --model resnet20 --device cpu --variants eager,compile --json-out t.json
                                  [--onnx model.onnx] [--flops] [--peak] [--peaks] [--metrics train]
-
-Started by ``python -m shared.bench`` and ``python -m shared.bench.gpu`` (which own the timing loops,
-statistics and reports); run alone it writes the same JSON. ``--onnx`` also exports the model with
-``pytorch_impl.export`` for the ONNX Runtime rows. On CUDA each variant also reads how long the GPU is
-busy during its training steps (:func:`gpu_busy`), for the report's launch-bound / memory-bound verdict.
 """
 
 from __future__ import annotations

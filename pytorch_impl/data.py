@@ -1,13 +1,7 @@
-"""PyTorch loader of a prepared dataset: uint8 on the device, augmented there in whole batches.
+"""PyTorch loader of a prepared dataset: uint8 on the device, augmented there in whole batches (docs/data.md).
 
-Implements ``shared/data.py`` exactly: the epoch plan (order, crop offsets, flips) comes from
-``shared.data.epoch_plan(seed, epoch)``; the crop and the flip are one gather into the zero-padded
-uint8 batch; normalization is ``(x / 255 - mean) / std`` in float32. On CUDA the whole split is
-uploaded once as uint8 (airbench style) and each epoch's plan once per epoch; on the CPU batches are
-gathered straight from the memory-mapped arrays. A batch costs no host-device transfer.
-
-``python -m pytorch_impl.data --dataset synthetic --bench`` measures images/s; ``--dump FILE.npz``
-writes batches for the cross-framework tests.
+It implements ``shared/data.py`` exactly, and a batch costs no host-device transfer (docs/gpu.md).
+``python -m pytorch_impl.data --dataset synthetic --bench`` measures images/s; ``--dump FILE.npz`` writes batches.
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""Training recipes and the one per-iteration learning-rate schedule both frameworks follow.
+"""Training recipes and the one per-iteration lr schedule that both frameworks follow (docs/training.md, "Recipes").
 
-A :class:`Recipe` is what a paper (or this project, for cats_vs_dogs) prescribes; a :class:`Plan` is a
-recipe resolved for one run (train-split size, batch size, ``--epochs``/``--iters``/``--lr``
-overrides): the total number of iterations, the epochs, the lr milestones in iterations. The lr of
-every optimizer step is :meth:`Plan.lr_at` ``(iteration)``, a pure function of the 0-based global
-iteration; PyTorch and Keras both set their optimizer's lr from it before every step.
-
-The paper's CIFAR recipe (He et al. 2015, Sec. 4.2): SGD, lr 0.1, momentum 0.9, weight decay 1e-4,
-batch 128, lr divided by 10 at 32k and 48k iterations, training stops at 64k iterations. With the
-45k/5k train/val split a batch of 128 gives 45000 // 128 = 351 iterations per epoch, so 64k iterations
-are 182.3 epochs (the run ends 118 iterations into its 183rd epoch) and the lr drops after epochs
-91.2 and 136.8. The milestones are stored as fractions of the run (0.5, 0.75): with ``--iters 64000``
-they are exactly 32k and 48k, and with ``--epochs E`` they scale proportionally (50% and 75% of
-``E * iterations_per_epoch``). ResNet-110/1202 warm up at lr 0.01 (``lr / 10``) for the first 400
-iterations, then go back to 0.1 ("until the training error is below 80% (about 400 iterations)").
-
-This module imports neither torch nor tensorflow.
+A :class:`Recipe` is what a paper prescribes, a :class:`Plan` that recipe resolved for one run; :meth:`Plan.lr_at`
+gives the lr of every optimizer step. Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations

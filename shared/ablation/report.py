@@ -1,21 +1,7 @@
-"""The ablation's runs as tables (Markdown + JSON) and plots (PNG), over seeds. Framework-neutral.
+"""The ablation's runs as tables (Markdown + JSON) and plots (PNG), over seeds, read from the run folders alone.
 
-Everything here is read from the run folders that both trainers write (``shared/runs.py``:
-``config.json``, ``metrics.csv``, ``results.json``, ``best.safetensors``/``last.safetensors``); nothing
-is re-computed by a framework.
-
-* per run (one cell, one seed): best validation accuracy and its epoch (the maximum of ``val_acc`` in
-  ``metrics.csv``, first epoch reaching it, cross-checked against ``results.json``), test accuracy and
-  training time (``results.json``), the final training loss (the last epoch of ``metrics.csv``), and the
-  parameters counted from the shapes stored in the run's weight file, i.e. the model that was trained;
-* per cell (a model under a framework label): mean ± std, min-max and n of those over its finished seeds,
-  and the paper's comparisons with a t-test (``shared.ablation.stats``);
-* the published numbers beside the project's (``shared.ablation.published``).
-
-The plots follow He et al. 2015, Fig. 6: error (1 - accuracy) per epoch, plain nets in the left panel
-and residual nets in the right one on a shared y-axis, thin dashed = training, bold = validation,
-one colour per depth, each line the mean over seeds with a shaded min-max band; and the training loss
-laid out the same way. docs/ablation.md describes the report.
+Per run, per cell (mean ± std, min-max, n) and the paper's comparisons; the plots follow He et al. 2015, Fig. 6.
+docs/ablation.md ("The report") describes every column. Imports no framework.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Plain vs residual at equal epochs, in both frameworks, over seeds: train every cell, then tables and plots.
+"""Plain vs residual at equal epochs, in both frameworks, over seeds: train every cell, then report (docs/ablation.md).
 
-``python -m shared.ablation --ablation cifar10`` trains plain20, resnet20, plain56 and resnet56 (option A)
-with ``python -m pytorch_impl.train`` and ``python -m keras_impl.train``, one subprocess per cell and seed,
-all with the same recipe and epochs; ``--ablation cifar100`` does the same on CIFAR-100 (``--dataset
-cifar100_coarse`` for its 20 superclasses); ``--ablation cats_vs_dogs`` does plain34, resnet34, plain50 and
-resnet50 (ImageNet stems, option B). ``--seeds 0,1,2`` (or ``--seeds 3``) runs every cell once per seed,
-seed by seed; one seed (``--seed``, default 0) is the default. Each run trains into a fixed folder
-``<runs-dir>/seed-<seed>/<model>-<framework>/``, so a re-run skips finished runs (``results.json`` with
-``finished: true``), resumes an interrupted one from its checkpoint (``--resume``) and restarts a
-run that never saved one; adding a seed later trains only that seed. At the end
-``<out>/ablation-<name>.md``, ``.json`` and two PNG plots are written (``shared.ablation.report``).
-docs/ablation.md describes it all. This module imports neither torch nor tensorflow.
+    python -m shared.ablation --ablation cifar10|cifar100|cats_vs_dogs [--seeds 0,1,2] [--epochs E] [--frameworks ...]
+
+One trainer subprocess per cell and seed, each into a fixed folder, so a re-run skips, resumes or restarts each run.
+Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Speed benchmarks: training and inference images/s, batch-1 latency, GFLOP/s and the real training loops,
-per framework, Keras backend and fast path (``python -m shared.bench``; docs/bench.md).
+"""Speed benchmarks: training and inference images/s, batch-1 latency, GFLOP/s and the real training loops, per
+framework, Keras backend and fast path (``python -m shared.bench``; docs/bench.md names each module's job).
 
-    timing    the one timing loop and its statistics (every speed figure of the project goes through it)
-    catalog   the framework labels (torch, keras-tensorflow, keras-jax, keras-torch, onnxruntime) and variants
-    workers   what a framework process hands the timing loop, and its main
-    flops     achieved GFLOP/s and the share of the float32 matmul peak
-    loops     the real training loops beside their steps, and their profiles
-    run       one benchmark run, each framework in its own process
-    report    the Markdown and JSON report
+Imports no framework: each one runs in its own process.
 """
 
 from shared.bench.catalog import (

@@ -1,12 +1,10 @@
-"""``python -m shared.bench``: the benchmark's command line (``make bench``).
+"""``python -m shared.bench``: the benchmark's command line (``make bench``; docs/bench.md).
 
     python -m shared.bench --model resnet20 [--batch-size 128] [--device cpu|cuda] [--iters 3] [--repeats 5]
                            [--frameworks torch,keras-tensorflow,keras-jax,keras-torch,onnxruntime]
                            [--variants torch:compile,keras-jax] [--loop-epochs 3] [--out results/bench]
 
-Each framework label runs in its own process and writes its measurements as JSON; this module (which
-imports no framework) starts them, adds the ratios, GFLOP/s and the training loops, and writes
-``<out>/bench-<model>-<device>.md`` and ``.json``.
+Writes ``<out>/bench-<model>-<device>.md`` and ``.json``.
 """
 
 from __future__ import annotations

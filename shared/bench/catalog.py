@@ -1,8 +1,7 @@
 """What the benchmark can run: the framework labels, their variants and processes, and the selection syntax.
 
-A label is ``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch`` or ``onnxruntime``; ``keras``
-alone means the backend ``KERAS_BACKEND`` (``make ... BACKEND=``) names, default tensorflow. Each Keras
-label runs ``keras_impl.bench`` in its own process with its ``KERAS_BACKEND``.
+Labels: ``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch``, ``onnxruntime``; ``keras`` alone is the
+backend ``KERAS_BACKEND`` names (docs/bench.md, "Labels and variants").
 """
 
 from __future__ import annotations

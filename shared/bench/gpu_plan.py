@@ -1,16 +1,5 @@
-"""The plan of ``make gpu-report``: every measurement in order of value, each taken by the benchmark's own
-machinery, run until a time budget is spent (docs/gpu.md).
-
-    peaks        ``pytorch_impl.bench --peaks``: float32, tf32, bfloat16 and float16 matmul peaks (the % columns)
-    step         ``pytorch_impl.bench``: the training step (and inference, for resnet50) of each variant, with the
-                 GPU's busy time during the step
-    loop         ``pytorch_impl.train`` / ``keras_impl.train`` on the CIFAR-size synthetic set (``shared.bench.loops``)
-    syncs        ``pytorch_impl.syncs``: the host synchronisations of each step of the real trainer
-    onnxruntime  ONNX Runtime inference on the PyTorch export (``export.bench_ort``)
-
-An item whose package is missing is a "not run" row that says which; an item the budget leaves no time for
-is "not run: budget", and a process the deadline stops has its unfinished rows marked so. Each row keeps the
-command line that measured it.
+"""The plan of ``make gpu-report``: every measurement in order of value, each taken by the benchmark's own machinery,
+run until a time budget is spent; what does not run is a "not run" row that says why (docs/gpu.md).
 """
 
 from __future__ import annotations

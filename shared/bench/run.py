@@ -1,7 +1,7 @@
 """One benchmark run: every selected framework label in its own process, ONNX Runtime on the exports, the
-FLOP count and matmul peak, the real training loops (and their profiles where they miss a target).
+FLOP count and matmul peak, the real training loops and their profiles (docs/bench.md, "How it runs").
 
-This module imports no framework; each child gets its environment from ``shared.process.child_env``.
+Imports no framework; each child gets its environment from ``shared.process.child_env``.
 """
 
 from __future__ import annotations

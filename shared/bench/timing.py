@@ -1,9 +1,7 @@
-"""The one timing loop of the project and its statistics.
+"""The one timing loop of the project and its statistics: every speed figure is a step timed here (docs/bench.md).
 
-Every speed figure (the framework benchmarks, the ONNX Runtime rows, the float32 matmul peak, the input
-pipelines) is a step timed here: warm-up calls first (the first one's seconds are kept: tracing and
-compilation happen there), then ``repeats`` timed blocks of ``iters`` steps (more, until a block lasts
-``min_time`` seconds), with ``sync`` called around each block so that queued device work is counted.
+Warm-up calls first, then ``repeats`` blocks of ``iters`` steps (more, until a block lasts ``min_time`` seconds),
+with ``sync`` around each block so that queued device work is counted.
 """
 
 from __future__ import annotations

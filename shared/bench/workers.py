@@ -1,8 +1,5 @@
-"""The framework side of the benchmark: what a framework process hands the timing loop, and its ``main``.
-
-``pytorch_impl.bench``, ``keras_impl.bench`` (once per Keras backend) and ``export.bench_ort`` each build a
-:class:`Workload` per variant; :func:`run_variants` times it with :mod:`shared.bench.timing` and writes
-JSON after every variant, so a crash keeps what was done.
+"""The framework side of the benchmark: what a framework process hands the timing loop (:class:`Workload`), and the
+``main`` of ``pytorch_impl.bench``, ``keras_impl.bench`` and ``export.bench_ort`` (docs/bench.md).
 """
 
 from __future__ import annotations
