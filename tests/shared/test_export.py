@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import infer
+from export import infer, model_file
 from export.parity import compare
 from shared.export_meta import build_metadata
 from shared.export_source import Source, default_onnx_path, resolve_source
@@ -306,7 +306,7 @@ def test_infer_bad_inputs_are_one_line_errors(onnx_file, image_tree, tmp_path):
         f"error: --out must end in .csv or .json; got {tmp_path / 'p.txt'}")
     import onnxruntime as ort
 
-    offered = ", ".join(k for k, v in infer.PROVIDERS.items() if v in ort.get_available_providers())
+    offered = ", ".join(k for k, v in model_file.PROVIDERS.items() if v in ort.get_available_providers())
     assert _infer_error(onnx_file, good[0], "--provider", "tpu").startswith(
         f"error: unknown provider 'tpu' for onnxruntime {ort.__version__}; valid choices here: {offered} (it offers ")
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
