@@ -111,18 +111,3 @@ def write_cifar100_python(dest: str | os.PathLike, train_images: int = 200, test
                                         protocol=2)
     _write(Path(dest), CIFAR100, files, archive)
     return arrays
-
-
-def prepared_cifar100_fixture(dest: str | os.PathLike, name: str = "cifar100"):
-    """The CIFAR-100 fixture archive prepared as ``name`` (cifar100 or cifar100_coarse) by the real code,
-    and the archive's own ``test`` pickle (bytes keys) for the loaders' tests to compare against."""
-    import pickle
-    import tarfile
-
-    from datasets import cifar
-
-    write_cifar100_python(dest, 200, 100, seed=5, archive=True)
-    prepared = cifar.prepare(Path(dest), name, val_size=40, download=False)
-    with tarfile.open(Path(dest) / cifar.CIFAR100.archive) as tar:
-        test = pickle.loads(tar.extractfile(f"{cifar.CIFAR100.folder}/test").read(), encoding="bytes")
-    return prepared, test

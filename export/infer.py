@@ -112,12 +112,6 @@ def decode_image(path: str | Path, size: int, resize: str = "crop") -> tuple[np.
     return np.asarray(rgb, dtype=np.uint8), note
 
 
-def load_image(path: str | Path, model: OnnxModel, resize: str | None = None) -> tuple[np.ndarray, str | None]:
-    """One image file preprocessed for ``model`` (shape ``input_shape``), and a note if it was converted."""
-    pixels, note = decode_image(path, model.meta["input_size"], resize or model.meta.get("resize", "crop"))
-    return preprocess_array(pixels, model), note
-
-
 def preprocess_array(pixels: np.ndarray, model: OnnxModel) -> np.ndarray:
     """uint8 RGB pixels (H, W, 3), already of the model's size, normalized into the file's layout."""
     size = model.meta["input_size"]

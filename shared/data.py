@@ -171,20 +171,6 @@ def augment_reference(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.nd
     return padded[b, rows[:, :, None], cols[:, None, :]]
 
 
-def reference_batches(x: np.ndarray, y: np.ndarray, manifest: dict, batch_size: int, *, train: bool,
-                      seed: int = 0, epoch: int = 0):
-    """Yield the batches both loaders must produce (NHWC float32, int64 labels), in numpy."""
-    mean, std = norm_constants(manifest)
-    pad = augmentation(manifest["name"]).pad
-    plan = epoch_plan(len(x), batch_size, train=train, pad=pad, seed=seed, epoch=epoch)
-    for i in range(len(plan)):
-        idx, dy, dx, flip = plan.batch(i)
-        xb = x[idx]
-        if train:
-            xb = augment_reference(xb, dy, dx, flip, pad)
-        yield normalize(xb, mean, std), y[idx].astype(np.int64)
-
-
 def loader_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The flags of ``python -m pytorch_impl.data`` and ``python -m keras_impl.data`` (dump or time a loader)."""
     parser = errors.ArgumentParser(prog=prog, description=description)

@@ -137,6 +137,19 @@ class Plan:
         return cls(**d)
 
 
+def check_overrides(*, epochs: int | None = None, iters: int | None = None, batch_size: int | None = None,
+                    lr: float | None = None) -> None:
+    """A ValueError for overrides no recipe can take: ``--epochs`` with ``--iters``, a length or batch below 1, a
+    learning rate that is not positive (what needs the data, a batch larger than the split, ``make_plan`` checks)."""
+    if epochs is not None and iters is not None:
+        raise ValueError(f"give --epochs or --iters, not both; got --epochs {epochs} --iters {iters}")
+    for name, value in (("epochs", epochs), ("iters", iters), ("batch size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be > 0; got {lr}")
+
+
 def make_plan(recipe: Recipe, n_train: int, *, epochs: int | None = None, iters: int | None = None,
               batch_size: int | None = None, lr: float | None = None) -> Plan:
     """Resolve ``recipe`` for a training split of ``n_train`` images and the CLI overrides.
@@ -144,24 +157,15 @@ def make_plan(recipe: Recipe, n_train: int, *, epochs: int | None = None, iters:
     ``epochs`` and ``iters`` are exclusive; without either the recipe's own length is used. Training
     drops the last incomplete batch, so an epoch is ``n_train // batch_size`` iterations.
     """
-    if epochs is not None and iters is not None:
-        raise ValueError(f"give --epochs or --iters, not both; got epochs={epochs}, iters={iters}")
+    check_overrides(epochs=epochs, iters=iters, batch_size=batch_size, lr=lr)
     batch_size = recipe.batch_size if batch_size is None else batch_size
     lr = recipe.lr if lr is None else lr
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1; got {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
     ipe = n_train // batch_size
     if ipe < 1:
         raise ValueError(f"batch size {batch_size} is larger than the {n_train} training images")
     if epochs is not None:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1; got {epochs}")
         total = epochs * ipe
     elif iters is not None:
-        if iters < 1:
-            raise ValueError(f"iters must be >= 1; got {iters}")
         total = iters
     elif recipe.iters is not None:
         total = recipe.iters

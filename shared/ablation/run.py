@@ -29,6 +29,7 @@ from shared.errors import UserError
 from shared.io import atomic_write_json, check_writable
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
 from shared.process import FRAMEWORKS
+from shared.recipes import check_overrides
 from shared.runs import CHECKPOINTS, NotARunError, read_run
 from shared.spec import SHORTCUTS, get_spec
 
@@ -318,12 +319,12 @@ def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Nam
             raise errors.UserError(str(e)) from None
     if args.shortcut is not None and args.shortcut not in SHORTCUTS:
         raise errors.UserError(f"unknown shortcut {args.shortcut!r}; valid choices: {', '.join(SHORTCUTS)}")
-    for name in ("epochs", "iters", "batch_size", "num_classes"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise errors.UserError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
-    if args.epochs is not None and args.iters is not None:
-        raise errors.UserError("give --epochs or --iters, not both")
+    try:  # before any cell trains: what every cell's recipe would refuse
+        check_overrides(epochs=args.epochs, iters=args.iters, batch_size=args.batch_size, lr=args.lr)
+    except ValueError as e:
+        raise errors.UserError(str(e)) from None
+    if args.num_classes is not None and args.num_classes < 1:
+        raise errors.UserError(f"--num-classes must be >= 1; got {args.num_classes}")
     if args.dataset is not None and args.dataset not in DATASETS:
         raise errors.UserError(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
     if args.seed is not None and args.seeds is not None:

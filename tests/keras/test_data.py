@@ -124,7 +124,7 @@ def test_cats_vs_dogs_offline_error_names_the_tfds_layout(tmp_path):
 @pytest.mark.parametrize("name,key", [("cifar100", b"fine_labels"), ("cifar100_coarse", b"coarse_labels")])
 def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
     """The real preparation of the CIFAR-100 fixture, then the dataset: the pickle's labels and pixels come out."""
-    from datasets.fixtures import prepared_cifar100_fixture
+    from tests.data_fixtures import prepared_cifar100_fixture
 
     prepared, test = prepared_cifar100_fixture(tmp_path, name)
     batches = list(make_dataset(prepared, "test", 32, train=False))
