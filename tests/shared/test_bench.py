@@ -324,20 +324,32 @@ def test_tiny_bench_through_the_cli(tmp_path):
     assert f"wrote {md}" in proc.stdout
 
 
-def test_training_loops_beside_their_steps_through_the_cli(tmp_path):
+def _loops_through_the_cli(tmp_path, labels: tuple[str, ...]) -> tuple[dict, dict[str, float]]:
     run_module("shared.bench", "--model", "resnet8", "--device", "cpu", "--batch-size", "250", "--iters", "1",
                "--repeats", "2", "--warmup", "1", "--latency-iters", "1", "--min-time", "0",
-               "--frameworks", "torch,keras-jax", "--loop-epochs", "2", "--no-profile", "--data-dir", tmp_path / "data",
+               "--frameworks", ",".join(labels), "--loop-epochs", "2", "--no-profile", "--data-dir", tmp_path / "data",
                "--out", tmp_path, timeout=900)
     report = json.loads((tmp_path / "bench-resnet8-cpu.json").read_text())
-    got = [(r["framework"], r["variant"]) for r in report["rows"]]
-    assert got == [("torch", "eager"), ("keras-jax", "jit_compile")]
     steps = {r["framework"]: r["train"]["median"] for r in report["rows"]}
-    for label in ("torch", "keras-jax"):
+    for label in labels:
         loop = report["loops"][label]
         assert loop["epochs"] == 2 and loop["n"] == 1 and loop["median"] > 0  # epoch 2 only: epoch 1 traces
         assert loop["ratio_to_step"] == pytest.approx(loop["median"] / steps[label])
         assert loop["compute"]["gflops"] == pytest.approx(loop["median"] * report["flops"]["train"] / 1e9)
+    return report, steps
+
+
+def test_the_torch_training_loop_beside_its_step_through_the_cli(tmp_path):
+    report, _ = _loops_through_the_cli(tmp_path, ("torch",))
+    assert [(r["framework"], r["variant"]) for r in report["rows"]] == [("torch", "eager")]
+    assert "## Training loops" in (tmp_path / "bench-resnet8-cpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_training_loops_beside_their_steps_through_the_cli(tmp_path):
+    report, _ = _loops_through_the_cli(tmp_path, ("torch", "keras-jax"))
+    got = [(r["framework"], r["variant"]) for r in report["rows"]]
+    assert got == [("torch", "eager"), ("keras-jax", "jit_compile")]
     best = report["best_keras_loop"]
     assert best["label"] == "keras-jax"
     assert best["ratio"] == pytest.approx(report["loops"]["keras-jax"]["median"] / report["loops"]["torch"]["median"])
