@@ -111,6 +111,9 @@ format: $(STAMP) ## ruff --fix
 summary: $(STAMP) ## the framework's own summary: make summary MODEL=resnet34 FRAMEWORK=torch|keras
 	$(PY) -m $(FW_PKG).summary $(MODEL_ARGS)
 
+readme: $(STAMP) ## the README's generated blocks (make help, the deployment matrix) from the files they come from
+	$(PY) -m shared.readme_blocks
+
 clean: ## remove caches (keeps .venv, data, runs and results)
 	rm -rf .pytest_cache .ruff_cache artifacts
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,8 +1,7 @@
-"""Datasets prepared once into framework-neutral uint8 arrays + a manifest (see ``datasets/prepared.py``).
+"""Datasets prepared once into framework-neutral uint8 arrays and a manifest, and read back (docs/data.md).
 
-``load_prepared(name, data_dir)`` is what training code calls; ``python -m datasets.prepare`` is the
-CLI behind ``make data``. This package imports neither torch nor tensorflow (the cats_vs_dogs
-preparation imports tensorflow_datasets inside its own process).
+``load_prepared(name, data_dir)`` is what training code calls; ``python -m datasets.prepare`` is ``make data``.
+Imports neither torch nor tensorflow (cats_vs_dogs runs TFDS in its own process).
 """
 
 from datasets.loading import load_prepared, prepare

@@ -2,14 +2,8 @@
 
     python -m datasets.bench [--data-dir data] [--batches 150] [--out results/bench]
 
-Uses the prepared CIFAR-10 when ``<data_dir>/prepared/cifar10`` exists; otherwise it writes 50,000
-random images (+10,000 test) in CIFAR-10's python format to a temporary folder and prepares them
-with the real CIFAR-10 code (the report says which). Each framework runs in its own process
-(``python -m pytorch_impl.data --bench`` / ``python -m keras_impl.data --bench``), with and without
-augmentation. For scale, it also times ResNet-20 training steps (batch 128, float32, eager PyTorch and
-Keras' default graph mode) with ``pytorch_impl.bench``/``keras_impl.bench``: a pipeline that
-delivers more images/s than training consumes never makes the training wait.
-Writes ``<out>/data.json`` and ``<out>/data.md``.
+Each pipeline runs in its own process, beside ResNet-20's training steps for scale; writes ``<out>/data.md`` and
+``.json`` (docs/data.md, "Throughput").
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
-"""cats_vs_dogs from TFDS into the prepared form (imports tensorflow: run it in its own process).
+"""cats_vs_dogs from TFDS into the prepared form: 128x128 centre crops, split 80 / 10 / 10 (docs/data.md).
 
-TFDS ``cats_vs_dogs`` 4.0.1 has one ``train`` split of 23,262 images (the builder skips 1,738 corrupt
-JPEGs). It is read from ``<data_dir>/tfds`` (TFDS layout ``<data_dir>/tfds/cats_vs_dogs/4.0.1/``),
-downloaded there first when the network allows (~787 MiB).
-
-Images are resized so the shorter side is :data:`IMAGE_SIZE` (bilinear, antialiased) and centre-
-cropped to a square: 128x128 keeps ResNet-34/50 training affordable (about a third of the cost of
-224x224: ~1.2 vs 3.6 GFLOPs per ResNet-34 forward) and the whole set in ~1.1 GB of uint8, while a
-cat still looks like a cat. The training augmentation (``shared/data.py``) pads by 16 and crops back
-to 128 with a random offset, plus a horizontal flip: the CIFAR recipe scaled to the image size.
-
-Splits: a seeded permutation of the TFDS ``train`` order, 80 / 10 / 10 % into train / val / test,
-each kept in TFDS order.
+It imports tensorflow (through tensorflow_datasets): run it in its own process.
 """
 
 from __future__ import annotations

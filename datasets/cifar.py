@@ -1,27 +1,7 @@
-"""CIFAR-10 and CIFAR-100 from the official python-format archives, into the prepared form.
+"""CIFAR-10 and CIFAR-100 from the official python-format archives into the prepared form (docs/data.md).
 
-Both archives share one format (https://www.cs.toronto.edu/~kriz/cifar.html): pickled dicts whose
-``b"data"`` is uint8 (N, 3072), each row the 1024 red, then green, then blue values of a 32x32 image
-in row-major order, plus a label list and a meta file of class names. They differ only in what a
-:class:`Cifar` describes: the archive and folder names, the batch file names and which label and
-name keys to read. Every step below (locate, download, read, split, manifest) is shared.
-
-Accepted sources, looked for in this order in ``data_dir``:
-
-1. the extracted folder (``cifar-10-batches-py/``, ``cifar-100-python/``),
-2. the archive (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``), read directly, never extracted,
-3. otherwise the archive is downloaded from its URL (md5 checked) when the network allows.
-
-The 50,000 training images are split deterministically (seeded permutation) into train and val
-(45,000 / 5,000 as in He et al. 2015, Sec. 4.2; ``val_size`` is configurable so that small test
-fixtures work); the 10,000 test images are the test split.
-
-CIFAR-100 carries two label sets on the same images: 100 fine classes and 20 coarse superclasses.
-Each is its own dataset name with its own prepared folder, ``cifar100`` (fine) and ``cifar100_coarse``,
-rather than one name plus a label option: everything downstream (training, run folders, recipes,
-ablation, ONNX metadata) is keyed by the dataset name alone, so the two preparations live side by
-side and a run folder's ``dataset`` says which labels it learnt. Both manifests record ``labels``
-(the pickle key read) and ``fine_to_coarse`` (the superclass of each fine class, read from the pickles).
+One reader, split and manifest serve both; a :class:`Cifar` describes what differs (archive, files, label keys).
+``cifar100`` and ``cifar100_coarse`` are two dataset names over the same images (docs/data.md, "CIFAR-100").
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""scikit-learn's handwritten digits (real images, shipped inside the wheel) into the prepared form.
+"""scikit-learn's handwritten digits (real images inside its wheel) into the prepared form (docs/data.md, "Digits").
 
-``sklearn.datasets.load_digits`` reads ``sklearn/datasets/data/digits.csv.gz``: 1,797 images of 8x8
-integers 0..16 in 10 classes, the test set of the UCI "Optical Recognition of Handwritten Digits"
-collection (Alpaydin and Kaynak, 1998). Nothing is downloaded. Each 8x8 value counts the "on" pixels
-of one non-overlapping 4x4 block of a 32x32 NIST bitmap, so the preparation puts every value back
-over its 4x4 block (nearest-neighbour, x4: an exact, invertible integer operation) and gets the
-bitmap's own 32x32 grid, the input size of the CIFAR ResNets. Values are scaled with integers,
-``(v * 255 + 8) // 16`` (0 -> 0, 16 -> 255, halves rounded up), and the grey image is copied into
-R, G and B. Ink is bright on a black background, so the training augmentation's zero padding is
-background. The split is stratified and seeded (scikit-learn's ``train_test_split``): 20% test,
-20% validation, the rest training. docs/data.md says why each choice was made.
+Each 8x8 value is put back over its 4x4 block of the original 32x32 bitmap, scaled to 0..255 in integers and
+copied into R, G and B; the split is stratified and seeded. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -46,7 +38,7 @@ def _sklearn():
 
 
 def to_images(values: np.ndarray) -> np.ndarray:
-    """8x8 digit values 0..16 (N x 8 x 8, any numeric dtype) -> uint8 N x 32 x 32 x 3 (see the module docstring)."""
+    """8x8 digit values 0..16 (N x 8 x 8, any numeric dtype) -> uint8 N x 32 x 32 x 3 (docs/data.md, "Digits")."""
     v = np.asarray(values)
     if v.ndim != 3 or v.shape[1:] != (8, 8):
         raise ValueError(f"digits must be N x 8 x 8; got {v.shape}")

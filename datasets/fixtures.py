@@ -1,18 +1,7 @@
-"""Small datasets in the real on-disk formats, for tests and benchmarks.
+"""Small CIFAR-10 and CIFAR-100 sets in the archives' own python format (folder or ``.tar.gz``), for tests.
 
-:func:`write_cifar10_python` and :func:`write_cifar100_python` write the official python format
-exactly as the archives have it (https://www.cs.toronto.edu/~kriz/cifar.html): pickled dicts whose
-``b"data"`` is uint8 (N, 3072), each row the 1024 red, then green, then blue values of a 32x32 image
-in row-major order, with ``b"batch_label"`` and ``b"filenames"``.
-
-* CIFAR-10: ``cifar-10-batches-py/`` with ``data_batch_1`` ... ``data_batch_5`` and ``test_batch``
-  (``b"labels"``) and ``batches.meta`` (``b"label_names"``...).
-* CIFAR-100: ``cifar-100-python/`` with ``train`` and ``test`` (``b"fine_labels"`` and
-  ``b"coarse_labels"``) and ``meta`` (``b"fine_label_names"``, ``b"coarse_label_names"``), with the real
-  class names and the real fine -> coarse assignment (:data:`CIFAR100_FINE_TO_COARSE`).
-
-Either as that folder or as the ``.tar.gz`` holding it. The images are random, so a fixture can be of
-any size.
+The images are random, so a fixture can be of any size; the class names and CIFAR-100's fine -> coarse assignment
+are the real ones (docs/data.md, "Loaders").
 """
 
 from __future__ import annotations
@@ -122,18 +111,3 @@ def write_cifar100_python(dest: str | os.PathLike, train_images: int = 200, test
                                         protocol=2)
     _write(Path(dest), CIFAR100, files, archive)
     return arrays
-
-
-def prepared_cifar100_fixture(dest: str | os.PathLike, name: str = "cifar100"):
-    """The CIFAR-100 fixture archive prepared as ``name`` (cifar100 or cifar100_coarse) by the real code,
-    and the archive's own ``test`` pickle (bytes keys) for the loaders' tests to compare against."""
-    import pickle
-    import tarfile
-
-    from datasets import cifar
-
-    write_cifar100_python(dest, 200, 100, seed=5, archive=True)
-    prepared = cifar.prepare(Path(dest), name, val_size=40, download=False)
-    with tarfile.open(Path(dest) / cifar.CIFAR100.archive) as tar:
-        test = pickle.loads(tar.extractfile(f"{cifar.CIFAR100.folder}/test").read(), encoding="bytes")
-    return prepared, test

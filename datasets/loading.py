@@ -1,6 +1,6 @@
-"""``prepare`` and ``load_prepared``: the library side of ``python -m datasets.prepare``.
+"""``prepare`` and ``load_prepared``: the library side of ``python -m datasets.prepare`` (docs/data.md).
 
-``loader_main`` is the flow of ``python -m pytorch_impl.data`` and ``python -m keras_impl.data``, written once.
+``loader_main`` is the command line of ``python -m pytorch_impl.data`` and ``python -m keras_impl.data``, written once.
 """
 
 from __future__ import annotations

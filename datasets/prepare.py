@@ -1,9 +1,6 @@
 """``python -m datasets.prepare --dataset cifar10|cifar100|cats_vs_dogs|digits|synthetic[_cifar] [--labels L]``.
 
-Prepares a dataset once.
-
-Prints where the prepared arrays are and their manifest summary. Errors (unknown dataset, data
-missing offline, corrupt archive, checksum mismatch) end the command with one ``error:`` line.
+``make data``: prepares a dataset once and prints where its arrays are and its manifest's summary (docs/data.md).
 """
 
 from __future__ import annotations

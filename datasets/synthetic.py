@@ -1,12 +1,8 @@
-"""A procedurally generated, learnable 10-class 32x32 RGB set, in two sizes: ``synthetic`` (2,000 / 500 / 500,
-for smoke runs and CI) and ``synthetic_cifar`` (45,000 / 5,000 / 10,000: prepared CIFAR-10's splits and shape,
-for timing the full CIFAR recipe where CIFAR-10 cannot be downloaded; docs/data.md).
+"""A generated, learnable 10-class 32x32 set of coloured stripes, in two sizes (docs/data.md).
 
-Class ``k`` = stripes of colour ``PALETTE[k % 5]``, horizontal for ``k < 5`` and vertical otherwise,
-over a random grey background, with random stripe frequency and phase, colour jitter and pixel
-noise. Both cues survive the training augmentation (a horizontal flip keeps stripes' orientation
-and colour), so a small ResNet learns it in a few epochs. Deterministic from the seed; everything it
-touches is named ``synthetic...`` and its manifest says ``synthetic: true``.
+``synthetic`` (2,000 / 500 / 500) is for smoke runs and CI; ``synthetic_cifar`` (45,000 / 5,000 / 10,000, prepared
+CIFAR-10's splits) times the full CIFAR recipe where CIFAR-10 cannot be downloaded. Deterministic from the seed;
+its manifest says ``synthetic: true``.
 """
 
 from __future__ import annotations

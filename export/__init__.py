@@ -1,0 +1,1 @@
+"""Exports, deployment checks and inference, driven from outside the frameworks (docs/export.md)."""

@@ -1,24 +1,8 @@
-"""``make bench-deploy``: the deployment figures of ``make quantize`` and ``make infer``, measured on this CPU.
+"""``make bench-deploy``: how fast a run's exports run in each runtime and precision, and ``make infer`` on a folder.
 
     python -m export.bench_deploy --run RUN [--run RUN2 ...] [--data-dir data] [--images 10000] [--out results/deploy]
 
-This module is also where every deployment speed figure is timed (through ``shared.bench.timing``): the cells
-of ``make deploy-check`` (:func:`runner_speed`) and the runtimes side by side (:func:`interleaved_rates`).
-
-For every run, the runtimes that ``make infer`` offers (``export/runtimes.py``) run the run's float32 ONNX
-file side by side with ONNX Runtime, in alternating rounds in one process, with OpenVINO at f32 and at its
-default precision hint (bf16 on a CPU with native bf16; the report says which, from the CPU's flags), and
-the int8 file in ONNX Runtime and OpenVINO: each row with its accuracy, top-1 agreement and max |logit
-difference| against ONNX Runtime float32, and its images/s at batch 1 and 64. The best float32 runtime is
-named with its ratio. Then both frameworks' float32 exports are quantized to int8 and fp16 (``export/quantize.py``:
-accuracy on the test split, top-1 agreement, max|d logit|) and timed here against float32 in ONNX Runtime at batch 1
-and 64, in alternating rounds in one process. Then ``make infer``'s folder path
-(``export/infer.py``: find, decode in a thread pool, batch 64, classify) runs over ``--images`` PNG
-files written from the first run's test split (repeated), and its time per image is compared with the
-batch-64 throughput of the same file on preprocessed arrays, with 1 decoding thread and the default.
-
-Writes ``<out>/deploy.md`` and ``deploy.json`` (atomically) with the machine and its load average:
-other processes may share the CPU, and the report says how busy it was.
+Every deployment speed figure is timed here, ``make deploy-check``'s cells too (docs/export.md, "Measured results").
 """
 
 from __future__ import annotations
@@ -46,9 +30,10 @@ from shared.process import FRAMEWORKS
 # How long things are timed: a cell of `make deploy-check` in short blocks (a matrix has dozens of cells), a
 # slow runtime's cell in one block (onnx.reference takes seconds per batch of 64), the runtimes side by side in
 # longer alternating rounds (their ratios are this report's result).
-TIMING = {"cell": timing.Settings(batch_size=64, iters=2, repeats=3, warmup=1, latency_iters=10, min_time=0.3),
-          "slow cell": timing.Settings(batch_size=64, iters=1, repeats=1, warmup=1, latency_iters=2),
-          "side by side": timing.Settings(batch_size=64, iters=3, repeats=7, warmup=2, latency_iters=10, min_time=0.5)}
+TIMING = {"cell": timing.TimingPlan(batch_size=64, iters=2, repeats=3, warmup=1, latency_iters=10, min_time=0.3),
+          "slow cell": timing.TimingPlan(batch_size=64, iters=1, repeats=1, warmup=1, latency_iters=2),
+          "side by side": timing.TimingPlan(batch_size=64, iters=3, repeats=7, warmup=2, latency_iters=10,
+                                            min_time=0.5)}
 BATCHES = (1, 64)
 
 

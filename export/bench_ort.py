@@ -1,10 +1,9 @@
-"""ONNX Runtime side of the benchmark: inference images/s and batch-1 latency of an exported model.
+"""ONNX Runtime side of ``make bench``: inference images/s and batch-1 latency of an exported model (docs/bench.md).
 
-    python -m export.bench_ort --model resnet20 --onnx resnet20-torch.onnx --layout NCHW --provider cpu \\
+    python -m export.bench_ort --model resnet20 --onnx resnet20-torch.onnx --layout NCHW --provider cpu
                                --variants torch_export --json-out ort.json
 
-Started by ``python -m shared.bench`` on the files that ``pytorch_impl.bench`` / ``keras_impl.bench``
-exported. This process imports only onnxruntime and NumPy; there is no training row.
+Started by ``python -m shared.bench``; imports only onnxruntime and NumPy.
 """
 
 from __future__ import annotations

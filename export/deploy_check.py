@@ -1,21 +1,10 @@
-"""``make deploy-check``: one run's exports, in every format, in every runtime that can load them (docs/export.md).
+"""``make deploy-check``: one run's exports, in every format, run in every runtime that can load them (docs/export.md).
 
     python -m export.deploy_check --run RUN [--sources torch,keras-tensorflow] [--formats onnx,pt2,...]
                                   [--opsets 18,17] [--runtimes onnxruntime,...] [--data-dir data] [--limit N]
                                   [--out DIR] [--no-speed] [--logits-dir DIR]
 
-Each source (``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch``: the exporting framework and Keras
-backend, labelled as ``make bench`` labels them) exports the run's weights to every format it has a route to
-(``shared.export_meta.FORMATS``; ONNX at each of ``--opsets``) under ``<run>/deploy/<source>/``, in its own
-process; files newer than the weights are reused. The native model of each source computes the logits of the
-run's test split (else val), in its own process. Then every runtime of :data:`export.runtimes.RUNTIMES` that
-loads a file's format runs it, in a worker process of the kind the runtime needs (torch, tensorflow or
-neither), and each cell reports whether the file loaded (or the runtime's one-line reason), max |logit
-difference| against the native model with the bar ``1e-4·max(1, max|logit|)``, top-1 agreement and accuracy,
-and images/s at batch 1 and 64. A runtime whose package is missing is a "not installed" row.
-
-Writes ``deploy-check.md`` and ``deploy-check.json`` into ``--out`` (default: the run folder), and exits 1 when
-a float32 cell that ran disagrees with the native model beyond the bar. This process imports neither framework.
+Exits 1 when a float32 cell disagrees with its native model beyond the bar. Imports neither framework.
 """
 
 from __future__ import annotations
@@ -32,6 +21,7 @@ from export.onnx_export import source_args
 from export.parity import compare, evaluation_set
 from export.runtimes import PROCESSES, RUNTIMES, can_load
 from shared import errors, process
+from shared.backends import split_label
 from shared.bench.catalog import TRAINING as SOURCE_LABELS
 from shared.export_meta import DEFAULT_OPSET, FORMATS, check_format, check_opset
 from shared.export_source import Source, resolve_source
@@ -50,8 +40,7 @@ def parse_source(label: str) -> tuple[str, str | None]:
     """``torch`` -> (torch, None); ``keras-jax`` -> (keras, jax); a one-line error for anything else."""
     if label not in SOURCE_LABELS:
         raise errors.UserError(f"unknown source {label!r}; valid choices: {', '.join(SOURCE_LABELS)}")
-    framework, _, backend = label.partition("-")
-    return framework, backend or None
+    return split_label(label)
 
 
 def parse_list(text: str | None, default: tuple[str, ...], valid: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -209,7 +198,7 @@ def deploy_check(run: str, sources: tuple[str, ...] = DEFAULT_SOURCES, formats: 
                  opsets: tuple[int, ...] = DEFAULT_OPSETS, runtimes: tuple[str, ...] = tuple(RUNTIMES),
                  data_dir: str = "data", limit: int | None = None, speed: bool = True,
                  logits_dir: str | None = None) -> dict[str, Any]:
-    """Every number of the report (see the module docstring)."""
+    """Every number of the report (docs/export.md, "Reading the report")."""
     source = resolve_source(run)
     if source.run_dir is None or source.framework is None:
         raise errors.UserError(f"{run}: deploy-check needs a run folder (config.json with framework and dataset)")

@@ -1,31 +1,10 @@
-"""Classify images with an exported model in ONNX Runtime, OpenVINO or OpenCV DNN (docs/export.md).
+"""``make infer``: classify images with an exported model in ONNX Runtime, OpenVINO or OpenCV DNN (docs/export.md).
 
     python -m export.infer model.onnx a.jpg photos/ 'shots/**/*.png' [--topk 5] [--out preds.csv|preds.json]
-                           [--batch-size 64] [--runtime onnxruntime|openvino|openvino-f32|opencv]
-                           [--provider cpu|...] [--json]
+                           [--runtime onnxruntime|openvino|openvino-f32|opencv] [--batch-size 64] [--json]
     python -m export.infer model.onnx --npy batch.npy      # already-preprocessed float32 input
 
-``--runtime`` picks the engine (``export/runtimes.py``): ONNX Runtime (default; ``--provider`` lists only
-the execution providers this onnxruntime build offers), OpenVINO at its default precision hint (bf16 on a
-CPU with native bf16: faster, and the logits move; ``make bench-deploy`` measures by how much) or at f32,
-or OpenCV DNN. OpenVINO also reads the OpenVINO IR (``model.xml``) that ``make export FORMAT=openvino`` writes.
-
-Images are files, folders (searched recursively for image extensions) or glob patterns (``**``
-recurses). They are decoded in a thread pool, one batch ahead of ONNX Runtime, and classified in
-batches (default 64), with a progress bar on stderr for large sets. A file that cannot be read or
-decoded (a broken symlink, a truncated JPEG, ...) is reported on its own line and in the output
-file with its reason; the others are still classified. The exit status is 0 when every image was
-classified and 1 when any failed; the last line counts them. ``--out`` writes one row per image:
-path, status, the top-k classes and probabilities, a note and the error (CSV or JSON by suffix).
-
-Everything the preprocessing needs is read from the file's metadata (``shared/export_meta.py``), whatever the runtime:
-the image is decoded with Pillow and converted to RGB (grayscale, palette and RGBA images are
-converted, and the output says so), resized to the model's ``input_size`` (``resize=crop``: the
-shorter side to ``input_size`` then a center crop, keeping the aspect ratio; ``resize=stretch``:
-both sides to ``input_size``; as the training data was prepared: cats_vs_dogs ``crop``, CIFAR-10/100 and
-the synthetic set ``stretch``, random-weight exports by stem), scaled to ``[0, 1]``, normalized
-with the file's ``mean``/``std`` and laid out as the file's ``layout`` (NCHW or NHWC).
-The probabilities are the softmax of the logits. This module imports neither torch nor tensorflow.
+The preprocessing comes from the file's own metadata. Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -40,149 +19,18 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.model_file import DEFAULT_BATCH, InferenceError, OnnxModel, available_providers, load
 from shared import errors
-from shared.export_meta import RESIZE_MODES, parse_metadata
+from shared.export_meta import RESIZE_MODES
 
 # What a folder or a glob contributes: files with these suffixes (case-insensitive), anything Pillow decodes.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-# --provider -> ONNX Runtime execution provider. Non-CPU providers get the CPU one as fallback for the
-# operators they do not implement, as ONNX Runtime recommends.
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 OUT_FORMATS = (".csv", ".json")
-DEFAULT_BATCH = 64
-
-
-class InferenceError(errors.UserError, ValueError):
-    """A user-facing error: bad model file, unreadable image, wrong input shape."""
-
-
-@dataclass
-class OnnxModel:
-    """An exported model opened in a runtime, and the file's decoded metadata: an ONNX Runtime ``session``, or
-    (another runtime) a ``runner`` mapping a float32 batch to logits."""
-
-    path: Path
-    session: Any
-    meta: dict[str, Any]
-    runtime: str = "onnxruntime"
-    runner: Any = None
-    info: dict[str, Any] | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """The per-image shape the file expects, in its layout (C, H, W) or (H, W, C)."""
-        s, c = self.meta["input_size"], self.meta["spec"].get("in_channels", 3)
-        return (c, s, s) if self.meta["layout"] == "NCHW" else (s, s, c)
-
-    def logits(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Logits of a batch already preprocessed into the file's layout; checks its shape first."""
-        check_input(x, self)
-        if self.runner is not None:
-            run = self.runner
-        else:
-            name = self.session.get_inputs()[0].name
-            run = lambda xb: self.session.run(None, {name: xb})[0]  # noqa: E731
-        out = [run(np.ascontiguousarray(x[i:i + batch_size], np.float32)) for i in range(0, len(x), batch_size)]
-        return np.concatenate(out).astype(np.float32, copy=False)
-
-
-def available_providers() -> list[str]:
-    """The ``--provider`` names whose execution provider this onnxruntime build really offers."""
-    import onnxruntime as ort
-
-    return [k for k, v in PROVIDERS.items() if v in ort.get_available_providers()]
-
-
-def provider_names(provider: str) -> list[str]:
-    """ONNX Runtime's provider list for ``--provider``; a one-line error naming the ones this onnxruntime offers."""
-    import onnxruntime as ort
-
-    offered = available_providers()
-    if provider not in offered:
-        what = f"provider {provider!r} ({PROVIDERS[provider]}) is not available in" if provider in PROVIDERS else \
-            f"unknown provider {provider!r} for"
-        raise InferenceError(f"{what} onnxruntime {ort.__version__}; valid choices here: {', '.join(offered)} "
-                             f"(it offers {', '.join(ort.get_available_providers())})")
-    name = PROVIDERS[provider]
-    return [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
-
-
-def load_other(path: Path, runtime: str) -> OnnxModel:
-    """Open ``path`` in a runtime other than ONNX Runtime (``export/runtimes.py``), its metadata read from the
-    file itself (an ONNX file's metadata_props, an OpenVINO IR's rt_info)."""
-    from export.runtimes import INFER_RUNTIMES, check_runtime
-    from shared.export_meta import read_metadata
-
-    try:
-        adapter = check_runtime(runtime, INFER_RUNTIMES)
-    except ValueError as e:
-        raise InferenceError(str(e)) from None
-    if not path.exists():
-        raise InferenceError(f"model file not found: {path}")
-    try:
-        meta = read_metadata(path)
-    except (ValueError, FileNotFoundError) as e:
-        raise InferenceError(str(e)) from None
-    if meta["format"] not in adapter.formats:
-        raise InferenceError(f"{runtime} does not read {meta['format']} files; it reads: {', '.join(adapter.formats)}")
-    try:
-        runner = adapter.open(path)
-    except Exception as e:  # noqa: BLE001 the runtime's own exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InferenceError(f"{runtime} cannot load {path}: {first}") from e
-    return OnnxModel(path, None, meta, runtime, runner.run, runner.info)
-
-
-def load(path: str | Path, threads: int | None = None, provider: str = "cpu", runtime: str = "onnxruntime"
-         ) -> OnnxModel:
-    """Open ``path`` in ``runtime`` (ONNX Runtime on ``provider`` by default); clear errors for a missing,
-    truncated or foreign file."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if runtime != "onnxruntime":
-        if provider != "cpu":
-            raise InferenceError(f"--provider is ONNX Runtime's; {runtime} runs on the CPU here")
-        return load_other(path, runtime)
-    if not path.is_file():
-        raise InferenceError(f"ONNX file not found: {path}")
-    providers = provider_names(provider)
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as e:  # ORT raises its own exception types for protobuf/graph errors
-        raise InferenceError(f"cannot read ONNX model {path}: truncated or corrupt ({type(e).__name__}); export it "
-                             "again (make export)") from e
-    if session.get_providers()[0] != providers[0]:
-        raise InferenceError(f"onnxruntime did not enable {providers[0]} for {path}; "
-                             f"the session runs on {', '.join(session.get_providers())}")
-    try:
-        meta = parse_metadata(dict(session.get_modelmeta().custom_metadata_map), where=str(path))
-    except ValueError as e:
-        raise InferenceError(str(e)) from e
-    return OnnxModel(path, session, meta)
-
-
-def check_input(x: np.ndarray, model: OnnxModel) -> None:
-    """A clear error unless ``x`` is a float batch of the file's per-image shape."""
-    expected = model.input_shape
-    if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        got = tuple(x.shape) if isinstance(x, np.ndarray) else type(x).__name__
-        raise InferenceError(
-            f"input shape mismatch: {model.path.name} expects (batch, {', '.join(map(str, expected))}) "
-            f"in {model.meta['layout']} layout; got {got}"
-        )
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InferenceError(f"input must be floating point (normalized pixels); got dtype {x.dtype}")
 
 
 # Finding images -----------------------------------------------------------------------------------------
@@ -262,12 +110,6 @@ def decode_image(path: str | Path, size: int, resize: str = "crop") -> tuple[np.
             left, top = (nw - size) // 2, (nh - size) // 2
             rgb = rgb.crop((left, top, left + size, top + size))
     return np.asarray(rgb, dtype=np.uint8), note
-
-
-def load_image(path: str | Path, model: OnnxModel, resize: str | None = None) -> tuple[np.ndarray, str | None]:
-    """One image file preprocessed for ``model`` (shape ``input_shape``), and a note if it was converted."""
-    pixels, note = decode_image(path, model.meta["input_size"], resize or model.meta.get("resize", "crop"))
-    return preprocess_array(pixels, model), note
 
 
 def preprocess_array(pixels: np.ndarray, model: OnnxModel) -> np.ndarray:

@@ -1,20 +1,10 @@
-"""``make export``: write a run (or random weights) in a deployment format, from either framework (docs/export.md).
+"""``make export``: a run (or random weights) in a deployment format, from either framework (docs/export.md).
 
     python -m export.onnx_export --run runs/synthetic/resnet20/torch-... [--framework keras] [--format onnx]
                                  [--out DIR|FILE] [--opset 18]
     python -m export.onnx_export --model resnet50 --framework keras [--seed 0] [--out DIR|FILE]
 
-``--format`` is ``onnx`` (default), ``pt2`` (torch.export; Keras on the torch backend), ``saved_model``,
-``litert`` or ``openvino`` (Keras' ``model.export``, on the backends ``shared.export_meta.FORMATS`` names;
-``make export BACKEND=`` picks the Keras backend). The export itself runs in a subprocess of the chosen
-framework (``python -m pytorch_impl.export`` / ``keras_impl.export``): torch's exporter crashes in a process
-that has imported tensorflow, so this driver imports neither. Weights are canonical, so a torch-trained run
-exports through Keras too. Where the file goes: ``<run>/model.<suffix>`` in the run's own framework,
-``<run>/model-<framework>.<suffix>`` in the other one, ``artifacts/export/<model>-<framework>.<suffix>`` for
-random weights; ``--out`` names the file (with the format's suffix) or the folder, and is checked writable
-before the export starts. ``--opset`` picks the ONNX opset (default 18; docs/export.md says why);
-the runtimes that cannot read it are named (``export/runtimes.py``, measured by ``make deploy-check``).
-Afterwards an ONNX file is run in ONNX Runtime at batch sizes 1 and 5 (the batch dimension is symbolic).
+The export runs in a subprocess of the chosen framework; this driver imports neither.
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
-"""``make onnx-parity``: does the exported model compute what the trained model computes?
+"""``make onnx-parity``: does the exported model compute what the trained model computes? (docs/export.md, "Parity")
 
     python -m export.parity --run RUN [--onnx FILE] [--data-dir data] [--split test] [--limit N] [--out DIR]
 
-Over the run's evaluation split (``test``, else ``val``; normalized with the prepared manifest's
-mean/std, no augmentation) it compares:
-
-* the native model (the run's framework, in its own subprocess, writing logits to ``.npy``) with
-  the ONNX export run by ONNX Runtime in this process: max |logit difference|, the tolerance
-  ``1e-4 * max(1, max|native logit|)``, top-1 agreement (%), native accuracy and ORT accuracy;
-* the torch-exported and the Keras-exported ONNX files of the same canonical weights, in ORT;
-* ``onnx.reference.ReferenceEvaluator``, a second runtime, against ORT on the same files (and on the
-  ``make quantize`` files beside them, ``<name>.int8.onnx`` / ``<name>.fp16.onnx``) on a few images,
-  each within its precision's bound (:data:`REFERENCE_REL_BOUNDS`);
-* latency (batch 1, median ms) and throughput (batch 64, images/s) of ORT and of both native
-  frameworks on this CPU.
-
-The file under test is ``--onnx`` or ``<run>/model.onnx``; the other framework's export is
-``<run>/model-<framework>.onnx``; missing files, files older than the run's weights, or files of
-another opset than ``--opset`` (default 18) are exported first (``export/onnx_export.py``).
-The report is ``parity.json`` + ``parity.md`` in ``--out`` (default: the run folder). The command
-exits 1 when a check fails (after writing the report). This process imports neither framework.
+The native model's logits (in its own process) against both frameworks' ONNX files in ONNX Runtime, and a second
+runtime against ORT; writes ``parity.md``/``.json`` and exits 1 when a check fails. Imports neither framework.
 """
 
 from __future__ import annotations
@@ -152,7 +136,7 @@ def reference_checks(files: dict[str, Path], models: dict[str, OnnxModel], x_nhw
 
 def parity(run: str, onnx: str | None = None, data_dir: str = "data", split: str | None = None,
            limit: int | None = None, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
-    """Every number of the report (see the module docstring)."""
+    """Every number of the report (docs/export.md, "Parity")."""
     check_opset(opset)
     source = resolve_source(run)
     if source.framework is None or source.run_dir is None:

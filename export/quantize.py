@@ -1,30 +1,9 @@
-"""``make quantize``: an int8 or float16 ONNX file of a run, with a report of what it costs and gains.
+"""``make quantize``: an int8 or float16 ONNX file of a run, with a report of what it costs (docs/export.md).
 
     python -m export.quantize --run RUN [--precision int8|fp16] [--framework torch|keras] [--data-dir data]
                               [--onnx model.onnx] [--calibration 256] [--seed 0]
 
-The float32 file is ``--onnx`` or the run's export in ``--framework`` (``<run>/model.onnx`` /
-``<run>/model-<fw>.onnx``, exported first when missing). The result is written beside it as
-``<name>.int8.onnx`` / ``<name>.fp16.onnx``, with ``<name>.<precision>.md`` and ``.json``:
-
-* **int8**: ONNX Runtime static quantization, QDQ format, per-channel int8 weights, uint8 activations
-  (U8S8: the combination ORT's x86 kernels fuse into QLinearConv; int8 activations leave most convs
-  as DequantizeLinear -> float Conv here and run slower than float32). The model is first run
-  through ORT's ``quant_pre_process`` (shape inference + graph optimization), as ORT recommends.
-  Activation ranges (MinMax) are calibrated on ``--calibration`` images drawn with ``--seed`` from
-  the run's own **training** split, read from ``make data``'s prepared arrays and normalized with the
-  mean/std in the ONNX file's metadata, exactly as training normalizes (``shared/data.py``), without
-  augmentation. ``--reduce-range`` quantizes weights to 7 bits, which ORT advises on x86 CPUs
-  without VNNI (AVX2's VPMADDUBSW can saturate otherwise).
-* **fp16**: ``onnxruntime.transformers.float16.convert_float_to_float16`` with ``keep_io_types``:
-  weights and activations float16, the ``input``/``logits`` tensors float32, and the converter's
-  default op block list kept in float32. BatchNorm needs no special care: both exporters fold it
-  into the convolutions already (the float32 graphs have no BatchNormalization node).
-
-The report compares the file with its float32 source on the run's test split (else val): accuracy
-of both, top-1 agreement, max and mean |logit difference|, and ``onnx.reference.ReferenceEvaluator`` (a second
-runtime) against ORT on a few images. Its speed is ``make bench-deploy``'s to measure. This process imports
-neither torch nor tensorflow.
+Writes ``<name>.<precision>.onnx`` beside the float32 file, with a ``.md``/``.json`` report. Imports no framework.
 """
 
 from __future__ import annotations
@@ -186,7 +165,7 @@ def _topological_sort(graph: Any) -> None:
 def quantize(run: str, precision: str = "int8", framework: str | None = None, onnx: str | None = None,
              data_dir: str = "data", calibration: int = DEFAULT_CALIBRATION, seed: int = 0,
              reduce_range: bool = False, out: str | None = None) -> dict[str, Any]:
-    """Write the quantized file and its report; the report as a dict (see the module docstring)."""
+    """Write the quantized file and its report; the report as a dict (docs/export.md, "`make quantize`")."""
     from export.onnx_export import export
 
     check_precision(precision)

@@ -1,15 +1,9 @@
-"""The runtimes an exported model is deployed with, as one table of adapters (docs/export.md, "The matrix").
-
-Each :class:`Runtime` names the formats it loads, its pinned package, the kind of process it must run in
-(``neutral`` imports neither torch nor tensorflow; ``torch``; ``tensorflow``: torch.export crashes where
-tensorflow is loaded) and how it opens a file into a :class:`Runner` (float32 images in the file's layout ->
-logits). Everything that differs between runtimes lives in :data:`RUNTIMES`; ``make deploy-check``,
-``make infer`` and ``make bench-deploy`` loop over it.
+"""The runtimes an exported model is deployed with, as one table of adapters (docs/export.md, "The deployment matrix").
 
     python -m export.runtimes --plan plan.json --out results.json    # a worker: one process kind's cells
 
-The worker opens each cell's file, computes its logits on the plan's images and times it at batch 1 and 64
-(``export/bench_deploy.py``), writing ``results.json`` after every cell so that a crash loses one cell only.
+:data:`RUNTIMES` holds everything that differs between runtimes; ``make deploy-check``, ``make infer`` and
+``make bench-deploy`` loop over it.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
-"""Move weights between the PyTorch and the Keras ResNet through canonical safetensors.
+"""Move weights between the PyTorch and the Keras ResNet through canonical safetensors (docs/harness.md).
 
     python -m export.transfer --from torch --to keras --model resnet34 --pretrained --out resnet34.weights.h5
     python -m export.transfer --from keras --to torch --src model.weights.h5 --model resnet20 --out model.pt
     python -m export.transfer --from torch --to keras --src runs/cifar10/resnet20/torch-.../ --out best.keras
-    python -m export.transfer --from torch --to keras --model resnet20 --random 0 --out random.weights.h5
 
-Sources (``--src``): a native checkpoint of the ``--from`` framework (torch: a ``.pt``/``.pth``
-state_dict or training checkpoint; keras: ``.weights.h5`` or ``.keras``), a canonical
-``.safetensors`` file, or a training run folder (its ``best.safetensors`` and ``config.json``).
-Without ``--src``: ``--random SEED`` (every parameter and BN statistic random), ``--init`` (the
-framework's fresh initialization) or ``--pretrained [TAG]`` (torchvision's ImageNet weights, torch
-only). Outputs (``--out``) by suffix: torch ``.pt``/``.pth``, keras ``.weights.h5``/``.keras``,
-either ``.safetensors`` (canonical). The spec comes from ``--model`` (with ``--num-classes``/
-``--shortcut``), else from the source's own metadata.
-
-Each framework runs in its own process: the source side writes canonical safetensors, the target
-side loads them (checking every name and shape) and writes its native file. This module imports
-neither torch nor tensorflow.
+Each framework runs in its own process; this module imports neither.
 """
 
 from __future__ import annotations

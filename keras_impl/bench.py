@@ -1,15 +1,8 @@
-"""Keras side of the benchmark, on the backend ``KERAS_BACKEND`` names: the step as ``keras_impl.train``
-compiles it, and the fast paths each backend offers.
+"""Keras side of ``make bench``, on the backend ``KERAS_BACKEND`` names: the step as ``keras_impl.train`` compiles it,
+and the fast paths each backend offers (docs/bench.md).
 
-    KERAS_BACKEND=jax python -m keras_impl.bench --model resnet20 --device cpu --variants jit_compile,eager \
+    KERAS_BACKEND=jax python -m keras_impl.bench --model resnet20 --device cpu --variants jit_compile,eager
                                                  --json-out k.json [--onnx model.onnx]
-
-Started by ``python -m shared.bench`` once per Keras backend (label ``keras-<backend>``), which owns the
-timing loop, statistics and report; run alone it writes the same JSON. ``--onnx`` also exports the model
-with ``keras_impl.export`` for the ONNX Runtime rows. Steps go through ``train_on_batch`` /
-``predict_on_batch``, which return NumPy values, so each timed step has finished on the device when it
-returns. The optimizer and metric are the training script's (``TorchSGD``, accuracy), so a step costs
-what one step of ``fit`` costs.
 """
 
 from __future__ import annotations

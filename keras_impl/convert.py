@@ -1,10 +1,9 @@
-"""Keras side of weight conversion: native files <-> canonical safetensors.
+"""Keras side of weight conversion: native files (``.weights.h5``, ``.keras``) <-> canonical safetensors.
 
     python -m keras_impl.convert export --spec JSON --out W.safetensors (--src FILE | --random SEED | --init)
     python -m keras_impl.convert import --spec JSON --src W.safetensors --out FILE(.weights.h5 | .keras | .safetensors)
 
-Native files: ``model.save_weights`` output (``.weights.h5``) or a whole saved model (``.keras``).
-The driver is ``python -m export.transfer``; ``pytorch_impl/convert.py`` is the mirror image.
+Driven by ``python -m export.transfer`` (docs/harness.md, "Weight transfer"); ``pytorch_impl/convert.py`` is its mirror.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def make_dataset(prepared, split: str, batch_size: int, *, train: bool, seed: in
 
 def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = True, device: str = "cpu") -> dict:
     """Images/s of the training input pipeline (gather + augment + normalize), after one warm-up batch."""
-    from shared.bench.timing import Settings, rate
+    from shared.bench.timing import TimingPlan, rate
 
     def forever():
         epoch = 0
@@ -213,7 +213,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
     it, sizes = forever(), []
     # the one timing loop: one warm-up batch (tracing), then one block of `batches` batches (an eval epoch ends short)
     speed = rate(lambda: sizes.append(int(next(it).shape[0])), 1,
-                 Settings(batch_size, iters=batches, repeats=1, warmup=1))
+                 TimingPlan(batch_size, iters=batches, repeats=1, warmup=1))
     n, dt = sum(sizes[1:]), batches / speed["median"]
     return {"framework": "keras", "images_per_s": n / dt, "images": n, "seconds": dt, "batch_size": batch_size,
             "train": train, "device": device, "tensorflow": _tf_version()}

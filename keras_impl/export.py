@@ -1,17 +1,9 @@
-"""Exports of a Keras ResNet through Keras' own ``model.export`` (ONNX, SavedModel, LiteRT, OpenVINO IR, ``.pt2``),
-native predictions and timings (docs/export.md).
+"""Exports of a Keras ResNet through Keras' own ``model.export`` (ONNX, SavedModel, LiteRT, OpenVINO IR, ``.pt2``) and
+native predictions.
 
-Keras' own exporter runs on the TensorFlow backend (tf2onnx) and the PyTorch backend (torch.onnx). On the
-JAX backend Keras asks for ``jax2onnx``, which pulls in flax, equinox, optax, orbax and huggingface-hub; the
-route here is instead exact: the model's canonical weights (the same numbers on every backend) are written
-to a safetensors file and exported by Keras on the PyTorch backend (TensorFlow where torch is absent), in
-its own process. The file's metadata names both backends.
-
-``python -m keras_impl.export onnx|export|predict|bench ...`` is what the framework-neutral drivers in
-``export/`` run in a subprocess. Each format is written on the backends that Keras supports for it
-(``shared.export_meta.FORMATS``); the file's metadata names the backend. On the TensorFlow backend this process
-never imports torch; on the torch backend, ``.pt2`` and ONNX (torch.export) must be written before anything
-imports tensorflow (Keras' OpenVINO export does), so list them first.
+``python -m keras_impl.export onnx|export|predict ...`` is what the drivers in ``export/`` run in a subprocess, each
+format on the backends Keras supports for it. On JAX the canonical weights are exported by Keras on the PyTorch
+backend, in its own process (docs/export.md, docs/keras-backends.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""Keras side of the cross-framework parity check: one JSON job in, files and a JSON report out.
+"""Keras side of the cross-framework parity check: one JSON job file in, files and a JSON report out.
 
     python -m keras_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
-The same job keys as ``pytorch_impl/parity.py`` (its mirror image); inputs are NHWC and outputs are
-written in Keras' own layout (``shared.harness.parity`` transposes). Runs on any Keras backend (``KERAS_BACKEND``).
-The SGD step uses :func:`keras_impl.optim.make_sgd`, PyTorch's update rule.
+The mirror image of ``pytorch_impl/parity.py`` (the job keys: docs/harness.md), on any Keras backend; arrays are NHWC.
 """
 
 from __future__ import annotations

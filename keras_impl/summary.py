@@ -1,4 +1,4 @@
-"""Summaries of a Keras ResNet: ``model.summary()``, or the project's JSON contract (--json).
+"""Summaries of a Keras ResNet: ``model.summary()``, or the project's JSON contract (--json; docs/models.md).
 
     python -m keras_impl.summary --model resnet34 [--num-classes 2] [--shortcut B] [--json]
 """

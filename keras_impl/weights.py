@@ -1,4 +1,4 @@
-"""Canonical weights in and out of a Keras ResNet (numpy arrays keyed by torchvision keys)."""
+"""Canonical weights in and out of a Keras ResNet (numpy arrays keyed by torchvision keys; docs/models.md)."""
 
 from __future__ import annotations
 

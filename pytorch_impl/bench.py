@@ -1,13 +1,8 @@
-"""PyTorch side of the benchmark: eager, channels_last, torch.compile and autocast variants, and their
-combinations as the trainer runs them (``amp_channels_last``, ``amp_compile``).
+"""PyTorch side of ``make bench`` and ``make gpu-report``: the training step in each variant (eager, channels_last,
+torch.compile, autocast and the trainer's combinations), FLOP counts, matmul peaks and GPU busy time (docs/bench.md).
 
     python -m pytorch_impl.bench --model resnet20 --device cpu --variants eager,compile --json-out t.json
                                  [--onnx model.onnx] [--flops] [--peak] [--peaks] [--metrics train]
-
-Started by ``python -m shared.bench`` and ``python -m shared.bench.gpu`` (which own the timing loops,
-statistics and reports); run alone it writes the same JSON. ``--onnx`` also exports the model with
-``pytorch_impl.export`` for the ONNX Runtime rows. On CUDA each variant also reads how long the GPU is
-busy during its training steps (:func:`gpu_busy`), for the report's launch-bound / memory-bound verdict.
 """
 
 from __future__ import annotations
@@ -25,7 +20,7 @@ import torch.nn.functional as F
 from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
 from shared import errors
-from shared.bench import Settings, Workload, first_line, rate, worker_main
+from shared.bench import TimingPlan, Workload, first_line, rate, worker_main
 from shared.bench.catalog import CUDA_GRAPHS
 from shared.bench.flops import CUDA_PEAK_N, MATMUL_N, PEAK_PRECISIONS, matmul_flops
 from shared.machine import cpu_has_bf16
@@ -203,7 +198,7 @@ def count_flops(spec: ModelSpec) -> dict[str, float]:
     return {"forward": float(fwd.get_total_flops()), "train": train.get_total_flops() / 2.0}
 
 
-def matmul_peak(device: str, settings: Settings, n: int = MATMUL_N, precision: str = "float32") -> dict[str, float]:
+def matmul_peak(device: str, settings: TimingPlan, n: int = MATMUL_N, precision: str = "float32") -> dict[str, float]:
     """FLOP/s of an n x n x n matmul on ``device`` in ``precision`` (:data:`PEAK_PRECISIONS`; ``float32`` with
     TF32 off: the float32 peak; ``tf32``: float32 tensors with TF32 on), timed with the benchmark's one
     timing loop."""
@@ -233,7 +228,7 @@ def peak_not_run(device: str, precision: str) -> str | None:
             "float16": "not run: no float16 matmul units to measure on the CPU"}[precision]
 
 
-def matmul_peaks(device: str, settings: Settings) -> dict[str, Any]:
+def matmul_peaks(device: str, settings: TimingPlan) -> dict[str, Any]:
     """Every precision's matmul peak on ``device`` (n = 8192 on CUDA, 2048 on the CPU); a precision that does
     not apply there gets ``{"not_run": reason}``, one that fails ``{"error": reason}``."""
     n = CUDA_PEAK_N if device == "cuda" else MATMUL_N

@@ -1,8 +1,6 @@
-"""ResNet v1 building blocks in PyTorch, with torchvision's module names.
+"""ResNet v1 building blocks in PyTorch, with torchvision's module names (docs/models.md).
 
-Post-activation (conv -> BN -> ReLU, add, then ReLU) as in He et al. 2015. The Bottleneck puts its
-stride on the 3x3 convolution, as torchvision does ("ResNet v1.5"): the 1x1 that precedes it would
-otherwise discard 3/4 of the input positions before looking at them.
+Post-activation, with the bottleneck's stride on its 3x3 convolution, as in torchvision ("ResNet v1.5").
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""PyTorch side of weight conversion: native checkpoints <-> canonical safetensors.
+"""PyTorch side of weight conversion: native checkpoints (``.pt``/``.pth``) <-> canonical safetensors.
 
     python -m pytorch_impl.convert export --spec JSON --out W.safetensors (--src FILE | --random SEED
                                           | --init | --pretrained TAG [--weights-file FILE])
     python -m pytorch_impl.convert import --spec JSON --src W.safetensors --out FILE(.pt | .safetensors)
 
-Native files: a ``state_dict`` saved with ``torch.save`` (``.pt``/``.pth``, read with
-``weights_only=True``) or a training checkpoint holding one under ``model``/``state_dict``/
-``model_state_dict``. ``--pretrained`` takes torchvision's ImageNet weights. The driver is
-``python -m export.transfer``; ``keras_impl/convert.py`` is the mirror image.
+Driven by ``python -m export.transfer`` (docs/harness.md, "Weight transfer"); ``keras_impl/convert.py`` is its mirror.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""PyTorch loader of a prepared dataset: uint8 on the device, augmented there in whole batches.
+"""PyTorch loader of a prepared dataset: uint8 on the device, augmented there in whole batches (docs/data.md).
 
-Implements ``shared/data.py`` exactly: the epoch plan (order, crop offsets, flips) comes from
-``shared.data.epoch_plan(seed, epoch)``; the crop and the flip are one gather into the zero-padded
-uint8 batch; normalization is ``(x / 255 - mean) / std`` in float32. On CUDA the whole split is
-uploaded once as uint8 (airbench style) and each epoch's plan once per epoch; on the CPU batches are
-gathered straight from the memory-mapped arrays. A batch costs no host-device transfer.
-
-``python -m pytorch_impl.data --dataset synthetic --bench`` measures images/s; ``--dump FILE.npz``
-writes batches for the cross-framework tests.
+It implements ``shared/data.py`` exactly, and a batch costs no host-device transfer (docs/gpu.md).
+``python -m pytorch_impl.data --dataset synthetic --bench`` measures images/s; ``--dump FILE.npz`` writes batches.
 """
 
 from __future__ import annotations
@@ -112,7 +106,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
     """
     if threads:
         torch.set_num_threads(threads)
-    from shared.bench.timing import Settings, rate
+    from shared.bench.timing import TimingPlan, rate
 
     loader = Loader(prepared, "train", batch_size, train=train, device=device)
     it = iter(loader)
@@ -131,7 +125,7 @@ def bench(prepared, batch_size: int = 128, batches: int = 100, train: bool = Tru
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     # the one timing loop: one warm-up batch, then one block of `batches` batches (an eval epoch ends short)
-    speed = rate(next_batch, 1, Settings(batch_size, iters=batches, repeats=1, warmup=1), sync)
+    speed = rate(next_batch, 1, TimingPlan(batch_size, iters=batches, repeats=1, warmup=1), sync)
     n, dt = sum(sizes[1:]), batches / speed["median"]
     return {"framework": "torch", "images_per_s": n / dt, "images": n, "seconds": dt, "batch_size": batch_size,
             "train": train, "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -1,13 +1,8 @@
-"""Exports of a PyTorch ResNet (ONNX through torch.onnx, ``.pt2`` through ``torch.export``), native predictions
-and timings (docs/export.md).
+"""Exports of a PyTorch ResNet (ONNX through torch.onnx, ``.pt2`` through ``torch.export``) and native predictions.
 
-``python -m pytorch_impl.export onnx|export|predict|bench ...`` is what the framework-neutral drivers in
-``export/`` run in a subprocess (this process must never import tensorflow: torch.export crashes).
-
-The dynamo exporter needs the ``onnxscript`` package; where it is missing (many GPU containers),
-the export falls back to torch's TorchScript-based exporter (``dynamo=False``) with a one-line note.
-Both write the same graph contract (input ``input`` NCHW, output ``logits``, symbolic batch) and are
-checked against torch by the same parity tests.
+``python -m pytorch_impl.export onnx|export|predict ...`` is what the drivers in ``export/`` run in a subprocess;
+it never imports tensorflow (torch.export crashes where it is loaded). Without ``onnxscript`` the export falls
+back to torch's TorchScript-based exporter, with a one-line note (docs/export.md).
 """
 
 from __future__ import annotations

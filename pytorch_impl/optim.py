@@ -1,4 +1,4 @@
-"""PyTorch's SGD, built in one place: the update rule training and the parity harness use.
+"""PyTorch's SGD, built in one place: the update rule that training and the parity harness use (docs/training.md).
 
 Mirrors ``keras_impl/optim.py``: coupled weight decay (``g += wd * w``) on every parameter,
 ``buf = mu * buf + g``, ``w -= lr * buf``.

@@ -1,17 +1,9 @@
-"""PyTorch side of the cross-framework parity check: one JSON job in, files and a JSON report out.
+"""PyTorch side of the cross-framework parity check: one JSON job file in, files and a JSON report out.
 
     python -m pytorch_impl.parity JOBS.json     # {"jobs": [job, ...], "report": path}
 
-Job keys (all optional but ``spec``), applied in this order: ``summary`` (path of the
-summary JSON to write), ``randomize`` (seed: fresh values for every parameter and BN statistic,
-``shared.harness.parity.randomize``), ``calibrate`` {input, seed, layers}: BN running statistics from each BN's own
-input on that batch (PyTorch only: forward pre-hooks see every BN's input in one pass), ``weights`` (a
-canonical .safetensors or native checkpoint to load), ``save_weights`` (path: canonical safetensors),
-``forward`` {input (.npy, NCHW), layers, out (.npz of those layers' outputs + ``logits``, eval mode),
-float64 (also the same outputs computed in float64, keys ``float64:<name>``)},
-``train_step`` {input, labels, lr, momentum, weight_decay, dtype, out, probe {scale, seed, out}}: one SGD
-step in train mode (``probe``: a second one from weights perturbed by ``scale``, relative).
-``keras_impl/parity.py`` is the mirror image.
+The job keys are in docs/harness.md ("How it works"); arrays are NCHW. ``keras_impl/parity.py`` is the mirror
+image; only this side calibrates BN statistics (its pre-hooks see every BN's input in one pass).
 """
 
 from __future__ import annotations
@@ -135,7 +127,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: flo
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Execute a parity job (see the module docstring); returns the report."""
+    """Execute a parity job (its keys: docs/harness.md, "How it works"); returns the report."""
     torch.manual_seed(0)
     spec = ModelSpec.from_dict(job["spec"])
     model = build_model(spec)

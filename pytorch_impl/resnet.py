@@ -1,4 +1,4 @@
-"""ResNet (and its plain twin) in PyTorch, built from a shared ModelSpec."""
+"""ResNet (and its plain twin) in PyTorch, built from a shared ModelSpec (docs/models.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Summaries of a PyTorch ResNet: torchinfo's table, or the project's JSON contract (--json).
+"""Summaries of a PyTorch ResNet: torchinfo's table, or the project's JSON contract (--json; docs/models.md).
 
     python -m pytorch_impl.summary --model resnet34 [--num-classes 2] [--shortcut B] [--json]
 """

@@ -1,12 +1,9 @@
-"""Count the host synchronisations of every training step of ``pytorch_impl.train`` on CUDA.
+"""Count the host synchronisations of every training step of ``pytorch_impl.train`` on CUDA (docs/gpu.md).
 
     python -m pytorch_impl.syncs --json-out syncs.json -- --model resnet20 --dataset synthetic_cifar --iters 200 ...
 
-Runs the trainer's own ``main`` (everything after ``--`` is its command line) with
-``torch.cuda.set_sync_debug_mode("warn")``, which warns at every call that makes the host wait for the
-GPU, and counts those warnings between consecutive optimizer steps (a global step hook). The JSON holds
-the count of every step, so the report can leave the warm-up steps out and compare the rest with the
-trainer's one planned read every ``CHECK_EVERY`` steps (docs/gpu.md).
+Runs the trainer's own ``main`` (its flags after ``--``) under ``torch.cuda.set_sync_debug_mode("warn")`` and
+counts the warnings between consecutive optimizer steps.
 """
 
 from __future__ import annotations

@@ -42,5 +42,15 @@ def keras_backend(env: Mapping[str, str] | None = None) -> str:
 
 
 def framework_label(framework: str, backend: str | None = None) -> str:
-    """How reports name a source: ``torch``, or ``keras-<backend>`` (the Keras backend that ran it)."""
+    """How every report names a source: ``torch``, or ``keras-<backend>`` (the Keras backend that ran it); ``keras``
+    alone where the backend is the environment's."""
     return f"keras-{backend}" if framework == "keras" and backend else framework
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """The inverse of :func:`framework_label`: ``keras-jax`` -> (``keras``, ``jax``), ``torch`` -> (``torch``, None)."""
+    framework, _, backend = label.partition("-")
+    return framework, backend or None
+
+
+KERAS_LABELS = tuple(framework_label("keras", b) for b in BACKENDS)

@@ -1,9 +1,7 @@
-"""The command lines that ``pytorch_impl`` and ``keras_impl`` share, written once.
+"""The command lines that ``pytorch_impl`` and ``keras_impl`` share, written once: ``python -m <package>.convert``
+and ``python -m <package>.summary`` (docs/models.md, "Summaries"; docs/harness.md, "Weight transfer").
 
-``python -m <package>.convert`` and ``python -m <package>.summary`` take the same flags and follow the
-same steps in both frameworks; only building, reading and writing a model differ. Each framework's
-module calls the function here with its own model functions, so the two command lines cannot drift.
-Imports neither torch nor tensorflow/keras.
+Each framework's module passes in its own model functions, so the two command lines cannot drift. Imports no framework.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""The one definition of the input pipeline that both frameworks implement.
+"""The one definition of the input pipeline that both frameworks implement: normalization, augmentation and the
+plan of an epoch, drawn with numpy from ``(seed, epoch)`` alone (docs/data.md, "Loaders").
 
-Datasets are prepared once (``datasets/``) into uint8 arrays plus a manifest; both loaders read
-those arrays and apply exactly what is defined here:
-
-* **Normalization**: ``(x / 255 - mean) / std`` per channel, in float32, with ``mean``/``std`` taken
-  from the prepared manifest (computed on the training split). Both loaders compute it with the same
-  float32 operations in the same order (divide, subtract, divide), so evaluation batches are
-  bit-identical between frameworks (tested).
-* **Augmentation** (training only): zero-pad by ``pad`` pixels on every side (in uint8, i.e. black,
-  as torchvision's ``RandomCrop(padding=...)``), take a random ``image_size`` crop (offsets uniform
-  over ``0..2*pad`` in each axis), flip horizontally with probability 0.5. CIFAR-10, CIFAR-100, the digits and the
-  synthetic set use pad 4 on 32x32 images (He et al. 2015, Sec. 4.2); cats_vs_dogs pads its 128x128 images by 16,
-  the same 1/8 of the side.
-* **The plan of an epoch** (shuffle order, crop offsets, flips) is drawn here with numpy from
-  ``(seed, epoch)`` alone. Both frameworks apply the same plan, so for a given seed and epoch they see
-  the same images in the same order with the same crops and flips, training included.
-
-This module imports neither torch nor tensorflow.
+Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -184,20 +169,6 @@ def augment_reference(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.nd
     rows, cols = crop_flip_indices(dy, dx, flip, size)
     b = np.arange(len(x))[:, None, None]
     return padded[b, rows[:, :, None], cols[:, None, :]]
-
-
-def reference_batches(x: np.ndarray, y: np.ndarray, manifest: dict, batch_size: int, *, train: bool,
-                      seed: int = 0, epoch: int = 0):
-    """Yield the batches both loaders must produce (NHWC float32, int64 labels), in numpy."""
-    mean, std = norm_constants(manifest)
-    pad = augmentation(manifest["name"]).pad
-    plan = epoch_plan(len(x), batch_size, train=train, pad=pad, seed=seed, epoch=epoch)
-    for i in range(len(plan)):
-        idx, dy, dx, flip = plan.batch(i)
-        xb = x[idx]
-        if train:
-            xb = augment_reference(xb, dy, dx, flip, pad)
-        yield normalize(xb, mean, std), y[idx].astype(np.int64)
 
 
 def loader_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:

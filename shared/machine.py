@@ -1,8 +1,6 @@
-"""What machine and which library versions a measurement ran on, without importing any framework.
+"""What machine and which library versions a measurement ran on, without importing any framework (docs/bench.md).
 
-Library versions come from the installed distributions' metadata (``importlib.metadata``), so this
-module can be used from framework-neutral code; the GPU name comes from ``nvidia-smi`` when present
-(the framework processes report their own view, e.g. ``torch.cuda.get_device_name``).
+Versions come from the installed distributions' metadata, the GPU's name from ``nvidia-smi`` where there is one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one Markdown table writer every report uses (bench, compare, parity, ablation, export, data)."""
+"""The one Markdown table writer every report uses (bench, compare, parity, ablation, export, data; docs/README.md)."""
 
 from __future__ import annotations
 

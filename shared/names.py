@@ -1,12 +1,8 @@
-"""Canonical layer and parameter names, and the one bijection between the two frameworks.
+"""Canonical layer and parameter names (torchvision's ``state_dict`` keys) and the one bijection between the two
+frameworks: Keras layer ``layer2_0_conv1`` is module ``layer2.0.conv1`` (docs/models.md).
 
-Canonical names are torchvision's ``state_dict`` keys (``conv1.weight``, ``layer2.0.downsample.0.weight``,
-``fc.bias``...), so a torchvision ResNet loads strictly into our option-B model. The Keras side names
-each layer by :func:`keras_name` of the module path (``layer2.0.downsample.0`` -> ``layer2_0_downsample_0``:
-Keras' PyTorch backend refuses a ``.`` in a layer or variable name, and torchvision's module paths
-hold no ``_``, so the map is reversible, :func:`canonical_name`) and each weight by Keras' own name
-(``kernel``, ``gamma``, ``moving_mean``...). Every weight file exchanged between the frameworks is
-keyed by canonical names and stored in the PyTorch layout; the only layout transposes live here.
+Every weight file the frameworks exchange is keyed by canonical names, in the PyTorch layout; the only layout
+transposes live here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Running a framework in its own process: the one place that knows the repository root, the package of
-each framework, the environment a child gets (its Keras backend included) and how a child is watched.
+"""Running a framework in its own process: the repository root, each framework's package, the environment a child
+gets (its Keras backend included) and how a child is watched.
 
-Every tool that starts framework work (compare, parity, bench, ablation, export, data) goes through
-here: each framework runs in its own interpreter, because torch.onnx's exporter crashes when TensorFlow
-shares the process. This module imports neither torch nor tensorflow.
+Every tool that starts framework work goes through here, because torch's ONNX exporter crashes where TensorFlow is
+loaded (docs/README.md). Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""Training recipes and the one per-iteration learning-rate schedule both frameworks follow.
+"""Training recipes and the one per-iteration lr schedule that both frameworks follow (docs/training.md, "Recipes").
 
-A :class:`Recipe` is what a paper (or this project, for cats_vs_dogs) prescribes; a :class:`Plan` is a
-recipe resolved for one run (train-split size, batch size, ``--epochs``/``--iters``/``--lr``
-overrides): the total number of iterations, the epochs, the lr milestones in iterations. The lr of
-every optimizer step is :meth:`Plan.lr_at` ``(iteration)``, a pure function of the 0-based global
-iteration; PyTorch and Keras both set their optimizer's lr from it before every step.
-
-The paper's CIFAR recipe (He et al. 2015, Sec. 4.2): SGD, lr 0.1, momentum 0.9, weight decay 1e-4,
-batch 128, lr divided by 10 at 32k and 48k iterations, training stops at 64k iterations. With the
-45k/5k train/val split a batch of 128 gives 45000 // 128 = 351 iterations per epoch, so 64k iterations
-are 182.3 epochs (the run ends 118 iterations into its 183rd epoch) and the lr drops after epochs
-91.2 and 136.8. The milestones are stored as fractions of the run (0.5, 0.75): with ``--iters 64000``
-they are exactly 32k and 48k, and with ``--epochs E`` they scale proportionally (50% and 75% of
-``E * iterations_per_epoch``). ResNet-110/1202 warm up at lr 0.01 (``lr / 10``) for the first 400
-iterations, then go back to 0.1 ("until the training error is below 80% (about 400 iterations)").
-
-This module imports neither torch nor tensorflow.
+A :class:`Recipe` is what a paper prescribes, a :class:`Plan` that recipe resolved for one run; :meth:`Plan.lr_at`
+gives the lr of every optimizer step. Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -151,6 +137,19 @@ class Plan:
         return cls(**d)
 
 
+def check_overrides(*, epochs: int | None = None, iters: int | None = None, batch_size: int | None = None,
+                    lr: float | None = None) -> None:
+    """A ValueError for overrides no recipe can take: ``--epochs`` with ``--iters``, a length or batch below 1, a
+    learning rate that is not positive (what needs the data, a batch larger than the split, ``make_plan`` checks)."""
+    if epochs is not None and iters is not None:
+        raise ValueError(f"give --epochs or --iters, not both; got --epochs {epochs} --iters {iters}")
+    for name, value in (("epochs", epochs), ("iters", iters), ("batch size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be > 0; got {lr}")
+
+
 def make_plan(recipe: Recipe, n_train: int, *, epochs: int | None = None, iters: int | None = None,
               batch_size: int | None = None, lr: float | None = None) -> Plan:
     """Resolve ``recipe`` for a training split of ``n_train`` images and the CLI overrides.
@@ -158,24 +157,15 @@ def make_plan(recipe: Recipe, n_train: int, *, epochs: int | None = None, iters:
     ``epochs`` and ``iters`` are exclusive; without either the recipe's own length is used. Training
     drops the last incomplete batch, so an epoch is ``n_train // batch_size`` iterations.
     """
-    if epochs is not None and iters is not None:
-        raise ValueError(f"give --epochs or --iters, not both; got epochs={epochs}, iters={iters}")
+    check_overrides(epochs=epochs, iters=iters, batch_size=batch_size, lr=lr)
     batch_size = recipe.batch_size if batch_size is None else batch_size
     lr = recipe.lr if lr is None else lr
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1; got {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
     ipe = n_train // batch_size
     if ipe < 1:
         raise ValueError(f"batch size {batch_size} is larger than the {n_train} training images")
     if epochs is not None:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1; got {epochs}")
         total = epochs * ipe
     elif iters is not None:
-        if iters < 1:
-            raise ValueError(f"iters must be >= 1; got {iters}")
         total = iters
     elif recipe.iters is not None:
         total = recipe.iters

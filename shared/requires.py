@@ -1,11 +1,8 @@
-"""What each ``make`` target imports, checked before it runs on a machine's own Python.
+"""What each ``make`` target imports, checked before it runs on a machine's own Python (``SYSTEM_PYTHON=1``).
 
     python -m shared.requires TARGET... [--framework torch|keras] [--variants torch,onnxruntime] [--backend jax]
 
-``make <target> SYSTEM_PYTHON=1`` runs this first instead of building the virtual environment (a GPU
-container has its own PyTorch and often no TensorFlow, no Keras and no network). It asks
-``importlib.util.find_spec`` for the modules the target needs (nothing is imported, so it is quick)
-and fails with one line naming every missing package. It imports neither torch nor tensorflow.
+Fails with one line naming every missing package (docs/gpu.md). Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ import platform
 import sys
 
 from shared import errors
+from shared.backends import split_label
 from shared.process import FRAMEWORKS
 
 # The import name of each package, for the error message (pip names differ for a few).
@@ -50,7 +48,8 @@ def bench_modules(variants: str | None, backend: str | None) -> tuple[str, ...]:
             mods += ONNX
             mods += [m for v in vs for m in framework_modules(v.removesuffix("_export"), backend)]
         else:
-            mods += framework_modules(fw.partition("-")[0], fw.partition("-")[2] or backend)
+            framework, pinned = split_label(fw)
+            mods += framework_modules(framework, pinned or backend)
     return tuple(dict.fromkeys(mods))
 
 

@@ -330,7 +330,8 @@ class RunFolder:
                      weights: dict[str, Any]) -> bool:
         """Close an epoch: its ``metrics.csv`` row, last and (when validation accuracy improved) best weights
         (``weights``: canonical arrays), each written atomically; ``steps.json`` when tracing; TensorBoard; the
-        summary line (inside :meth:`saving`, once the block's files have landed). ``seconds``: training and validation. True when the weights are the best so far."""
+        summary line (inside :meth:`saving`, once the block's files have landed). ``seconds``: training and
+        validation. True when the weights are the best so far."""
         framework, progress = self.settings.framework, self.progress
         row = metrics_row(progress.epoch + 1, train, val_loss, val_acc, seconds)
         improved = progress.finish_epoch(row)

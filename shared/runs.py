@@ -1,20 +1,6 @@
-"""Run folders: the one on-disk layout both training CLIs write and every other tool reads.
-
-A run folder (default ``runs/<dataset>/<model>/<framework>-<timestamp>/``) holds:
-
-* ``config.json``: the resolved configuration (model, framework, dataset, synthetic, spec, class_names,
-  input_size, normalization {mean, std}, recipe, threads, versions, git_commit, device, ...);
-* ``metrics.csv``: one row per finished epoch, columns :data:`METRICS_COLUMNS`;
-* ``best.safetensors`` / ``last.safetensors``: canonical weights (``shared.io.save_weights``) with
-  metadata ``spec`` (JSON), ``framework`` and ``epoch``; best = highest validation accuracy;
-* the framework's resume checkpoint (:data:`CHECKPOINTS`);
-* TensorBoard event files (directly in the folder, so ``tensorboard --logdir runs`` shows one run
-  per folder and overlays both frameworks);
-* ``results.json`` once the run has finished: test_acc, test_loss, best_epoch, best_val_acc, epochs,
-  wall_time_s, finished (accuracies are fractions in [0, 1]).
-
-The trainers write it through ``shared.run_folder.RunFolder``. This module imports neither torch nor
-tensorflow.
+"""Run folders: the one on-disk layout that both trainers write and every other tool reads (docs/training.md, "The run
+folder"): ``config.json``, ``metrics.csv``, canonical best/last weights, the resume checkpoint, TensorBoard events,
+``results.json``. The trainers write it through ``shared.run_folder.RunFolder``. Imports no framework.
 """
 
 from __future__ import annotations

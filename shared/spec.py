@@ -1,15 +1,7 @@
-"""ModelSpec: the single, framework-neutral definition of a ResNet and its plain twin.
+"""ModelSpec, the one framework-neutral definition of a ResNet and its plain twin, and the registry (docs/models.md).
 
-Both ``pytorch_impl`` and ``keras_impl`` build their models from a :class:`ModelSpec`; neither
-re-derives depth rules on its own. This module imports neither torch nor tensorflow.
-
-Shortcut options (He et al. 2015, Sec. 4.1 and 3.3):
-
-* ``A``: identity; where the shape changes, subsample spatially with the block's stride and append
-  zero channels. Adds no parameters.
-* ``B``: identity; where the shape changes, a 1x1 convolution + BN projection (torchvision's
-  ``downsample``).
-* ``C``: a 1x1 convolution + BN projection on every block.
+``pytorch_impl`` and ``keras_impl`` build their models from a :class:`ModelSpec`; neither re-derives depth rules.
+Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ def run():
     return run_module
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data folder holding the prepared synthetic set (``make data DATASET=synthetic``), once per module."""
+    """A data folder holding the prepared synthetic set (``make data DATASET=synthetic``), once per test process."""
     from datasets import load_prepared
 
     path = tmp_path_factory.mktemp("data")

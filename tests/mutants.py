@@ -124,11 +124,11 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("eval-padding-weighted", "evaluation over several devices: the images padding a batch weigh 0",
            "keras_impl/data.py", "weights = np.concatenate([weights, np.zeros(extra, np.float32)])",
            "weights = np.concatenate([weights, np.ones(extra, np.float32)])",
-           "tests/keras/test_train_backends.py::"
-           "test_jax_evaluation_batches_that_do_not_split_over_the_devices_are_padded_with_weight_zero"),
+           "tests/keras/test_data.py::"
+           "test_an_evaluation_batch_that_does_not_split_over_the_devices_is_padded_with_weight_zero"),
     Mutant("processes-feed-whole-batches", "several JAX processes: each feeds its own slice of the global batch",
            "keras_impl/data.py", "return slice(self.index * per, (self.index + 1) * per)", "return slice(0, size)",
-           "tests/keras/test_train_backends.py::test_jax_two_processes_take_the_steps_of_two_devices_in_one"),
+           "tests/keras/test_data.py::test_each_process_feeds_its_own_slice_of_every_global_batch"),
     Mutant("keras-enqueuer-replay", "input to fit: no Keras enqueuer (it replays prefetched batches)",
            "keras_impl/data.py", "super().__init__(workers=1, use_multiprocessing=False)",
            "super().__init__(workers=2, use_multiprocessing=False)",

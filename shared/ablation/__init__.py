@@ -1,1 +1,1 @@
-"""The plain-vs-residual ablation: ``run`` trains the cells, ``report`` writes the tables and plots."""
+"""The plain-vs-residual ablation (docs/ablation.md): ``run`` trains the cells, ``report`` writes tables and plots."""

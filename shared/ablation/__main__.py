@@ -1,4 +1,4 @@
-"""``python -m shared.ablation``: see ``shared.ablation.run``."""
+"""``python -m shared.ablation`` (``make ablation``): see ``shared.ablation.run`` and docs/ablation.md."""
 
 import sys
 

@@ -1,8 +1,6 @@
-"""Published numbers that the ablation's report prints beside its own, each with its source.
+"""Published numbers that the ablation's report prints beside its own, each with its source (docs/ablation.md).
 
-Every value is copied from the place named in ``where`` (a table of the paper, or a repository's README at
-the commit given); docs/ablation.md lists them with what differs from this project's recipe. They are
-reference points, not targets: the ablation's question is the direction of each comparison.
+Each value is copied from the place its ``where`` names; they are reference points, not targets.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Plain vs residual at equal epochs, in both frameworks, over seeds: train every cell, then tables and plots.
+"""Plain vs residual at equal epochs, in both frameworks, over seeds: train every cell, then report (docs/ablation.md).
 
-``python -m shared.ablation --ablation cifar10`` trains plain20, resnet20, plain56 and resnet56 (option A)
-with ``python -m pytorch_impl.train`` and ``python -m keras_impl.train``, one subprocess per cell and seed,
-all with the same recipe and epochs; ``--ablation cifar100`` does the same on CIFAR-100 (``--dataset
-cifar100_coarse`` for its 20 superclasses); ``--ablation cats_vs_dogs`` does plain34, resnet34, plain50 and
-resnet50 (ImageNet stems, option B). ``--seeds 0,1,2`` (or ``--seeds 3``) runs every cell once per seed,
-seed by seed; one seed (``--seed``, default 0) is the default. Each run trains into a fixed folder
-``<runs-dir>/seed-<seed>/<model>-<framework>/``, so a re-run skips finished runs (``results.json`` with
-``finished: true``), resumes an interrupted one from its checkpoint (``--resume``) and restarts a
-run that never saved one; adding a seed later trains only that seed. At the end
-``<out>/ablation-<name>.md``, ``.json`` and two PNG plots are written (``shared.ablation.report``).
-docs/ablation.md describes it all. This module imports neither torch nor tensorflow.
+    python -m shared.ablation --ablation cifar10|cifar100|cats_vs_dogs [--seeds 0,1,2] [--epochs E] [--frameworks ...]
+
+One trainer subprocess per cell and seed, each into a fixed folder, so a re-run skips, resumes or restarts each run.
+Imports neither torch nor tensorflow.
 """
 
 from __future__ import annotations
@@ -27,73 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from shared import errors, process
-from shared.ablation import published
-from shared.ablation.published import Published
-from shared.ablation.report import build_report, format_seconds, write_report
-from shared.backends import BACKENDS
+from shared.ablation.catalog import ABLATIONS, TASKS
+from shared.ablation.markdown import format_seconds
+from shared.ablation.report import build_report, write_report
+from shared.backends import KERAS_LABELS, split_label
 from shared.data import DATASETS
 from shared.errors import UserError
 from shared.io import atomic_write_json, check_writable
 from shared.machine import cpu_cores, cpu_model, git_commit, gpu_names
 from shared.process import FRAMEWORKS
+from shared.recipes import check_overrides
 from shared.runs import CHECKPOINTS, NotARunError, read_run
 from shared.spec import SHORTCUTS, get_spec
 
 # A cell's framework label: torch, keras (on the backend KERAS_BACKEND / make BACKEND= names, as before) or
 # keras-<backend>, so that one report can hold several Keras backends.
-LABELS = (*FRAMEWORKS, *(f"keras-{b}" for b in BACKENDS))
+LABELS = (*FRAMEWORKS, *KERAS_LABELS)
 STATE_FILE = "ablation-state.json"
 # Settings that change what a cell computes: a re-run with other values must not reuse the cells. The seed is
 # not one of them: each seed has its own folder, so another seed adds runs instead of replacing them.
 RESULT_SETTINGS = ("ablation", "dataset", "epochs", "iters", "batch_size", "lr", "shortcut", "num_classes")
 SEED_DIR = re.compile(r"seed-(\d+)")
-# How each dataset is named by the published numbers (a report says when its dataset is not theirs).
-TASKS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar100_coarse": "CIFAR-100, 20 superclasses",
-         "cats_vs_dogs": "cats_vs_dogs", "digits": "digits", "synthetic": "synthetic"}
-
-PAPER_CIFAR = (
-    "He et al. 2015, Sec. 4.2, Fig. 6 and Table 6 (CIFAR-10, 64k iterations ≈ 182 epochs): the deeper plain "
-    "net is worse — plain-56 has higher training and test error than plain-20 — while the deeper residual "
-    "net is better: ResNet-20 8.75% and ResNet-56 6.97% test error. At a few epochs or on another dataset "
-    "the numbers above are not comparable to these; the direction is what the ablation checks."
-)
-PAPER_CIFAR100 = (
-    "He et al. 2015 train no CIFAR-100 model. Public reimplementations of the same CIFAR ResNets report "
-    "CIFAR-100 top-1 test accuracy of ResNet-20 68.83% and ResNet-56 72.63% (chenyaofo/pytorch-cifar-models, "
-    "option-B shortcuts) and ResNet-110 71.14% (28.86% error, bearpaw/pytorch-classification); see docs/data.md. "
-    "The paper's question (the deeper plain net is worse, the deeper residual net better) is what the ablation "
-    "checks here."
-)
-PAPER_IMAGENET = (
-    "He et al. 2015, Table 2 and 3 (ImageNet, top-1 10-crop validation error): plain-18 27.94%, plain-34 "
-    "28.54% (deeper plain net worse), ResNet-18 27.88%, ResNet-34 25.03% (option A; 24.52% with B), "
-    "ResNet-50 22.85%. The paper trains no plain-50 and no cats_vs_dogs model; this ablation transfers its "
-    "question (does depth hurt the plain net and help the residual one?) to a 2-class task."
-)
-
-
-@dataclass(frozen=True)
-class Ablation:
-    """A named set of cells: the models (plain/residual twins at two depths), their shortcut option, what the
-    paper says and the published numbers."""
-
-    name: str
-    dataset: str
-    models: tuple[str, ...]
-    shortcut: str
-    paper: str
-    published: Published
-
-
-CIFAR_MODELS = ("plain20", "resnet20", "plain56", "resnet56")
-ABLATIONS = {
-    "cifar10": Ablation("cifar10", "cifar10", CIFAR_MODELS, "A", PAPER_CIFAR, published.CIFAR10),
-    "cifar100": Ablation("cifar100", "cifar100", CIFAR_MODELS, "A", PAPER_CIFAR100, published.CIFAR100),
-    "cats_vs_dogs": Ablation("cats_vs_dogs", "cats_vs_dogs", ("plain34", "resnet34", "plain50", "resnet50"), "B",
-                             PAPER_IMAGENET, published.IMAGENET),
-}
-
-
 @dataclass(frozen=True)
 class Cell:
     """One training run of the ablation: a model under a framework label and one seed, in its fixed folder."""
@@ -115,12 +62,12 @@ class Cell:
     @property
     def framework(self) -> str:
         """``torch`` or ``keras`` (the training script and its checkpoint)."""
-        return self.label.partition("-")[0]
+        return split_label(self.label)[0]
 
     @property
     def backend(self) -> str | None:
         """The Keras backend a ``keras-<backend>`` label pins (None: the environment's)."""
-        return self.label.partition("-")[2] or None
+        return split_label(self.label)[1]
 
     def env(self) -> dict[str, str]:
         """The training process's environment (its Keras backend made explicit)."""
@@ -372,12 +319,12 @@ def parse_settings(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Nam
             raise errors.UserError(str(e)) from None
     if args.shortcut is not None and args.shortcut not in SHORTCUTS:
         raise errors.UserError(f"unknown shortcut {args.shortcut!r}; valid choices: {', '.join(SHORTCUTS)}")
-    for name in ("epochs", "iters", "batch_size", "num_classes"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise errors.UserError(f"--{name.replace('_', '-')} must be >= 1; got {value}")
-    if args.epochs is not None and args.iters is not None:
-        raise errors.UserError("give --epochs or --iters, not both")
+    try:  # before any cell trains: what every cell's recipe would refuse
+        check_overrides(epochs=args.epochs, iters=args.iters, batch_size=args.batch_size, lr=args.lr)
+    except ValueError as e:
+        raise errors.UserError(str(e)) from None
+    if args.num_classes is not None and args.num_classes < 1:
+        raise errors.UserError(f"--num-classes must be >= 1; got {args.num_classes}")
     if args.dataset is not None and args.dataset not in DATASETS:
         raise errors.UserError(f"unknown dataset {args.dataset!r}; valid choices: {', '.join(DATASETS)}")
     if args.seed is not None and args.seeds is not None:

@@ -1,12 +1,7 @@
 """The ablation's statistics over seeds: the spread of a cell, and the paper's comparisons with scipy's t-tests.
 
-A *cell* is a model under a framework label; it ran once per seed. :func:`spread` gives the mean, the sample
-standard deviation (n - 1), min, max and n of one metric over its finished seeds. :func:`compare` puts cell B
-beside cell A on one metric, seed by seed where both finished: the difference of means, a 95% confidence
-interval and the two-sided p-value from ``scipy.stats.ttest_rel`` (a paired t-test: the same seed gives every
-cell the same data plan, and plain/residual twins of one depth the same initial weights), or Welch's
-``scipy.stats.ttest_ind(equal_var=False)`` when fewer than two seeds pair, and in how many seeds the paper's
-direction holds. docs/ablation.md says why these tests. This module imports neither torch nor tensorflow.
+:func:`spread` summarises one metric of a cell; :func:`compare` puts cell B beside cell A, paired by seed where it
+can (``ttest_rel``), else with Welch's ``ttest_ind`` (docs/ablation.md, "Statistics, and why these").
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Speed benchmarks: training and inference images/s, batch-1 latency, GFLOP/s and the real training loops,
-per framework, Keras backend and fast path (``python -m shared.bench``; docs/bench.md).
+"""Speed benchmarks: training and inference images/s, batch-1 latency, GFLOP/s and the real training loops, per
+framework, Keras backend and fast path (``python -m shared.bench``; docs/bench.md names each module's job).
 
-    timing    the one timing loop and its statistics (every speed figure of the project goes through it)
-    catalog   the framework labels (torch, keras-tensorflow, keras-jax, keras-torch, onnxruntime) and variants
-    workers   what a framework process hands the timing loop, and its main
-    flops     achieved GFLOP/s and the share of the float32 matmul peak
-    loops     the real training loops beside their steps, and their profiles
-    run       one benchmark run, each framework in its own process
-    report    the Markdown and JSON report
+Imports no framework: each one runs in its own process.
 """
 
 from shared.bench.catalog import (
@@ -23,7 +17,7 @@ from shared.bench.run import BenchConfig, add_ratios, failed_rows, resolve_devic
 from shared.bench.timing import (
     DEFAULTS,
     MIN_TIME,
-    Settings,
+    TimingPlan,
     first_line,
     is_measured,
     rate,
@@ -43,7 +37,7 @@ from shared.bench.workers import (
 )
 
 __all__ = ["BASELINE", "DEFAULTS", "DESCRIPTIONS", "LABELS", "LOOP_VARIANT", "METRICS", "MIN_TIME", "VARIANTS",
-           "BenchConfig", "Settings", "Workload", "add_ratios", "failed_rows", "first_line", "is_measured",
+           "BenchConfig", "TimingPlan", "Workload", "add_ratios", "failed_rows", "first_line", "is_measured",
            "measure_workload", "parse_frameworks", "parse_variants", "parse_worker_args", "rate", "ratio",
            "resolve_device", "run_bench", "run_framework", "run_variants", "summarize", "time_latency",
            "time_throughput", "worker_main", "worker_parser"]

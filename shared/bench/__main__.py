@@ -1,12 +1,10 @@
-"""``python -m shared.bench``: the benchmark's command line (``make bench``).
+"""``python -m shared.bench``: the benchmark's command line (``make bench``; docs/bench.md).
 
     python -m shared.bench --model resnet20 [--batch-size 128] [--device cpu|cuda] [--iters 3] [--repeats 5]
                            [--frameworks torch,keras-tensorflow,keras-jax,keras-torch,onnxruntime]
                            [--variants torch:compile,keras-jax] [--loop-epochs 3] [--out results/bench]
 
-Each framework label runs in its own process and writes its measurements as JSON; this module (which
-imports no framework) starts them, adds the ratios, GFLOP/s and the training loops, and writes
-``<out>/bench-<model>-<device>.md`` and ``.json``.
+Writes ``<out>/bench-<model>-<device>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from shared import errors
 from shared.bench.catalog import VARIANTS, default_selection, merge, parse_frameworks, parse_variants
 from shared.bench.report import markdown_table, write_report
 from shared.bench.run import BenchConfig, resolve_device, run_bench
-from shared.bench.timing import DEFAULTS, MIN_TIME, Settings, is_measured
+from shared.bench.timing import DEFAULTS, MIN_TIME, TimingPlan, is_measured
 from shared.bench.workers import METRICS
 from shared.io import check_writable
 from shared.spec import get_spec
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(args.out, folder=True, what="the bench report folder")
     try:
         get_spec(args.model)
-        settings = Settings(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)
+        settings = TimingPlan(args.batch_size, args.iters, args.repeats, args.warmup, args.latency_iters, args.min_time)
         if args.frameworks is None and args.variants is None:
             variants = default_selection()
         else:

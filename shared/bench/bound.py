@@ -1,13 +1,7 @@
-"""What limits a training step, from what the GPU report measures: input-bound, launch-bound, memory-bound or
-compute-bound (the rule and its thresholds are explained in docs/gpu.md).
+"""What limits a training step, from what the GPU report measures: input-, launch-, memory- or compute-bound.
 
-    input-bound    the real training loop runs below INPUT_SHARE of its own step on a resident batch: the rest
-                   of the loop's time goes to the input pipeline, evaluation or host reads
-    launch-bound   the GPU computes less than BUSY_SHARE of the step's wall time (torch.profiler's kernel
-                   time): it waits for the host to launch kernels
-    memory-bound   the GPU is busy, but while busy its kernels reach less than PEAK_SHARE of the matmul peak
-                   of the step's precision: they wait on memory (BatchNorm, ReLU, adds, small convolutions)
-    compute-bound  busy and near the peak: only less arithmetic (a smaller precision, fewer FLOPs) helps
+The rule and its thresholds (:data:`INPUT_SHARE`, :data:`BUSY_SHARE`, :data:`PEAK_SHARE`) are explained in
+docs/gpu.md ("Where a target is missed, why").
 """
 
 from __future__ import annotations

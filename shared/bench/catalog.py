@@ -1,8 +1,7 @@
 """What the benchmark can run: the framework labels, their variants and processes, and the selection syntax.
 
-A label is ``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch`` or ``onnxruntime``; ``keras``
-alone means the backend ``KERAS_BACKEND`` (``make ... BACKEND=``) names, default tensorflow. Each Keras
-label runs ``keras_impl.bench`` in its own process with its ``KERAS_BACKEND``.
+Labels: ``torch``, ``keras-tensorflow``, ``keras-jax``, ``keras-torch``, ``onnxruntime``; ``keras`` alone is the
+backend ``KERAS_BACKEND`` names (docs/bench.md, "Labels and variants").
 """
 
 from __future__ import annotations
@@ -10,9 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from shared.backends import BACKENDS, DEFAULT
+from shared.backends import BACKENDS, DEFAULT, KERAS_LABELS, framework_label, split_label
 
-KERAS_LABELS = tuple(f"keras-{b}" for b in BACKENDS)
 LABELS = ("torch", *KERAS_LABELS, "onnxruntime")
 TRAINING = ("torch", *KERAS_LABELS)  # the labels with a training loop
 MODULES = {"torch": "pytorch_impl.bench", **{k: "keras_impl.bench" for k in KERAS_LABELS},
@@ -25,7 +23,7 @@ KERAS_VARIANTS = {
 }
 VARIANTS: dict[str, tuple[str, ...]] = {
     "torch": ("eager", "channels_last", "compile", "autocast", "amp_channels_last", "amp_compile"),
-    **{f"keras-{b}": v for b, v in KERAS_VARIANTS.items()},
+    **{framework_label("keras", b): v for b, v in KERAS_VARIANTS.items()},
     "onnxruntime": ("torch_export", "keras_export"),
 }
 # The step variant that each training loop runs (its row's loop / step ratio divides by it).
@@ -80,7 +78,7 @@ def canonical(label: str) -> str:
         if backend not in BACKENDS:
             raise ValueError(f"unknown Keras backend {backend!r} (KERAS_BACKEND / make BACKEND=); "
                              f"valid choices: {', '.join(BACKENDS)}")
-        return f"keras-{backend}"
+        return framework_label("keras", backend)
     if label not in VARIANTS:
         raise ValueError(f"unknown framework {label!r}; valid choices: keras, {', '.join(LABELS)}")
     return label
@@ -88,7 +86,7 @@ def canonical(label: str) -> str:
 
 def backend_of(label: str) -> str | None:
     """The Keras backend of a ``keras-<backend>`` label, else None."""
-    return label.removeprefix("keras-") if label in KERAS_LABELS else None
+    return split_label(label)[1] if label in KERAS_LABELS else None
 
 
 def parse_variants(text: str | None) -> dict[str, list[str]]:

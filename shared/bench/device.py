@@ -1,6 +1,6 @@
-"""Which device a GPU report ran on, as its reports name it: ``nvidia-smi``'s view (name, driver, memory,
-power limit, clocks) and the file-name slug of the device. Imports no framework (the PyTorch process adds
-its own view: CUDA and cuDNN versions, compute capability)."""
+"""Which device a GPU report ran on, as its reports name it: ``nvidia-smi``'s view (name, driver, memory, power
+limit, clocks) and the device's file-name slug (docs/gpu.md). Imports no framework.
+"""
 
 from __future__ import annotations
 

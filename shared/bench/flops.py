@@ -1,9 +1,7 @@
-"""Achieved GFLOP/s and the share of the float32 matmul peak, for every row of a benchmark.
+"""Achieved GFLOP/s and the share of the float32 matmul peak, for every row of a benchmark (docs/bench.md).
 
-The FLOPs per image come from ``torch.utils.flop_counter`` (counted in the PyTorch process,
-``pytorch_impl.bench.count_flops``: one forward, and forward + backward for a training image); the peak is
-a 2048^3 float32 matmul timed on the bench device in the same run (``pytorch_impl.bench.matmul_peak``).
-Both frameworks run the same convolutions, so one count serves every row.
+The FLOPs per image are counted once, in the PyTorch process, and serve every row: both frameworks run the same
+convolutions.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""``python -m shared.bench.full_run``: ResNet-20's full CIFAR recipe (64,000 iterations at batch 128) through
-``pytorch_impl.train``, the trainer of ``make train-torch`` with its data pipeline and evaluation, on the CIFAR-size
-synthetic set, timed end to end (``make gpu-full-run``; docs/gpu.md).
+"""``python -m shared.bench.full_run``: ResNet-20's full CIFAR recipe through ``pytorch_impl.train`` on the CIFAR-size
+synthetic set, measured end to end or projected from a fixed fraction (``make gpu-full-run``; docs/gpu.md).
 
     python -m shared.bench.full_run [--budget 270] [--out results/bench] [--device cpu|cuda] [--variant amp_compile]
                                     [--first-fraction 1/64]
-
-The first run is a fixed fraction of the recipe (1/64: 1,000 iterations), which is also the warm-up: its epochs
-give the steady seconds per iteration and per validation pass (:func:`projection`). Where they say the whole
-recipe fits in what is left of the budget, the whole recipe runs and its wall time is measured; otherwise the
-largest fraction of the ladder (each twice the one before: 1/32, 1/16, ... 1/2) that fits runs, and the report
-gives the total projected from it, marked PROJECTED. Writes ``<out>/full-run-<device>.md`` and ``.json``.
 """
 
 from __future__ import annotations

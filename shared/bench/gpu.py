@@ -1,12 +1,8 @@
-"""``python -m shared.bench.gpu``: one prepared command that measures every training path of a GPU machine within
-a time budget and writes ``<out>/gpu-<device>.md`` and ``.json`` (``make gpu-report``; docs/gpu.md).
+"""``python -m shared.bench.gpu``: every training path of a GPU machine, measured in order of value within a time
+budget, into ``<out>/gpu-<device>.md`` and ``.json`` (``make gpu-report``; docs/gpu.md).
 
     python -m shared.bench.gpu [--budget 360] [--out results/bench] [--device cpu|cuda] [--data-dir data]
                                [--models resnet20,resnet56,...] [--variants eager,amp_channels_last,amp_compile]
-
-The plan (``shared.bench.gpu_plan``) runs in order of value until the budget is spent; what did not run is in the
-report as "not run: budget", and a package this Python lacks as "not run: needs ...". This module imports no
-framework: each measurement runs in its own process.
 """
 
 from __future__ import annotations

@@ -1,16 +1,5 @@
-"""The plan of ``make gpu-report``: every measurement in order of value, each taken by the benchmark's own
-machinery, run until a time budget is spent (docs/gpu.md).
-
-    peaks        ``pytorch_impl.bench --peaks``: float32, tf32, bfloat16 and float16 matmul peaks (the % columns)
-    step         ``pytorch_impl.bench``: the training step (and inference, for resnet50) of each variant, with the
-                 GPU's busy time during the step
-    loop         ``pytorch_impl.train`` / ``keras_impl.train`` on the CIFAR-size synthetic set (``shared.bench.loops``)
-    syncs        ``pytorch_impl.syncs``: the host synchronisations of each step of the real trainer
-    onnxruntime  ONNX Runtime inference on the PyTorch export (``export.bench_ort``)
-
-An item whose package is missing is a "not run" row that says which; an item the budget leaves no time for
-is "not run: budget", and a process the deadline stops has its unfinished rows marked so. Each row keeps the
-command line that measured it.
+"""The plan of ``make gpu-report``: every measurement in order of value, each taken by the benchmark's own machinery,
+run until a time budget is spent; what does not run is a "not run" row that says why (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -26,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import process
+from shared.backends import framework_label
 from shared.bench import loops, timing
 from shared.bench.catalog import LOOP_VARIANT, torch_train_flags
 from shared.bench.flops import PEAK_PRECISIONS
@@ -186,7 +176,7 @@ def shell(cmd: list[str]) -> str:
 def bench_config(gc: GpuConfig, model: str, batch: int, timeout: float,
                  metrics: tuple[str, ...] = ("train",)) -> BenchConfig:
     """The :class:`BenchConfig` of one item (the report's only timing settings)."""
-    settings = timing.Settings(batch, gc.iters, gc.repeats, gc.warmup, 1, gc.min_time)
+    settings = timing.TimingPlan(batch, gc.iters, gc.repeats, gc.warmup, 1, gc.min_time)
     return BenchConfig(model, gc.device, settings, {}, Path("."), timeout, echo=gc.echo, loop_epochs=gc.loop_epochs,
                        data_dir=gc.data_dir, profile=False, dataset=gc.dataset, metrics=metrics)
 
@@ -356,7 +346,7 @@ def build_plan(gc: GpuConfig, workdir: Path) -> list[Item]:
              loop_item(gc, workdir, data, "torch", first, fastest)]
     items += [loop_item(gc, workdir, data, "torch", first, v) for v in variants if v != fastest]
     for backend in gc.keras_backends:
-        label = f"keras-{backend}"
+        label = framework_label("keras", backend)
         items += [steps_item(gc, workdir, label, first, gc.batch_size, KERAS_STEP_VARIANTS[backend]),
                   loop_item(gc, workdir, data, label, first, LOOP_VARIANT[label])]
     for model in gc.models[1:]:

@@ -1,9 +1,6 @@
 """The real training loops, timed beside their steps: ``pytorch_impl.train`` and ``keras_impl.train`` (once per
-Keras backend) on the synthetic set, with their own input pipeline, callbacks and run folder.
-
-A loop's figure is the images/s its ``metrics.csv`` records for each epoch after the first (the first
-pays tracing and compilation). Where a loop misses its target, the same command runs once more under
-``cProfile`` and the report shows the functions where its time goes.
+Keras backend) with their own input pipeline, callbacks and run folder, profiled where one misses its target
+(docs/bench.md, "What is measured").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The benchmark's Markdown and JSON report: machine and settings, the step table, the training loops with
-their targets, and the profiles of the loops that miss one."""
+their targets, and the profiles of the loops that miss one (docs/bench.md).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """One benchmark run: every selected framework label in its own process, ONNX Runtime on the exports, the
-FLOP count and matmul peak, the real training loops (and their profiles where they miss a target).
+FLOP count and matmul peak, the real training loops and their profiles (docs/bench.md, "How it runs").
 
-This module imports no framework; each child gets its environment from ``shared.process.child_env``.
+Imports no framework; each child gets its environment from ``shared.process.child_env``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shared import process
 from shared.bench import loops
 from shared.bench.catalog import BASELINE, DESCRIPTIONS, LOOP_VARIANT, MODULES, TRAINING, backend_of, canonical
 from shared.bench.flops import add_compute, add_loop_compute
-from shared.bench.timing import Settings, ratio
+from shared.bench.timing import TimingPlan, ratio
 from shared.bench.workers import DEVICES, METRICS
 from shared.machine import cpu_has_bf16, git_commit, load_average, machine_info
 
@@ -38,7 +38,7 @@ class BenchConfig:
 
     model: str
     device: str
-    settings: Settings
+    settings: TimingPlan
     variants: dict[str, list[str]]
     out: Path
     timeout: float | None = None
@@ -131,16 +131,18 @@ def _frameworks(cfg: BenchConfig, workdir: Path, rows: list, frameworks: dict) -
     keras_source = canonical("keras") if "keras_export" in ort else None
     exports: dict[str, dict[str, Any]] = {}
     for label in TRAINING:
-        wanted = without_emulated_bf16(label, cfg, cfg.variants.get(label, []), rows)
+        asked, skipped = cfg.variants.get(label, []), []
+        wanted = without_emulated_bf16(label, cfg, asked, skipped)
         source = "torch_export" if label == "torch" else "keras_export" if label == keras_source else None
         onnx = workdir / f"{cfg.model}-{label}.onnx"
         extra = ["--onnx", str(onnx)] if source in ort else []
         if label == "torch":
             extra += ["--flops", "--peak"]
         elif not wanted and not extra:
+            rows += skipped
             continue
         result = run_framework(label, cfg, wanted, workdir, extra)
-        rows += result.pop("rows")
+        rows += sorted(result.pop("rows") + skipped, key=lambda r: asked.index(r["variant"]))  # in the order asked
         frameworks[label] = result
         if "--onnx" in extra:
             exports[source] = result.get("onnx") or {"error": result.get("process_error", "the export did not run")}

@@ -1,9 +1,7 @@
-"""The one timing loop of the project and its statistics.
+"""The one timing loop of the project and its statistics: every speed figure is a step timed here (docs/bench.md).
 
-Every speed figure (the framework benchmarks, the ONNX Runtime rows, the float32 matmul peak, the input
-pipelines) is a step timed here: warm-up calls first (the first one's seconds are kept: tracing and
-compilation happen there), then ``repeats`` timed blocks of ``iters`` steps (more, until a block lasts
-``min_time`` seconds), with ``sync`` called around each block so that queued device work is counted.
+Warm-up calls first, then ``repeats`` blocks of ``iters`` steps (more, until a block lasts ``min_time`` seconds),
+with ``sync`` around each block so that queued device work is counted.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ def ratio(row_metric: Any, base_metric: Any) -> float | None:
 
 
 @dataclass(frozen=True)
-class Settings:
+class TimingPlan:
     """How long to measure: ``iters`` steps per timed block (more when a block would last less than
     ``min_time`` seconds; 0 = exactly ``iters``), ``repeats`` blocks, after ``warmup`` calls."""
 
@@ -103,7 +101,7 @@ def timed_block(step: Callable[[], Any], sync: Callable[[], None], steps: int) -
     return time.perf_counter() - t0
 
 
-def block_steps(step: Callable[[], Any], sync: Callable[[], None], settings: Settings) -> int:
+def block_steps(step: Callable[[], Any], sync: Callable[[], None], settings: TimingPlan) -> int:
     """Steps per timed block: ``settings.iters``, scaled up from one untimed trial block until a block
     lasts ``settings.min_time`` seconds (at most 100,000 steps)."""
     steps = settings.iters
@@ -116,7 +114,7 @@ def block_steps(step: Callable[[], Any], sync: Callable[[], None], settings: Set
     return steps
 
 
-def time_throughput(step: Callable[[], Any], sync: Callable[[], None], settings: Settings,
+def time_throughput(step: Callable[[], Any], sync: Callable[[], None], settings: TimingPlan,
                     images_per_step: float) -> tuple[list[float], float, int]:
     """Units/s (``images_per_step`` units per call) of each timed block, the first call's seconds and the
     steps per block (:func:`block_steps`)."""
@@ -127,7 +125,7 @@ def time_throughput(step: Callable[[], Any], sync: Callable[[], None], settings:
 
 
 def time_latency(step: Callable[[], Any], sync: Callable[[], None],
-                 settings: Settings) -> tuple[list[float], float, int]:
+                 settings: TimingPlan) -> tuple[list[float], float, int]:
     """Median milliseconds of single calls per timed block, the first call's seconds, and the calls per block
     (``settings.latency_iters``: each call is timed alone, so a block needs no minimum duration)."""
     first = warm_up(step, sync, settings.warmup)
@@ -138,14 +136,14 @@ def time_latency(step: Callable[[], Any], sync: Callable[[], None],
     return values, first, settings.latency_iters
 
 
-def rate(step: Callable[[], Any], units_per_step: float, settings: Settings,
+def rate(step: Callable[[], Any], units_per_step: float, settings: TimingPlan,
          sync: Callable[[], None] = _no_sync) -> dict[str, Any]:
     """:func:`time_throughput` as one summary: units/s with its spread, ``first_call_s`` and ``steps``."""
     values, first, steps = time_throughput(step, sync, settings, units_per_step)
     return {**summarize(values), "first_call_s": first, "steps": steps}
 
 
-def interleaved_rates(steps: dict[str, Callable[[], Any]], units_per_step: float, settings: Settings,
+def interleaved_rates(steps: dict[str, Callable[[], Any]], units_per_step: float, settings: TimingPlan,
                       sync: Callable[[], None] = _no_sync) -> dict[str, dict[str, Any]]:
     """Units/s of each step, timed in alternating rounds (one block of each per round, ``settings.repeats``
     rounds), so that a busy machine slows all of them alike: one :func:`summarize` per step."""

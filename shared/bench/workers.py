@@ -1,8 +1,5 @@
-"""The framework side of the benchmark: what a framework process hands the timing loop, and its ``main``.
-
-``pytorch_impl.bench``, ``keras_impl.bench`` (once per Keras backend) and ``export.bench_ort`` each build a
-:class:`Workload` per variant; :func:`run_variants` times it with :mod:`shared.bench.timing` and writes
-JSON after every variant, so a crash keeps what was done.
+"""The framework side of the benchmark: what a framework process hands the timing loop (:class:`Workload`), and the
+``main`` of ``pytorch_impl.bench``, ``keras_impl.bench`` and ``export.bench_ort`` (docs/bench.md).
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from shared.bench.catalog import VARIANTS
 from shared.bench.timing import (
     DEFAULTS,
     MIN_TIME,
-    Settings,
+    TimingPlan,
     first_line,
     is_measured,
     summarize,
@@ -53,7 +50,7 @@ class Workload:
     busy: Callable[[], dict[str, Any]] | None = None
 
 
-def measure_workload(build: Callable[[], Workload], settings: Settings,
+def measure_workload(build: Callable[[], Workload], settings: TimingPlan,
                      metrics: Iterable[str] = METRICS) -> dict[str, Any]:
     """Build one variant and time its figures (``metrics``, default all three); every failure is caught and
     kept as a reason.
@@ -112,7 +109,7 @@ def brief(row: dict[str, Any]) -> str:
 
 
 def run_variants(framework: str, variants: Iterable[str], build: Callable[[str], Workload],
-                 settings: Settings, json_out: str | os.PathLike, header: dict[str, Any],
+                 settings: TimingPlan, json_out: str | os.PathLike, header: dict[str, Any],
                  metrics: Iterable[str] = METRICS) -> dict[str, Any]:
     """Measure each variant in turn, rewriting ``json_out`` after each so a crash keeps what was done."""
     from tqdm import tqdm
@@ -147,7 +144,7 @@ def worker_parser(prog: str, framework: str) -> argparse.ArgumentParser:
 
 
 def parse_worker_args(parser: argparse.ArgumentParser, framework: str,
-                      argv: list[str] | None) -> tuple[argparse.Namespace, Settings, list[str]]:
+                      argv: list[str] | None) -> tuple[argparse.Namespace, TimingPlan, list[str]]:
     """Parse and validate a framework process's arguments (user errors exit 2 with one line)."""
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -161,7 +158,7 @@ def parse_worker_args(parser: argparse.ArgumentParser, framework: str,
             raise errors.UserError(f"unknown metric {m!r}; valid choices: {', '.join(METRICS)}")
     try:
         get_spec(args.model)
-        settings = Settings(**{k: getattr(args, k) for k in DEFAULTS}, min_time=args.min_time)
+        settings = TimingPlan(**{k: getattr(args, k) for k in DEFAULTS}, min_time=args.min_time)
     except ValueError as e:
         raise errors.UserError(str(e)) from None
     return args, settings, variants

@@ -1,17 +1,9 @@
-"""Side-by-side comparison of the PyTorch and the Keras model: layers, parameter counts, parity.
+"""Side-by-side comparison of the PyTorch and the Keras model: layers, parameter counts, parity (``make compare``).
 
     python -m shared.harness.compare --model resnet34 [--num-classes 2] [--shortcut B]
     python -m shared.harness.compare --all [--include-1202]
 
-One table, a row per canonical layer (PyTorch type, output shape, params | Keras type, output shape,
-params | match), the trainable and non-trainable totals of each side, and the parity lines
-(``shared.harness.parity``: random weights transferred torch→keras, eval outputs and one SGD step). The exit
-status is 1 on any mismatch of a row, a total or the eval-mode parity (the SGD step too with
-``--strict-train-step``). The same content goes to ``artifacts/compare/<model>.md`` and ``.json``;
-``--all`` prints one line per registry model and writes ``artifacts/compare/all.md``/``.json``.
-
-Each framework runs in its own process; the summaries are the JSON contract of ``shared.harness.summary``.
-This module imports neither torch nor tensorflow.
+Exits 1 on a mismatch; writes ``artifacts/compare/<model>.md`` and ``.json`` (docs/harness.md). Imports no framework.
 """
 
 from __future__ import annotations

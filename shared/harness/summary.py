@@ -1,16 +1,5 @@
-"""The summary contract both frameworks print with ``--json`` (and the harness compares).
-
-A summary is one JSON object::
-
-    {"model": "resnet20", "framework": "torch" | "keras", "layout": "NCHW" | "NHWC",
-     "input_shape": [...], "spec": {...}, "trainable": int, "non_trainable": int,
-     "layers": [{"name", "type", "output_shape", "params"}, ...]}
-
-``non_trainable`` counts BN running statistics on both sides (Keras' own notion; torch buffers
-``num_batches_tracked`` are bookkeeping and not counted). ``layers`` has one row per canonical layer
-(``shared.names.canonical_layers``) in forward order, each with ``params`` (trainable) and
-``non_trainable`` (BN statistics); a block's row totals the layers inside it. ``output_shape``
-excludes the batch and is in the framework's own layout (see ``canonical_shape``).
+"""The summary contract both frameworks print with ``--json`` and the harness compares: one JSON object with a row per
+canonical layer in forward order (its keys: docs/models.md, "Summaries").
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ import tensorflow as tf
 
 from keras_impl import bench as kbench
 from shared import bench
-from shared.bench import Settings
+from shared.bench import TimingPlan
 from shared.spec import get_spec
 from tests.conftest import run_module
 
 SPEC = get_spec("resnet8")
-TINY = Settings(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
+TINY = TimingPlan(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
 
 
 def _weights(model: keras.Model) -> dict[str, np.ndarray]:

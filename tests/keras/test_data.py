@@ -124,7 +124,7 @@ def test_cats_vs_dogs_offline_error_names_the_tfds_layout(tmp_path):
 @pytest.mark.parametrize("name,key", [("cifar100", b"fine_labels"), ("cifar100_coarse", b"coarse_labels")])
 def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
     """The real preparation of the CIFAR-100 fixture, then the dataset: the pickle's labels and pixels come out."""
-    from datasets.fixtures import prepared_cifar100_fixture
+    from tests.data_fixtures import prepared_cifar100_fixture
 
     prepared, test = prepared_cifar100_fixture(tmp_path, name)
     batches = list(make_dataset(prepared, "test", 32, train=False))
@@ -137,3 +137,34 @@ def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
     x, yb = next(iter(make_dataset(prepared, "train", 32, train=True, seed=1)))
     assert tuple(x.shape) == (32, 32, 32, 3)
     assert set(yb.numpy().tolist()) <= set(range(prepared.manifest["num_classes"]))
+
+
+def test_each_process_feeds_its_own_slice_of_every_global_batch(synthetic):
+    """Under data parallelism over several processes, the processes' parts of a batch, in process order, are the
+    global batch one process alone would feed: no image twice, none left out (what the two-process training test
+    shows end to end, make test-all)."""
+    from keras_impl.data import EpochDataset, Part
+
+    whole = EpochDataset(synthetic, "train", 100, train=True, seed=2)
+    parts = [EpochDataset(synthetic, "train", 100, train=True, seed=2, part=Part(i, 2, 2)) for i in range(2)]
+    for ds in (whole, *parts):
+        ds.set_epoch(1)
+    for i in (0, len(whole) - 1):
+        x, y = whole[i]
+        slices = [p[i] for p in parts]
+        assert [len(s[1]) for s in slices] == [50, 50]
+        np.testing.assert_array_equal(np.concatenate([s[0] for s in slices]), x)
+        np.testing.assert_array_equal(np.concatenate([s[1] for s in slices]), y)
+
+
+def test_an_evaluation_batch_that_does_not_split_over_the_devices_is_padded_with_weight_zero(synthetic):
+    """500 validation images in batches of 96 over 3 devices: the last batch of 20 gets one weight-0 copy (21 split
+    into 3), so the weighted metrics count every image once (end to end on JAX: make test-all)."""
+    from keras_impl.data import EpochDataset, Part
+
+    val = EpochDataset(synthetic, "val", 96, train=False, part=Part(0, 1, 3))
+    batches = [val[i] for i in range(len(val))]
+    assert val.weighted and [len(b[1]) for b in batches] == [96] * 5 + [21]
+    weights = np.concatenate([b[2] for b in batches])
+    assert weights.sum() == 500 and set(np.unique(weights)) == {0.0, 1.0} and batches[-1][2][-1] == 0
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches])[weights == 1], synthetic.arrays("val")[1])

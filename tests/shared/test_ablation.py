@@ -65,7 +65,7 @@ def test_train_command_carries_the_shared_settings(tmp_path):
     (["--frameworks", "torch,jax"], "unknown framework(s) ['jax']; valid choices: torch, keras, keras-tensorflow, "
                                     "keras-jax, keras-torch"),
     (["--models", "resnet21"], "unknown model 'resnet21'"),
-    (["--epochs", "0"], "--epochs must be >= 1; got 0"),
+    (["--epochs", "0"], "epochs must be >= 1; got 0"),
     (["--dataset", "cifar20"], "unknown dataset 'cifar20'; valid choices: cifar10, cifar100, cifar100_coarse, "),
     (["--seeds", "0,x"], "--seeds takes seeds separated by commas (0,1,2) or a count (3); got '0,x'"),
     (["--seeds", "0"], "--seeds N asks for N seeds (0..N-1), so N must be >= 1; got '0'"),

@@ -8,14 +8,9 @@ import pytest
 from matplotlib.image import imread
 
 from shared.ablation import published
-from shared.ablation.report import (
-    best_epoch,
-    build_report,
-    curve_lines,
-    format_seconds,
-    summarize_run,
-    write_report,
-)
+from shared.ablation.markdown import format_seconds
+from shared.ablation.plots import curve_lines
+from shared.ablation.report import best_epoch, build_report, summarize_run, write_report
 from shared.ablation.stats import questions
 from shared.runs import write_metrics
 from shared.spec import get_spec

@@ -12,13 +12,25 @@ import pytest
 
 from shared.harness.compare import compare_summaries
 from shared.harness.parity import Case, run_parity_cases, to_nchw
-from shared.spec import get_spec
+from shared.spec import ModelSpec, get_spec
 from tests.conftest import run_module
 from tests.oracles import CIFAR, IMAGENET
 
-FAST_PARITY = ("resnet20", "resnet56", "plain20", "resnet18", "resnet50", "plain34")
+# The ImageNet stem with bottleneck blocks and option-B projections at a width that checks in seconds: the code of
+# resnet50, which the slow suite checks itself.
+BOTTLENECK = ModelSpec("bottleneck8", "imagenet", "bottleneck", (1, 2, 1, 1), (8, 8, 16, 16), "B", input_size=64)
+# The fast suite checks each code path once: basic blocks with option A both ways (resnet20), the deep CIFAR net
+# (resnet56), the plain twin (plain20, keras2torch: the other direction on a second model) and the ImageNet stem with
+# bottlenecks and projections (bottleneck8). Every other model and direction is the slow suite's (make test-all).
+FAST_PARITY = (("resnet20", "torch2keras"), ("resnet20", "keras2torch"), ("resnet56", "torch2keras"),
+               ("plain20", "keras2torch"), ("bottleneck8", "torch2keras"))
+FAST_SPECS = {"bottleneck8": BOTTLENECK}
 SLOW_PARITY = ("resnet32", "resnet44", "resnet110", "plain32", "plain44", "plain56", "plain110", "resnet34",
                "resnet101", "resnet152", "plain18", "plain50", "plain101", "plain152")
+SLOW_DIRECTIONS = (("resnet56", "keras2torch"), ("plain20", "torch2keras"), ("resnet50", "torch2keras"),
+                   ("resnet50", "keras2torch"),
+                   ("resnet18", "torch2keras"), ("resnet18", "keras2torch"), ("plain34", "torch2keras"),
+                   ("plain34", "keras2torch"))
 
 
 def _swap_mean_var(layer: str):
@@ -51,16 +63,20 @@ TAMPERED = (("resnet20", _swap_mean_var("layer2.1.bn2")), ("resnet20", _unset("f
 
 @pytest.fixture(scope="module")
 def fast_parity():
-    """Six models, both directions, plus deliberately broken mappings: one batch of processes."""
-    cases = [Case(get_spec(n), d) for n in FAST_PARITY for d in ("torch2keras", "keras2torch")]
+    """Four models, five directions, plus deliberately broken mappings: one batch of processes."""
+    cases = [Case(FAST_SPECS.get(n) or get_spec(n), d) for n, d in FAST_PARITY]
     cases += [Case(get_spec(n), "torch2keras", tamper) for n, tamper in TAMPERED]
     return _by_case(run_parity_cases(cases), cases)
 
 
-@pytest.mark.parametrize("direction", ["torch2keras", "keras2torch"])
-@pytest.mark.parametrize("name", FAST_PARITY)
+@pytest.mark.parametrize("name, direction", FAST_PARITY, ids=[f"{n}-{d}" for n, d in FAST_PARITY])
 def test_parity_within_bound(fast_parity, name, direction):
     r = fast_parity[(name, direction, None)]
+    check_parity(r, name)
+
+
+def check_parity(r: dict, name: str) -> None:
+    """A parity result within every bound: eval-mode outputs, the float64 SGD step, torch's running variance."""
     ev = r["eval"]
     lg = ev["logits"]
     assert lg["max_abs"] <= 1e-4 * max(1.0, lg["max_ref"]), lg
@@ -69,7 +85,7 @@ def test_parity_within_bound(fast_parity, name, direction):
     assert 0.5 < lg["max_ref"] < 100
     assert all(s["ok"] and 1.0 < s["max_ref"] < 100 for s in ev["stages"]), ev["stages"]
     assert [s["stage"] for s in ev["stages"]][-1] == "fc" and ev["first_diverging_layer"] is None
-    assert r["size"] == (32 if get_spec(name).stem == "cifar" else 64)
+    assert r["size"] == (32 if (FAST_SPECS.get(name) or get_spec(name)).stem == "cifar" else 64)
     tr = r["train"]
     assert tr["ok"] and tr["verdict"] == "pass" and tr["dtype"] == "float64", tr
     # Keras reports the loss through a float32 metric (the step itself used the float64 loss)
@@ -207,7 +223,11 @@ def test_resnet110_one_unset_bias_anywhere_fails_and_is_named():
 @pytest.mark.slow
 def test_parity_every_other_registry_model():
     cases = [Case(get_spec(n), d) for n in SLOW_PARITY for d in ("torch2keras", "keras2torch")]
+    cases += [Case(get_spec(n), d) for n, d in SLOW_DIRECTIONS]
     results = run_parity_cases(cases)
+    for r, case in zip(results, cases):
+        if (case.spec.name, case.direction) in SLOW_DIRECTIONS:  # the fast suite's models, every check
+            check_parity(r, case.spec.name)
     bad = [(r["model"], r["direction"], r["eval"]["logits"]) for r in results if not r["eval"]["ok"]]
     assert not bad, bad
     # The float64 SGD step passes wherever it can be judged; plain152 is chaotic even in float64.

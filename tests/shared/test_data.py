@@ -22,8 +22,9 @@ from datasets.fixtures import (
     write_cifar10_python,
     write_cifar100_python,
 )
-from shared.data import DATASETS, augmentation, epoch_plan, reference_batches, with_labels
+from shared.data import DATASETS, augmentation, epoch_plan, with_labels
 from shared.errors import UserError
+from tests.data_fixtures import reference_batches
 
 PER_BATCH, TEST = 20, 30  # 100 training images (90 train + 10 val), 30 test
 

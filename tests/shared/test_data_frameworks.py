@@ -19,9 +19,10 @@ import pytest
 from datasets import cifar, load_prepared
 from datasets.fixtures import write_cifar10_python
 from datasets.prepared import write_prepared
-from shared.data import augmentation, epoch_plan, norm_constants, reference_batches
+from shared.data import augmentation, epoch_plan, norm_constants
 from shared.process import FRAMEWORKS  # torch's Loader, Keras' tf.data pipeline
 from tests.conftest import ROOT
+from tests.data_fixtures import reference_batches
 
 # The EpochDataset that model.fit trains on, per Keras backend (JAX and torch without tensorflow).
 KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import infer
+from export import infer, model_file
 from export.runtimes import INFER_RUNTIMES, RUNTIMES, opset_advice
 from shared.export_meta import FORMATS, read_metadata
 from tests.blocked_imports import blocked_env
@@ -192,8 +192,8 @@ def test_infer_runtime_and_provider_errors_are_one_line(matrix, tmp_path):
     if "openvino" in INSTALLED:
         assert error(pt2, tmp_path / "a.png", "--runtime", "openvino").startswith(
             "error: openvino does not read pt2 files; it reads: onnx, openvino")
-    offered = [k for k, v in infer.PROVIDERS.items() if v in ort.get_available_providers()]
-    missing = next(k for k in infer.PROVIDERS if k not in offered)
+    offered = [k for k, v in model_file.PROVIDERS.items() if v in ort.get_available_providers()]
+    missing = next(k for k in model_file.PROVIDERS if k not in offered)
     assert f"valid choices here: {', '.join(offered)} " in error(onnx_file, tmp_path / "a.png", "--provider", missing)
     help_text = run_module("export.infer", "--help").stdout
     assert f"this build offers: {', '.join(offered)} (default cpu)" in " ".join(help_text.split())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export import infer
+from export import infer, model_file
 from export.parity import compare
 from shared.export_meta import build_metadata
 from shared.export_source import Source, default_onnx_path, resolve_source
@@ -170,7 +170,8 @@ def test_make_infer_classifies_images_from_trained_synthetic_run(tmp_path, data_
 
     # The same pixels through the framework: normalize with the manifest, native logits in torch.
     model = infer.load(run / "model.onnx")
-    pre = np.stack([infer.load_image(p, model)[0] for p in paths])  # NCHW (torch export)
+    size, resize = model.meta["input_size"], model.meta["resize"]  # as make infer reads them from the file
+    pre = np.stack([infer.preprocess_array(infer.decode_image(p, size, resize)[0], model) for p in paths])  # NCHW
     mean, std = norm_constants(prepared.manifest)
     np.testing.assert_allclose(pre, normalize(x, mean, std).transpose(0, 3, 1, 2), rtol=0, atol=1e-6)
     np.save(tmp_path / "x.npy", normalize(x, mean, std))
@@ -307,7 +308,7 @@ def test_infer_bad_inputs_are_one_line_errors(onnx_file, image_tree, tmp_path):
         f"error: --out must end in .csv or .json; got {tmp_path / 'p.txt'}")
     import onnxruntime as ort
 
-    offered = ", ".join(k for k, v in infer.PROVIDERS.items() if v in ort.get_available_providers())
+    offered = ", ".join(k for k, v in model_file.PROVIDERS.items() if v in ort.get_available_providers())
     assert _infer_error(onnx_file, good[0], "--provider", "tpu").startswith(
         f"error: unknown provider 'tpu' for onnxruntime {ort.__version__}; valid choices here: {offered} (it offers ")
     if "TensorrtExecutionProvider" not in ort.get_available_providers():
@@ -350,7 +351,8 @@ def test_infer_converts_grayscale_rgba_and_resizes(onnx_file, tmp_path, capsys):
     assert re.search(r"big\.jpg\n  1\. \S+ +0\.\d{4}\n  2\. ", out)
     model = infer.load(onnx_file)
     # Grayscale: three equal channels before normalization; "crop" keeps the center of a wide image.
-    x, note = infer.load_image(tmp_path / "gray.png", model, resize="crop")
+    pixels, note = infer.decode_image(tmp_path / "gray.png", model.meta["input_size"], "crop")
+    x = infer.preprocess_array(pixels, model)
     norm = model.meta["normalization"]
     pixels = x.transpose(1, 2, 0) * np.asarray(norm["std"]) + np.asarray(norm["mean"])
     assert x.shape == (3, 32, 32) and note and np.allclose(pixels[..., 0], pixels[..., 2], atol=1e-5)

@@ -67,5 +67,6 @@ def test_bad_overrides_are_refused(kwargs, match):
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(ValueError, match="valid choices: cifar10, cifar100, cifar100_coarse, synthetic, cats_vs_dogs"):
+    choices = "cifar10, cifar100, cifar100_coarse, synthetic, synthetic_cifar, cats_vs_dogs, digits"
+    with pytest.raises(ValueError, match=f"valid choices: {choices}$"):
         recipe_for("imagenet", get_spec("resnet50"))

@@ -10,11 +10,11 @@ import torch
 
 from pytorch_impl import bench as tbench
 from shared import bench
-from shared.bench import Settings
+from shared.bench import TimingPlan
 from shared.spec import get_spec
 
 SPEC = get_spec("resnet8")
-TINY = Settings(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
+TINY = TimingPlan(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -101,7 +101,7 @@ def test_cuda_resident_loader_matches_cpu(synthetic):
 @pytest.mark.parametrize("name,key", [("cifar100", b"fine_labels"), ("cifar100_coarse", b"coarse_labels")])
 def test_cifar100_from_the_python_format_to_tensors(tmp_path, name, key):
     """The real preparation of the CIFAR-100 fixture, then the loader: the pickle's labels and pixels come out."""
-    from datasets.fixtures import prepared_cifar100_fixture
+    from tests.data_fixtures import prepared_cifar100_fixture
 
     prepared, test = prepared_cifar100_fixture(tmp_path, name)
     batches = list(Loader(prepared, "test", 32, train=False))

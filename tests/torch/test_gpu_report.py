@@ -12,11 +12,11 @@ import torch
 from pytorch_impl import bench as tbench
 from pytorch_impl import syncs
 from shared import bench, errors
-from shared.bench import Settings
+from shared.bench import TimingPlan
 from shared.spec import get_spec
 
 SPEC = get_spec("resnet8")
-TINY = Settings(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
+TINY = TimingPlan(batch_size=4, iters=1, repeats=2, warmup=1, latency_iters=2)
 
 
 def test_amp_channels_last_is_autocast_in_channels_last():

@@ -1,21 +1,8 @@
-"""Numerical parity between the PyTorch and the Keras ResNet, each run in its own process.
+"""Numerical parity between the PyTorch and the Keras ResNet, each run in its own process (docs/harness.md, "Parity").
 
-One side draws random weights (every parameter; the BN closing each residual branch calibrated on the
-batch, so activations stay O(1)-O(30) at any depth), writes canonical safetensors and runs a batch; the
-other side loads that file and runs the same batch (NCHW vs NHWC). The outputs are compared with numpy:
-
-* **eval mode** (``check.py``): logits and every stage's output (``shared.names.stage_names``), each
-  against ``1e-4 * max(1, max|a|)`` of its own values in float32 (or 10x float32's own error there,
-  where larger); when a stage diverges, a second pass captures every canonical layer up to it and names
-  the first layer that diverges.
-* **train mode** (``step.py``): one SGD step (lr, momentum, PyTorch-style coupled weight decay) in
-  float64 from identical weights on the same batch; the updated parameters and BN running statistics
-  are compared, the running variances after torch's unbiased-estimator gap.
-
-Modules: ``randomize`` (weights and calibration law), ``run`` (jobs, worker processes), ``check``,
-``step``, ``report``; ``python -m shared.harness.parity --model resnet50`` is the command line.
-Framework work runs in ``python -m pytorch_impl.parity JOB.json`` / ``keras_impl.parity``.
-This package imports neither torch nor tensorflow.
+``randomize`` (weights and calibration law), ``run`` (jobs, worker processes), ``check`` (eval mode), ``step`` (one
+SGD step in float64), ``report``; ``python -m shared.harness.parity --model resnet50`` is the command line.
+Imports neither torch nor tensorflow.
 """
 
 from shared.harness.parity.check import NOISE_FACTOR, REL_TOL, bound, diff_entry, to_nchw

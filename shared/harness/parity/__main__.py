@@ -1,5 +1,6 @@
 """``python -m shared.harness.parity --model resnet50 [--direction both] [--size 64] [--batch 2]``:
-a parity report for one model (``artifacts/parity/<model>.md`` and ``.json``); exit 1 on a failure."""
+a parity report for one model (``artifacts/parity/<model>.md`` and ``.json``); exit 1 on a failure (docs/harness.md).
+"""
 
 from __future__ import annotations
 

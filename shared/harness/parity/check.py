@@ -1,13 +1,7 @@
-"""Eval-mode comparison of two frameworks' outputs: each tensor against a bound from its own scale.
+"""Eval-mode comparison of two frameworks' outputs: each tensor against a bound from its own scale (docs/harness.md).
 
-``max|a - b| <= max(REL_TOL * max(1, max|a|), NOISE_FACTOR * noise)`` (``a`` is the source side), applied
-to every stage output, the logits and, when a stage fails, every layer up to it. The randomization keeps
-every activation O(1)-O(30) (``randomize.py``), so the first term is about 1e-4 of the tensor's own size
-at any depth; it does not grow with an explosion. ``noise`` is float32's own error at that tensor:
-``max|a32 - a64|`` of the PyTorch side run in float32 and in float64 on the same weights. Deep ImageNet
-nets amplify rounding (resnet152's layer4 output at 64x64 is 1e-4 of its size off its float64 value), so
-two float32 implementations can differ by that much; a mapping bug differs by far more (a bias N(0, 0.2)
-on O(10) activations).
+``max|a - b| <= max(REL_TOL * max(1, max|a|), NOISE_FACTOR * noise)``, with ``a`` the source side and ``noise``
+float32's own error at that tensor (the PyTorch side in float32 against float64).
 """
 
 from __future__ import annotations

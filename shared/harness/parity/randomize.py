@@ -1,21 +1,8 @@
-"""Random weights for a parity check, and BN statistics calibrated to the batch they will see.
+"""Random weights for a parity check, and the BN statistics calibrated to the batch they will see.
 
-:func:`randomize_arrays` gives every canonical tensor a fresh value (so a swapped or missing mapping
-changes the function). With random running statistics a deep *residual* net explodes in eval mode: each
-block adds a branch as large as the stream it read, so the stream doubles per block (resnet110's logits
-reach 5.7e8) and a bound relative to the output's size lets large differences through. So a parity check
-*calibrates* the BN that closes each residual branch (and each projection shortcut's BN,
-:func:`calibrated_layers`): its running mean and variance become the per-channel mean and (biased)
-variance of its own input on the parity batch, perturbed by a random factor near 1
-(:func:`calibrated_stats`). Every branch then adds O(1), the stream grows like the square root of the
-depth, and every stage stays O(1)-O(30); the eval-mode function still differs from the train-mode one.
-
-The other BNs keep random statistics, on purpose: calibrating *every* BN on the batch turns the eval
-net into a frozen copy of a train-mode BN net, which is chaotic at random initialization (Yang et al.
-2019): in plain152 a 1e-7 change of the input grows to 1e6 at the logits, so no float32 pair could
-agree. Plain nets do not explode with random statistics (a ReLU net with He-normal convs and random
-per-channel scales near 1 keeps its scale), so they need no calibration. The framework side computes the
-inputs' statistics (``pytorch_impl/parity.py``); which layers and the law live here.
+Only the BN that closes each residual branch (and each projection shortcut's) is calibrated, so that a deep residual
+net does not explode in eval mode; the others stay random (why: docs/harness.md, "Parity"). Which layers and the law
+live here; the framework side computes the inputs' statistics (``pytorch_impl/parity.py``).
 """
 
 from __future__ import annotations

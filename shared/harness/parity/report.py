@@ -1,4 +1,4 @@
-"""Parity results as text: one eval line, one train-step line, and a Markdown report per case."""
+"""Parity results as text: one eval line, one train-step line, and a Markdown report per case (docs/harness.md)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Running parity cases: jobs for each framework's worker, three worker processes for any number of cases.
 
-Phase 1, PyTorch: every case's random weights are drawn and their BN statistics calibrated on the
-case's batch (``randomize.py``; PyTorch's forward pre-hooks see each BN's actual input in one pass);
-the torch→keras sources also run the batch. Phase 2, Keras: the torch→keras targets load and run; the
-keras→torch sources load the calibrated weights, save their own export of them and run. Phase 3,
-PyTorch: the keras→torch targets. Workers: ``python -m pytorch_impl.parity JOBS.json`` / ``keras_impl``.
+PyTorch draws and calibrates the weights, Keras loads and runs them, then PyTorch runs the keras→torch targets
+(docs/harness.md, "How it works"). Workers: ``python -m pytorch_impl.parity JOBS.json`` / ``keras_impl.parity``.
 """
 
 from __future__ import annotations
@@ -127,7 +124,7 @@ def _plan(case: Case, work: Path, batch: int, size: int | None, seed: int, step:
     w0 = work / "w0.safetensors"
     transferred = w0 if case.tamper is None else work / "w0-tampered.safetensors"
     stage_layers = [stage_output_layer(spec, s) for s in stage_names(spec)]
-    # each direction its own weights; PyTorch draws and calibrates them (see the module docstring)
+    # each direction its own weights; PyTorch draws and calibrates them (docs/harness.md, "How it works")
     weight_seed = seed + (1 if src == "keras" else 0)
     init = {"spec": spec.to_dict(), "randomize": weight_seed,
             "calibrate": {"input": str(inputs["torch"]), "seed": weight_seed, "layers": calibrated_layers(spec)}}

@@ -1,20 +1,8 @@
-"""The one-step SGD check: from identical weights, on the same batch, both frameworks take one step
-in train mode; the updated parameters and BN running statistics are compared.
+"""The one-step SGD check: from identical weights, on the same batch, both frameworks take one step in train mode in
+float64, and the updated parameters and BN running statistics are compared (docs/harness.md, "Parity").
 
-The step runs in **float64** on both sides. At random initialization BN's train-mode gradient grows
-geometrically with depth (Yang et al. 2019, "A mean field theory of batch normalization"), and so does
-every rounding error: in float32 the update of plain50/101/110/152 and resnet101/152 differs from the
-float64 one by 10-140 %, so no two float32 implementations can agree on it. In float64 the same nets
-agree to 1e-6 or better, so the update is held to STEP_REL_TOL at every depth. One model can be chaotic
-even in float64 (plain152: its first layers' gradient is amplified ~1e14); to know which, the PyTorch
-side takes a second step from weights perturbed by PROBE (relative) and the report gives that
-*sensitivity*: where it exceeds the tolerance, no implementation can be judged on this step (its
-train-mode forward is as chaotic: plain152's deep running statistics differ too), and the report says so
-instead of passing or failing it. Everywhere else loss, running statistics and update are all judged.
-
-PyTorch updates the running variance with the *unbiased* batch variance, Keras with the biased one, so
-``torch - keras = momentum * var_biased / (n - 1)`` exactly (``n`` = values per channel, batch x H x W);
-the report states that expected difference and checks what is left after it.
+A probe step from perturbed weights tells a chaotic model (plain152) from a wrong one; the running variances are
+compared after torch's unbiased-estimator gap, ``momentum * var_biased / (n - 1)``.
 """
 
 from __future__ import annotations
@@ -129,7 +117,7 @@ def compare_train_step(
             "n_range": [min((e["n"] for e in variances), default=0), max((e["n"] for e in variances), default=0)],
             "ok": all(e["ok"] for e in variances),
         },
-        # A step no implementation can reproduce (see the module docstring) is neither passed nor failed: its
+        # A step no implementation can reproduce (docs/harness.md, "Parity") is neither passed nor failed: its
         # train-mode forward is as chaotic as its update, so the running statistics are reported, not judged.
         "verdict": "pass" if loss_ok and stats_ok and update_ok else "fail" if resolvable else "unresolvable",
         "ok": bool((loss_ok and stats_ok and update_ok) or not resolvable),
