@@ -196,7 +196,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     model.train()
     loader.set_epoch(progress.epoch)
     steps, start, before = plan.iters_in_epoch(progress.epoch), progress.step, progress.partial
-    sums = torch.tensor(rank_sums(before, ctx), dtype=torch.float64, device=ctx.device)  # loss * images, correct
+    sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss * images, correct
+    if before:  # resumed inside the epoch: the sums its stop saved (one copy to the device)
+        sums = torch.tensor(rank_sums(before, ctx), dtype=torch.float64, device=ctx.device)
     seen, seconds = int(before.get("images", 0)), float(before.get("seconds", 0.0))
     totals, lr = [0.0, 0.0], plan.lr_at(progress.iteration)
     bar = tqdm(total=steps, initial=start, desc=f"epoch {progress.epoch + 1}/{plan.epochs}", unit="it", leave=False,

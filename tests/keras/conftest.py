@@ -8,6 +8,16 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_intra_op_thread():
+    """TensorFlow sizes its intra-op pool once per process, at its first op, and later requests are ignored. The
+    SIGTERM contract trains in this process with ``--threads 1`` and compares bit for bit with a run at one thread
+    in a subprocess: the pool is fixed here, before any test runs an op, so the tests' order cannot change it."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _no_torch_here():
     yield
@@ -54,3 +64,13 @@ def trainer():
     # TensorFlow's default: one intra-op thread per core
     return Trainer("keras", "keras_impl.train", settle=1.0, default_threads=cpu_cores(),
                    checkpoint_progress=_checkpoint_progress, check_optimizer=_check_optimizer, other_framework="torch")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The Keras contract under the framework's default threading is slow (a minute of TensorFlow runs); the fast
+    suite keeps it under one thread, and the torch contract keeps both (the restore of default threading is
+    shared/threads.py, the same for both trainers)."""
+    for item in items:
+        if "test_train_contract.py" in item.nodeid and "[default threading]" in item.nodeid:
+            item.add_marker(pytest.mark.slow)

@@ -40,7 +40,8 @@ def test_device_choice():
 
 def test_nan_guard_names_where_and_what_is_kept(synthetic_dir, tmp_path):
     settings = _settings(synthetic_dir, tmp_path)
-    run = RunFolder(settings, {}, Progress(epoch=2, iteration=812), owner=False)
+    # A run resumed from its epoch-2 checkpoint: that checkpoint is what the folder keeps.
+    run = RunFolder(dataclasses.replace(settings, saved={}), {}, Progress(epoch=2, iteration=812), owner=False)
     run.check_loss(1.5, 0.1)
     with pytest.raises(NonFiniteLoss, match="became nan at epoch 3, iteration 812") as e:
         run.check_loss(float("nan"), 0.1)

@@ -22,6 +22,7 @@ from pytorch_impl.data import Loader
 from pytorch_impl.optim import make_sgd
 from pytorch_impl.resnet import build_model
 from shared.run_folder import Progress
+from shared.signals import StopRequest
 from shared.spec import get_spec
 
 TENSOR_METHODS = ("to", "cpu", "cuda", "item", "tolist", "__float__", "__int__", "__bool__")
@@ -73,7 +74,7 @@ def _trainer(synthetic, device: str, *, amp: bool = False, channels_last: bool =
 
     def epoch(steps: int, number: int = 0):
         run.plan, run.progress.epoch = fixed_plan(steps), number
-        return train.train_one_epoch(model, optimizer, loader, run, ctx)
+        return train.train_one_epoch(model, optimizer, loader, run, ctx, StopRequest())  # no stop asked
 
     return epoch
 
