@@ -99,6 +99,9 @@ test: $(STAMP) ## fast test suite (each framework in its own pytest process)
 test-all: $(STAMP) ## every test, slow cases included
 	$(PY) -m tests.run $(PYTEST_ARGS)
 
+test-times: $(STAMP) ## make test, and where its time went: results/test-times.md
+	$(PY) -m tests.run --times=results -m "not slow" $(PYTEST_ARGS)
+
 test-slow: $(STAMP) ## only the slow cases
 	$(PY) -m tests.run -m slow $(PYTEST_ARGS)
 

@@ -4,7 +4,9 @@ slowest tests (docs/testing.md).
 ``tests/shared`` (framework-neutral; may start framework subprocesses), ``tests/torch`` and ``tests/keras`` run as
 separate pytest processes, because torch.export crashes in a process that has imported tensorflow; ``--jobs`` of
 them run side by side (default: one per CPU core, at most 3), each line of their output prefixed with its suite.
-Other arguments go to every pytest run (``-m "not slow"``, ``-k name``).
+Other arguments go to every pytest run (``-m "not slow"``, ``-k name``). ``--times DIR`` also writes where the
+time went to ``DIR/test-times.json`` and ``.md``: each suite's wall time, each test file's seconds, and what a
+fresh process pays to import each framework (every subprocess a test starts pays it again).
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ def results(junit: Path) -> list[dict]:
     return out
 
 
-def run_suites(argv: list[str], jobs: int, junit_dir: Path) -> dict[str, int]:
-    """Each suite's pytest exit status; up to ``jobs`` at once, output streamed line by line with its suite."""
-    lock, codes = threading.Lock(), {}
+def run_suites(argv: list[str], jobs: int, junit_dir: Path, walls: dict[str, float] | None = None) -> dict[str, int]:
+    """Each suite's pytest exit status; up to ``jobs`` at once, output streamed line by line with its suite (and
+    its wall seconds into ``walls``)."""
+    lock, codes, walls = threading.Lock(), {}, {} if walls is None else walls
     pending = list(SUITES)
 
     def one(suite: str) -> None:
         cmd = [sys.executable, "-m", "pytest", f"tests/{suite}", f"--junitxml={junit_dir / suite}.xml", *argv]
         with lock:
             print(f"=== tests/{suite}: {' '.join(cmd[1:])}", flush=True)
+        start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert proc.stdout is not None
@@ -54,6 +58,7 @@ def run_suites(argv: list[str], jobs: int, junit_dir: Path) -> dict[str, int]:
             with lock:
                 print(f"[{suite}] {line}", end="", flush=True)
         codes[suite] = proc.wait()
+        walls[suite] = time.monotonic() - start
 
     def worker() -> None:
         while True:
@@ -81,16 +86,68 @@ def summary(cases: Iterable[dict], seconds: float) -> tuple[dict[str, int], list
     return counts, lines
 
 
+IMPORTS = {"torch": "import torch, torchvision", "keras (tensorflow)": "import keras",
+           "keras (jax)": "import keras", "keras (torch)": "import keras", "onnxruntime": "import onnxruntime"}
+IMPORT_ENV = {"keras (tensorflow)": "tensorflow", "keras (jax)": "jax", "keras (torch)": "torch"}
+
+
+def import_seconds() -> dict[str, float]:
+    """What a fresh ``python -c <import>`` takes for each framework: the price of every subprocess a test starts."""
+    out = {}
+    for name, code in IMPORTS.items():
+        env = {**os.environ, "KERAS_BACKEND": IMPORT_ENV.get(name, "tensorflow"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, check=True)
+        out[name] = round(time.monotonic() - t, 1)
+    return out
+
+
+def write_times(folder: Path, cases: list[dict], walls: dict[str, float], seconds: float, argv: list[str]) -> None:
+    """``test-times.json`` and ``test-times.md`` in ``folder``: suite walls, seconds per test file, import costs."""
+    from shared.io import atomic_write_json, atomic_write_text
+    from shared.machine import cpu_cores, cpu_model, load_average
+
+    files: dict[str, float] = {}
+    for c in cases:
+        f = c["id"].split("::")[0]
+        files[f] = files.get(f, 0.0) + c["seconds"]
+    ranked = sorted(files.items(), key=lambda kv: kv[1], reverse=True)
+    machine = f"{cpu_model()}, {cpu_cores()} cores"
+    data = {"machine": machine, "load_average_after": load_average(), "pytest_args": argv, "wall_s": round(seconds, 1),
+            "suite_wall_s": {k: round(v, 1) for k, v in walls.items()},
+            "file_s": {k: round(v, 1) for k, v in ranked}, "fresh_import_s": import_seconds()}
+    lines = ["# Where the test time goes", "", f"`make test` ({' '.join(argv)}) on {machine}: "
+             f"{seconds / 60:.1f} min wall, the suites side by side (load average after: "
+             f"{data['load_average_after']}).", "", "| suite | wall |", "|---|---:|"]
+    lines += [f"| tests/{k} | {v / 60:.1f} min |" for k, v in data["suite_wall_s"].items()]
+    lines += ["", "A fresh process importing each framework (every subprocess a test starts pays this):", "",
+              "| import | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in data["fresh_import_s"].items()]
+    lines += ["", "Seconds per test file (setup + call + teardown):", "", "| file | seconds |", "|---|---:|"]
+    lines += [f"| `{k}` | {v:.0f} |" for k, v in ranked]
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "test-times.json", data)
+    atomic_write_text(folder / "test-times.md", "\n".join(lines) + "\n")
+
+
 def main(argv: list[str]) -> int:
     jobs = min(len(SUITES), os.cpu_count() or 1)
-    if argv and argv[0].startswith("--jobs="):
-        jobs, argv = int(argv[0].split("=", 1)[1]), argv[1:]
-    t0 = time.monotonic()
+    times = None
+    while argv and argv[0].startswith(("--jobs=", "--times=")):
+        key, value = argv[0].split("=", 1)
+        jobs, times = (int(value), times) if key == "--jobs" else (jobs, Path(value))
+        argv = argv[1:]
+    t0, walls = time.monotonic(), {}
     with tempfile.TemporaryDirectory() as tmp:
-        codes = run_suites(argv, jobs, Path(tmp))
+        codes = run_suites(argv, jobs, Path(tmp), walls)
         cases = [c for suite in SUITES for c in results(Path(tmp) / f"{suite}.xml")]
-    total, slow = summary(cases, time.monotonic() - t0)
+    seconds = time.monotonic() - t0
+    total, slow = summary(cases, seconds)
     print("\n" + "\n".join(slow))
+    print("suite wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()))
+    if times is not None:
+        write_times(times, cases, walls, seconds, argv)
+        print(f"where the time went: {times / 'test-times.md'}")
     print(f"\ntotal: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
     worst = max((c for c in codes.values() if c not in (0, 5)), default=0)  # 5: no test selected in that suite
     if total["passed"] + total["failed"] == 0:

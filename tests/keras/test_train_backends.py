@@ -1,6 +1,7 @@
 """keras_impl.train on the JAX and PyTorch backends, in processes where ``import tensorflow`` fails: it
-trains, the same seed gives the same metrics.csv, and a run killed mid-epoch resumes to the same metrics
-(default threading, as a user runs it)."""
+trains (fast), and a run killed mid-epoch resumes to the uninterrupted run's metrics (slow; default threading,
+as a user runs it). The multi-device JAX runs are slow; tests/keras/test_data.py checks their batch slicing and
+padding in the fast suite."""
 
 from __future__ import annotations
 
@@ -25,16 +26,16 @@ def train(backend: str, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_trains_without_tensorflow_and_the_same_seed_gives_the_same_run(data_dir, tmp_path, backend):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):  # 25 iterations: a whole epoch of 20, then 5 of the second
-        train(backend, *base_args(data_dir, out, "--iters", "25"))
-    run = runs.read_run(a)
+def test_trains_without_tensorflow(data_dir, tmp_path, backend):
+    """One run per backend: it learns and finishes. That the same seed gives the same run on these backends is
+    the slow SIGKILL test below (an uninterrupted run and a killed, resumed one end bit for bit alike)."""
+    out = tmp_path / "run"  # 25 iterations: a whole epoch of 20, then 5 of the second
+    train(backend, *base_args(data_dir, out, "--iters", "25"))
+    run = runs.read_run(out)
     assert run["finished"] and run["config"]["device"]["backend"] == backend
     rows = run["metrics"]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["val_acc"] > 0.2  # it learned (chance 0.1)
     assert run["results"]["iterations"] == 25
-    assert same_metrics(a, b)
 
 
 @pytest.mark.slow
@@ -49,6 +50,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(data_dir, tmp_path
     assert_resumed_like(out, full)
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_on_two_cpu_devices_takes_the_same_steps(data_dir, tmp_path):
     """keras.distribution.DataParallel over 2 host devices: the same global batch and lr schedule, the same
     losses as one device up to float32 reduction order."""
@@ -65,6 +67,7 @@ def test_jax_data_parallel_on_two_cpu_devices_takes_the_same_steps(data_dir, tmp
     assert dp["loss"] == pytest.approx(one["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_jax_two_processes_take_the_steps_of_two_devices_in_one(data_dir, tmp_path):
     """``--nproc 2``: two JAX processes joined by keras.distribution.initialize (gloo on the CPU), each feeding
     its half of every global batch, train exactly as one process over 2 devices: the same global batch, the
@@ -102,6 +105,7 @@ def test_two_jax_processes_killed_mid_epoch_resume_to_the_same_run(data_dir, tmp
     assert_resumed_like(out, full)
 
 
+@pytest.mark.slow
 def test_jax_evaluation_batches_that_do_not_split_over_the_devices_are_padded_with_weight_zero(data_dir, tmp_path):
     """3 devices, batch 96: the 500-image splits end in a batch of 20, which 3 devices cannot split. It is
     padded with weight-0 copies, and validation and test give what one device gives (the lr is ~0, so the

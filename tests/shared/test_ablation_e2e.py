@@ -104,6 +104,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # fast guard: the trainers' SIGKILL contract; the tiny ablation's rerun skips finished cells
 def test_interrupted_cell_is_resumed(tmp_path):
     # 64-image batches over 2000 images: 31 iterations per epoch, so --iters 32 is epoch 1 plus one
     # iteration of epoch 2. Freeze the whole process group as soon as epoch 1 is on disk, then kill it.

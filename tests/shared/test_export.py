@@ -74,6 +74,7 @@ def test_parity_torch_run_resnet20_both_exports(torch_run):
     assert "# ONNX parity: resnet20" in (run / "parity.md").read_text()
 
 
+@pytest.mark.slow  # fast guard: the deploy matrix exports both frameworks at opsets 18 and 17
 def test_parity_keras_run_plain20_both_exports_at_an_older_opset(tmp_path, data_dir):
     """The torch run above checks the default opset (18); this one both exporters at 17 (torch: TorchScript)."""
     run = _make_run("keras", "plain20", tmp_path / "plain20", data_dir, seed=3)
