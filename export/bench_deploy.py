@@ -223,8 +223,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Measured by `make bench-deploy` (`export/bench_deploy.py`) on {m['cpu']}, {m['cores']} cores; "
         f"load average (1/5/15 min) at the start {m['load_average']}, at the end {report['load_average_end']}. "
-        "Other processes shared this CPU: absolute speeds are lower than on an idle machine; the ratios "
-        "come from alternating rounds in one process, so both sides of a ratio saw the same load.",
+        "Absolute speeds depend on what else ran (the load average); the ratios come from alternating rounds in "
+        "one process, so both sides of a ratio saw the same load.",
         "",
     ]
     for side in report.get("side_by_side", []):
@@ -242,8 +242,10 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['speedup_b1']:.2f}x"])
     lines += table(("run model", "export", "precision", "float32 acc", "acc", "top-1 agreement", "max abs d logit",
                     "batch-64 img/s float32 -> q", "speedup b64", "batch-1 img/s float32 -> q", "speedup b1"), body)
-    lines += ["", "Accuracy is on the runs' test split (synthetic data, 500 images; the runs are short CPU "
-              "trainings, not paper results). int8: ORT static QDQ, per-channel int8 weights, uint8 activations, "
+    splits = sorted({f"{r['split']} split of {r['dataset']}{' (SYNTHETIC data)' if r['synthetic'] else ''}, "
+                     f"{r['n']} images" for r in report["quantized"]})
+    lines += ["", f"Accuracy is on the runs' {'; '.join(splits)} (the runs are short CPU trainings, not paper "
+              "results). int8: ORT static QDQ, per-channel int8 weights, uint8 activations, "
               "MinMax on 256 training images. fp16: float16 weights and activations, float32 input/output; this "
               "CPU has no float16 arithmetic for ORT's CPU kernels, so fp16 is expected to be slower here."]
     fb = report["infer_folder"]

@@ -261,32 +261,10 @@ def _speed(row: dict[str, Any], batch: str) -> str:
     return f"{metric['median']:,.0f}" if isinstance(metric, dict) and "median" in metric else ""
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as a Markdown page: the grid, every cell, the reasons, the opset evidence."""
-    m = report["machine"]
-    flags = m["cpu_flags"]
-    tag = " (SYNTHETIC data)" if report["synthetic"] else ""
-    flag_text = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
+def matrix(report: dict[str, Any]) -> list[str]:
+    """The grid: one row per source and format, one column per runtime (``matrix.md``, the README's block)."""
     names = list(report["runtimes"])
     rows_by = {(r["file_index"], r["runtime"]): r for r in report["cells"]}
-    lines = [
-        f"# Deployment matrix: {report['model']} ({report['trained_framework']}-trained)",
-        "",
-        f"Run `{report['run']}`; split **{report['split']}** of {report['dataset']}{tag}, {report['n']} images "
-        f"(a slow runtime sees a prefix). Written by `make deploy-check` on {m['cpu']}, {m['cores']} cores, "
-        f"CPU flags: {flag_text}; load average "
-        f"{m['load_average']} at the start, {report['load_average_end']} at the end.",
-        "",
-        f"**Verdict: {'PASS' if report['ok'] else 'FAIL'}**: every float32 cell that ran agrees with the native "
-        "model within 1e-4·max(1, max|logit|) and on every top-1 class"
-        + ("" if report["ok"] else f"; failing: {', '.join(report['failed_float32'])}") + ".",
-        "",
-        "## The matrix",
-        "",
-        "Each cell: max |logit difference| against the native model of its source, and top-1 agreement. "
-        "Empty: the runtime does not read that format.",
-        "",
-    ]
     grid = []
     for i, f in enumerate(report["files"]):
         first = f"{f['source']} · {f['label']}"
@@ -294,11 +272,49 @@ def markdown(report: dict[str, Any]) -> str:
             grid.append([first, f"*{_short(f['error'], 80)}*", *[""] * (len(names) - 1)])
         elif "error" not in f:
             grid.append([first, *[_grid_cell(rows_by.get((i, n))) for n in names]])
-    lines += table(["source · format", *names], grid)
+    lines = table(["source · format", *names], grid)
     no_route = [f"{f['source']} → {f['format']}" for f in report["files"] if f.get("error", "").startswith("no route")]
     if no_route:
         lines += ["", f"No route (the framework or Keras backend does not write the format): {', '.join(no_route)}. "
                   "Keras writes .pt2 on the torch backend only (`SOURCES=keras-torch`)."]
+    return lines
+
+
+def header(report: dict[str, Any], load: bool = True) -> list[str]:
+    """The title, what ran where (with the load average, when ``load``), and the verdict."""
+    m = report["machine"]
+    flag_text = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["cpu_flags"].items())
+    tag = " (SYNTHETIC data)" if report["synthetic"] else ""
+    return [
+        f"# Deployment matrix: {report['model']} ({report['trained_framework']}-trained)",
+        "",
+        f"Run `{report['run']}`; split **{report['split']}** of {report['dataset']}{tag}, {report['n']} images "
+        f"(a slow runtime sees a prefix). Written by `make deploy-check` on {m['cpu']}, {m['cores']} cores, "
+        f"CPU flags: {flag_text}"
+        + (f"; load average {m['load_average']} at the start, {report['load_average_end']} at the end." if load
+           else "."),
+        "",
+        f"**Verdict: {'PASS' if report['ok'] else 'FAIL'}**: every float32 cell that ran agrees with the native "
+        "model within 1e-4·max(1, max|logit|) and on every top-1 class"
+        + ("" if report["ok"] else f"; failing: {', '.join(report['failed_float32'])}") + ".",
+        "",
+    ]
+
+
+GRID_NOTE = ("Each cell: max |logit difference| against the native model of its source, and top-1 agreement. "
+             "Empty: the runtime does not read that format.")
+
+
+def matrix_page(report: dict[str, Any]) -> str:
+    """``matrix.md``, the README's block: the header and the grid alone, nothing that goes stale (the full page,
+    with speeds, reasons and the load average, is ``deploy-check.md``)."""
+    return "\n".join([*header(report, load=False), GRID_NOTE, "", *matrix(report)]) + "\n"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown page: the grid, every cell, the reasons, the opset evidence."""
+    names = list(report["runtimes"])
+    lines = [*header(report), "## The matrix", "", GRID_NOTE, "", *matrix(report)]
     lines += ["", "## Every cell", ""]
     body = []
     for r in sorted(report["cells"], key=lambda r: (r["file_index"], names.index(r["runtime"]))):
@@ -360,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         raise errors.UserError(str(e)) from None
     atomic_write_json(out / "deploy-check.json", report)
     atomic_write_text(out / "deploy-check.md", markdown(report))
+    atomic_write_text(out / "matrix.md", matrix_page(report))
     print(markdown(report))
-    print(f"wrote {out / 'deploy-check.md'} and {out / 'deploy-check.json'}")
+    print(f"wrote {out / 'deploy-check.md'}, {out / 'matrix.md'} (the grid alone) and {out / 'deploy-check.json'}")
     return 0 if report["ok"] else 1
 
 

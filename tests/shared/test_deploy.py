@@ -109,6 +109,8 @@ def test_matrix_cells_say_where_a_file_cannot_go(matrix):
     assert default_hints == ({"bf16"} if cpu_has_bf16() else {"f32"})
     md = (tmp / "report" / "deploy-check.md").read_text()
     assert "| source · format | " + " | ".join(RUNTIMES) + " |" in md and "**Verdict: PASS**" in md
+    grid = (tmp / "report" / "matrix.md").read_text()  # the README's block: the same grid, without the cells
+    assert grid.split("| source · format |")[1] in md and "## Every cell" not in grid and "**Verdict: PASS**" in grid
 
 
 @pytest.mark.skipif("onnx2torch" not in INSTALLED, reason="onnx2torch is not installed")
