@@ -122,8 +122,8 @@ def load(path: str | Path, threads: int | None = None, provider: str = "cpu", ru
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # ORT raises its own exception types for protobuf/graph errors
-        raise InferenceError(f"cannot read ONNX model {path}: truncated or corrupt; export it again "
-                             "(make export)") from e
+        raise InferenceError(f"cannot read ONNX model {path}: truncated or corrupt (ONNX Runtime cannot parse it); "
+                             "export it again (make export)") from e
     if session.get_providers()[0] != providers[0]:
         raise InferenceError(f"onnxruntime did not enable {providers[0]} for {path}; "
                              f"the session runs on {', '.join(session.get_providers())}")

@@ -35,7 +35,9 @@ def results(junit: Path) -> list[dict]:
     for case in ET.parse(junit).getroot().iter("testcase"):
         outcome = ("failed" if case.find("failure") is not None or case.find("error") is not None
                    else "skipped" if case.find("skipped") is not None else "passed")
-        name = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+        parts = case.get("classname", "").split(".")  # tests.shared.test_x[.TestClass]
+        cls = [parts.pop()] if parts and parts[-1][:1].isupper() else []
+        name = "::".join(["/".join(parts) + ".py", *cls, case.get("name", "")])
         out.append({"id": name, "seconds": float(case.get("time", 0)), "outcome": outcome})
     return out
 
