@@ -25,7 +25,10 @@ from tests.conftest import ROOT
 from tests.data_fixtures import reference_batches
 
 # The EpochDataset that model.fit trains on, per Keras backend (JAX and torch without tensorflow).
-KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")
+# EpochDataset is numpy: the same code on every Keras backend. The fast suite reads it on TensorFlow; the slow test
+# below reads it on JAX and PyTorch too, in processes where tensorflow cannot be imported.
+KERAS_BACKENDS = ("keras-tensorflow",)
+OTHER_BACKENDS = ("keras-jax", "keras-torch")
 PROBE_N, PROBE_BATCH, PROBE_EPOCHS = 1000, 200, (0, 1, 2)
 # chi-square critical value, 8 degrees of freedom (9 offsets), p = 0.001
 CHI2_8DOF_P001 = 26.12
@@ -60,8 +63,14 @@ def dumps(tmp_path_factory):
         "probe": dict(prepared=str(probe.path), split="train", batch_size=PROBE_BATCH, train=True, seed=0,
                       epochs=list(PROBE_EPOCHS)),
     }
+    loaded = dump(FRAMEWORKS + KERAS_BACKENDS, jobs, tmp)
+    return {"fixture": fixture, "digits": digits, "probe": probe, "jobs": jobs, "batches": loaded}
+
+
+def dump(labels: tuple[str, ...], jobs: dict[str, dict], tmp) -> dict[tuple[str, str], dict]:
+    """Every job's batches from each loader (``tests/shared/dump_batches.py``), one process per loader at once."""
     procs = {}
-    for fw in FRAMEWORKS + KERAS_BACKENDS:
+    for fw in labels:
         fw_jobs = [{**job, "out": str(tmp / f"{fw}-{name}.npz")} for name, job in jobs.items()]
         procs[fw] = subprocess.Popen([sys.executable, "-m", "tests.shared.dump_batches", fw, json.dumps(fw_jobs)],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -69,9 +78,16 @@ def dumps(tmp_path_factory):
     for fw, proc in procs.items():
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{fw} loader failed:\n{err[-3000:]}"
-    loaded = {(fw, name): dict(np.load(tmp / f"{fw}-{name}.npz")) for fw in FRAMEWORKS + KERAS_BACKENDS
-              for name in jobs}
-    return {"fixture": fixture, "digits": digits, "probe": probe, "jobs": jobs, "batches": loaded}
+    return {(fw, name): dict(np.load(tmp / f"{fw}-{name}.npz")) for fw in labels for name in jobs}
+
+
+@pytest.mark.slow
+def test_every_keras_backend_reads_the_same_batches(dumps, tmp_path):
+    """EpochDataset on JAX and on PyTorch (tensorflow unimportable there), every job, bit for bit the torch loader's."""
+    other = dump(OTHER_BACKENDS, dumps["jobs"], tmp_path)
+    for (fw, name), d in other.items():
+        ref = dumps["batches"][("torch", name)]
+        assert d.keys() == ref.keys() and all(np.array_equal(d[k], ref[k]) for k in d), (fw, name)
 
 
 def _batches(d: dict, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
