@@ -52,6 +52,15 @@ def assert_learned_run(run_dir: Path, framework: str, chance: float) -> dict:
     return run
 
 
+def wait_for_first_checkpoint(proc: subprocess.Popen, run_dir: Path, framework: str) -> Path:
+    """Wait (up to 300 s) until the run ``proc`` writes into ``run_dir`` has its first checkpoint, or has ended."""
+    checkpoint = run_dir / runs.CHECKPOINTS[framework]
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return checkpoint
+
+
 def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: float, **env: str) -> None:
     """Start ``cmd`` (a 2-epoch run into ``run_dir``), wait for its first checkpoint, let it run ``settle``
     seconds into the second epoch and SIGKILL it with every process it started (a job killed as a whole);
@@ -59,10 +68,7 @@ def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: 
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        checkpoint = run_dir / runs.CHECKPOINTS[framework]
-        deadline = time.monotonic() + 300
-        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_first_checkpoint(proc, run_dir, framework)
         time.sleep(settle)
         assert proc.poll() is None, "the run finished before it could be killed mid-epoch"
         os.killpg(proc.pid, signal.SIGKILL)
@@ -83,10 +89,7 @@ def signal_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        checkpoint = run_dir / runs.CHECKPOINTS[framework]
-        deadline = time.monotonic() + 300
-        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_first_checkpoint(proc, run_dir, framework)
         time.sleep(settle)
         assert proc.poll() is None, "the run finished before it could be stopped mid-epoch"
         for i, sig in enumerate(signals):
@@ -133,10 +136,7 @@ def fill_the_disk_in_second_epoch(cmd: list[str], disk: Path, run_dir: Path, fra
                             text=True, start_new_session=True)
     filler = disk / "filler"
     try:
-        checkpoint = run_dir / runs.CHECKPOINTS[framework]
-        deadline = time.monotonic() + 300
-        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_first_checkpoint(proc, run_dir, framework)
         epoch_files = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
         with open(filler, "wb") as f:
             f.write(b"\0" * max(shutil.disk_usage(disk).free - epoch_files // 2, 0))
