@@ -115,6 +115,7 @@ def train(args: argparse.Namespace, stop: StopRequest) -> int:
     stopped it."""
     settings, data = resolve_run(args, FRAMEWORK, datasets.load_prepared)
     device, scope, replicas, processes, threads = set_up(settings)
+    stop.rearm()  # joining several JAX processes replaced the SIGTERM handler with JAX's own
     plan, spec = settings.plan, settings.spec
     in_scope = scope.scope if hasattr(scope, "scope") else contextlib.nullcontext
     with in_scope():  # MirroredStrategy's variables, the optimizer's restored ones too, are made in its scope

@@ -66,6 +66,13 @@ class StopRequest:
             self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
+    def rearm(self) -> None:
+        """Install the handlers again, over any that native code put in their place since :meth:`__enter__`
+        (JAX's distributed client installs its own SIGTERM handler, which would swallow the stop)."""
+        if self._previous:
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handle)
+
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)

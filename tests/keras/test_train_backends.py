@@ -99,7 +99,7 @@ def test_two_jax_processes_killed_mid_epoch_resume_to_the_same_run(data_dir, tmp
                env={"KERAS_BACKEND": "jax"})
     cmd = [sys.executable, "-m", "keras_impl.train", *base_args(data_dir, out, "--epochs", "2"), "--nproc", "2"]
     kill_in_second_epoch(cmd, out, "keras", settle=1.5, KERAS_BACKEND="jax")
-    resumed = run_module("keras_impl.train", "--resume", out, "--no-progress", "--nproc", "2",
+    resumed = run_module("keras_impl.train", "--resume", out, "--no-progress", "--nproc", "2", "--device", "cpu",
                          env={"KERAS_BACKEND": "jax"})
     assert resumed.stdout.count("resuming at epoch 2") == 1
     assert_resumed_like(out, full)

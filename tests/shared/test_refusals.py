@@ -170,6 +170,19 @@ def test_the_first_sigterm_asks_the_second_and_sigint_stop_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_rearm_takes_sigterm_back_from_a_handler_installed_after_it():
+    """What joining several JAX processes does (JAX's distributed client installs its own SIGTERM handler, and the
+    stop was lost: the two-process run finished instead of stopping); rearm puts the stop's handler back."""
+    with StopRequest() as stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # another handler, installed after the stop's
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert not stop.requested
+        stop.rearm()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 CHILD = """
 import os, signal, sys, time
 got = []
