@@ -21,6 +21,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
+from shared.errors import UserError, run
+from shared.io import check_writable
 from shared.process import ROOT
 
 SUITES = ("shared", "torch", "keras")  # longest first: it starts first
@@ -137,7 +139,12 @@ def main(argv: list[str]) -> int:
     times = None
     while argv and argv[0].startswith(("--jobs=", "--times=")):
         key, value = argv[0].split("=", 1)
-        jobs, times = (int(value), times) if key == "--jobs" else (jobs, Path(value))
+        if key == "--jobs":
+            if not value.isdigit() or int(value) < 1:
+                raise UserError(f"--jobs must be a whole number >= 1; got {value!r}")
+            jobs = int(value)
+        else:  # checked now, not after a quarter of an hour of tests
+            times = check_writable(value, folder=True, what="test-times folder")
         argv = argv[1:]
     t0, walls = time.monotonic(), {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,4 +166,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(main, sys.argv[1:]))

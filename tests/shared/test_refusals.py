@@ -50,6 +50,7 @@ def _writers(run_dir: Path) -> dict[str, tuple[str, list[str]]]:
     commands["compare"] = ("shared.harness.compare", ["--model", "resnet20", "--out-dir", f"{NOPE}/c"])
     commands["bench-data"] = ("datasets.bench", ["--out", f"{NOPE}/b"])
     commands["harness parity"] = ("shared.harness.parity", ["--model", "resnet20", "--out-dir", f"{NOPE}/p"])
+    commands["test-times"] = ("tests.run", [f"--times={NOPE}/t", "-m", "not slow"])  # before any suite starts
     return commands
 
 
