@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 
 from keras_impl.backend_table import Backend
 from shared.errors import UserError
-from shared.signals import run_processes
+from shared.signals import free_port, run_processes
 from shared.train_flags import without_nproc
 
 ADDRESSES, COUNT, INDEX = (f"KERAS_DISTRIBUTION_{k}" for k in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID"))
@@ -104,12 +103,6 @@ def agreement(processes: Processes) -> Callable[[bool], bool] | None:
     from jax.experimental import multihost_utils
 
     return lambda asked: bool(np.any(multihost_utils.process_allgather(np.int32(asked))))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
 
 
 def launch(nproc: int, backend: Backend, device: str, argv: list[str]) -> int:

@@ -11,14 +11,13 @@ checked first, with one line that says what to do.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import torch
 
 from shared.devices import resolve_device_name
 from shared.errors import UserError
-from shared.signals import run_processes
+from shared.signals import free_port, run_processes
 from shared.train_flags import without_nproc
 
 
@@ -37,9 +36,7 @@ def launch(nproc: int, requested: str, argv: list[str]) -> int:
     status (143 after a SIGTERM)."""
     gpus = torch.cuda.device_count()
     check_nproc(nproc, resolve_device_name(requested, gpus), gpus)
-    with socket.socket() as s:  # a free port for rank 0's rendezvous store
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # rank 0's rendezvous store
     # the processes run without --nproc; like torchrun, one OpenMP thread each unless OMP_NUM_THREADS says
     common = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
               "LOCAL_WORLD_SIZE": str(nproc), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

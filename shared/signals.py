@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -90,6 +91,13 @@ def _die_with_parent(libc: ctypes.CDLL | None, parent: int) -> None:
 def _status(returncode: int) -> int:
     """A child's exit status as a shell reports it (128 + N when signal N ended it)."""
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def free_port() -> int:
+    """A TCP port on this machine that is free now: the rendezvous of the processes :func:`run_processes` starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_processes(commands: Sequence[tuple[list[str], dict[str, str]]], grace: float = 10.0) -> int:
