@@ -10,25 +10,35 @@ from pathlib import Path
 import pytest
 
 from shared.process import ROOT
+from tests.preload import Parents
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+PARENTS = Parents() if os.environ.get("RESNET_TEST_PRELOAD", "1") != "0" else None
+
+
 def run_module(module: str, *args: str, check: bool = True, timeout: int = 900,
                env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m module args...`` from the repository root, in its own process."""
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
-    )
+    """``python -m module args...`` from the repository root, in its own process (forked from a parent that has
+    imported the module's framework, where there is one: tests/preload.py)."""
+    cmd, full_env = [sys.executable, "-m", module, *map(str, args)], {**os.environ, **(env or {})}
+    proc = PARENTS and PARENTS.run(cmd, module, cmd[3:], cwd=str(ROOT), env=full_env, timeout=timeout)
+    if proc is None:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"python -m {module} {' '.join(map(str, args))} exited {proc.returncode}\n"
             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def pytest_sessionfinish():
+    if PARENTS is not None:
+        PARENTS.close()
 
 
 @pytest.fixture

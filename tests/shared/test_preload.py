@@ -1,0 +1,69 @@
+"""The preloaded parent of tests/preload.py starts a command as ``subprocess.run`` would: the same exit status,
+output, environment, folder and arguments as a fresh ``python -m``, in a process of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.preload import Parents, framework_of
+
+PROBE = '''
+import os, sys
+print("argv", sys.argv[1:], "name", __name__, "cwd", os.getcwd() == sys.argv[1], "path0", sys.path[0] == os.getcwd())
+print("env", os.environ.get("PROBE_VALUE"), "pid", os.getpid() != int(sys.argv[2]), file=sys.stderr)
+if sys.argv[3] == "raise":
+    raise ValueError("probe failed")
+if sys.argv[3] == "sleep":
+    import time; time.sleep(60)
+sys.exit(int(sys.argv[3]))
+'''
+
+
+@pytest.fixture(scope="module")
+def parents():
+    p = Parents()
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("how", ["0", "3", "raise"])
+def test_a_forked_command_is_what_a_fresh_python_m_gives(parents, tmp_path, how):
+    (tmp_path / "probe_mod.py").write_text(PROBE)
+    env = {**os.environ, "PROBE_VALUE": f"v-{how}"}
+    args = [str(tmp_path), str(os.getpid()), how]
+    cmd = [sys.executable, "-m", "probe_mod", *args]
+    fresh = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    forked = parents.run(cmd, "probe_mod", args, cwd=str(tmp_path), env=env, timeout=60, framework="numpy")
+    assert forked is not None
+    assert forked.returncode == fresh.returncode == {"0": 0, "3": 3, "raise": 1}[how]
+    assert forked.stdout == fresh.stdout and "True" in fresh.stdout and "False" not in fresh.stdout
+    if how == "raise":  # the traceback's frames differ (the parent's own), not how it ends
+        assert forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1] == "ValueError: probe failed"
+        assert "Traceback" in forked.stderr
+    else:
+        assert forked.stderr == fresh.stderr == f"env v-{how} pid True\n"
+
+
+def test_a_command_past_its_timeout_is_killed(parents, tmp_path):
+    (tmp_path / "probe_mod.py").write_text(PROBE)
+    args = [str(tmp_path), str(os.getpid()), "sleep"]
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        parents.run([sys.executable, "-m", "probe_mod", *args], "probe_mod", args, cwd=str(tmp_path),
+                    env=dict(os.environ), timeout=2, framework="numpy")
+    assert time.monotonic() - start < 30
+
+
+def test_which_commands_a_parent_serves():
+    assert framework_of("pytorch_impl.train", []) == "torch"
+    assert framework_of("keras_impl.export", ["onnx"]) == "keras"
+    assert framework_of("tests.no_tensorflow", ["keras_impl.train", "--epochs", "1"]) == "keras"
+    assert framework_of("tests.cpu_replicas", ["2", "keras_impl.train"]) == "keras"
+    assert framework_of("tests.export_helpers", ["--framework", "torch", "--model", "resnet8"]) == "torch"
+    assert framework_of("export.parity", ["--run", "x"]) is None  # it starts each framework itself
+    assert framework_of("shared.ablation", []) is None
