@@ -170,6 +170,7 @@ def become(request: dict) -> None:
 
 if __name__ == "__main__":
     sock, framework = sys.argv[1], sys.argv[2]
+    sys.path[0] = os.getcwd()  # not this script's folder (tests/torch would shadow torch), as under python -m
     for name in PRELOAD[framework]:
         __import__(name)
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" and "tensorflow" in sys.modules:

@@ -30,10 +30,12 @@ SLOWEST = 15
 # The suites share the cores, so a waiting OpenMP thread (torch's) sleeps instead of spinning: two spinning
 # PyTorch processes on two cores took 35 s for what takes 16 s this way (each alone: 12 s, and 14 s this way).
 # Only how idle threads wait changes: not how many there are, nor any result.
-# And glibc backs large allocations with transparent huge pages where the kernel offers them (madvise): a
-# TensorFlow ResNet-8 run took 4.5 million page faults for its fresh temporaries (14 s of system time of 40 s),
-# 1.7 million this way (9 s). Neither changes a result; an unknown tunable is ignored.
-SUITE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# And memory is reused instead of zero-filled afresh: a 2-epoch TensorFlow ResNet-8 run took 4.5 million page
+# faults for its temporaries (14 s of system time of 40 s of CPU), 0.34 million with TensorFlow's pooling (BFC)
+# CPU allocator (3 s of 31 s); glibc backs the rest with transparent huge pages where the kernel offers them
+# (madvise). None of these changes a thread count or a result; an unknown tunable is ignored.
+SUITE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPU_ALLOCATOR_USE_BFC": "true",
+             "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def results(junit: Path) -> list[dict]:
