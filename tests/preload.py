@@ -95,10 +95,10 @@ class Parents:
             conn.connect(path)
             request = json.dumps({"module": module, "args": args, "cwd": cwd, "env": env}).encode()
             socket.send_fds(conn, [request], [stdin.fileno(), out.fileno(), err.fileno()])
-            pid = json.loads(conn.recv(MESSAGE))["pid"]
+            pid = _reply(conn, cmd)["pid"]
             conn.settimeout(timeout)
             try:
-                status = json.loads(conn.recv(MESSAGE))["status"]
+                status = _reply(conn, cmd)["status"]
             except TimeoutError:
                 os.kill(pid, 9)
                 raise subprocess.TimeoutExpired(cmd, timeout) from None
@@ -115,6 +115,13 @@ class Parents:
         self.parents.clear()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _reply(conn: socket.socket, cmd: list[str]) -> dict:
+    message = conn.recv(MESSAGE)
+    if not message:  # the parent ended (killed, or out of memory) without an answer
+        raise RuntimeError(f"the preloaded parent ended before it answered for: {' '.join(cmd)}")
+    return json.loads(message)
 
 
 def serve(path: str) -> dict:

@@ -19,7 +19,7 @@ print("env", os.environ.get("PROBE_VALUE"), "pid", os.getpid() != int(sys.argv[2
 if sys.argv[3] == "raise":
     raise ValueError("probe failed")
 if sys.argv[3] == "sleep":
-    import time; time.sleep(60)
+    import pathlib, time; pathlib.Path(sys.argv[1], "pid").write_text(str(os.getpid())); time.sleep(60)
 sys.exit(int(sys.argv[3]))
 '''
 
@@ -57,6 +57,11 @@ def test_a_command_past_its_timeout_is_killed(parents, tmp_path):
         parents.run([sys.executable, "-m", "probe_mod", *args], "probe_mod", args, cwd=str(tmp_path),
                     env=dict(os.environ), timeout=2, framework="numpy")
     assert time.monotonic() - start < 30
+    pid = int((tmp_path / "pid").read_text())  # the child, which its parent reaps once it is killed
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the command still runs after its timeout"
 
 
 def test_which_commands_a_parent_serves():
