@@ -18,12 +18,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 PARENTS = Parents() if os.environ.get("RESNET_TEST_PRELOAD", "1") != "0" else None
+if PARENTS is not None:
+    PARENTS.share()  # the framework processes that the project's tools start come from the parents too
 
 
 def run_module(module: str, *args: str, check: bool = True, timeout: int = 900,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m module args...`` from the repository root, in its own process (forked from a parent that has
-    imported the module's framework, where there is one: tests/preload.py)."""
+    imported the module's framework, or numpy and ONNX: tests/preload.py)."""
     cmd, full_env = [sys.executable, "-m", module, *map(str, args)], {**os.environ, **(env or {})}
     proc = PARENTS and PARENTS.run(cmd, module, cmd[3:], cwd=str(ROOT), env=full_env, timeout=timeout)
     if proc is None:

@@ -11,8 +11,14 @@ code is imported before the fork: the parent holds third-party frameworks only.
 
 One parent runs per framework and per value of the environment variables that act when a framework is imported
 (``KERAS_BACKEND``, ``PYTHON*``, ``TF_*``, ``XLA_FLAGS``, ...): a command with other values gets a parent of
-its own. A module outside ``pytorch_impl`` and ``keras_impl`` runs as a plain subprocess, and so does every
-command when ``RESNET_TEST_PRELOAD=0``.
+its own. A module outside ``pytorch_impl`` and ``keras_impl`` gets a parent that has imported numpy and ONNX only.
+
+The project's own tools start framework processes too (``export.parity``, an ablation's cells, ``make
+deploy-check``), each through ``shared.process.run``. In the test process and in every forked command,
+``shared.process`` starts a ``python -m`` command the same way, through :func:`popen`: the test process's
+broker (a socket named in ``RESNET_TEST_PRELOAD_BROKER``) says which parent serves it. A process that a test
+started in a session of its own (to kill its process group) starts its children as plain subprocesses, so that
+they stay in its group. ``RESNET_TEST_PRELOAD=0`` turns all of this off.
 
     python tests/preload.py SOCKET FRAMEWORK     # the parent; it ends when its stdin closes
 """
@@ -28,15 +34,17 @@ import subprocess
 import sys
 import tempfile
 import threading
+import types
 from pathlib import Path
 
 # What each parent imports before it forks: the framework, nothing of the project.
-PRELOAD = {"torch": ("torch", "torchvision", "numpy"), "keras": ("keras", "numpy"), "numpy": ("numpy",)}
+PRELOAD = {"torch": ("torch", "torchvision", "numpy"), "keras": ("keras", "numpy"), "plain": ("numpy", "onnx")}
 # Environment variables read when those frameworks or the interpreter start: a parent serves one set of values.
 AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_")
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
 MESSAGE = 1 << 20
+BROKER = "RESNET_TEST_PRELOAD_BROKER"  # "<socket>:<session id>" of the test process that serves the parents
 
 
 def framework_of(module: str, args: list[str]) -> str | None:
@@ -55,20 +63,65 @@ def env_key(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in env.items() if k.startswith(AT_IMPORT)))
 
 
+class Forked:
+    """A command running in a child of a preloaded parent, with what ``subprocess.Popen`` offers of it: ``pid``,
+    ``poll``, ``wait``, ``kill``, ``send_signal``, ``returncode`` and the pipes asked for."""
+
+    def __init__(self, conn: socket.socket, args: list[str], stdin=None, stdout=None, stderr=None) -> None:
+        self.conn, self.args, self.stdin, self.stdout, self.stderr = conn, args, stdin, stdout, stderr
+        self.pid: int = _reply(conn, args)["pid"]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._wait(0.0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self._wait(timeout) is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def _wait(self, timeout: float | None) -> int | None:
+        if self.returncode is None:
+            self.conn.settimeout(timeout)
+            try:
+                status = _reply(self.conn, self.args)["status"]
+            except (TimeoutError, BlockingIOError):
+                return None
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.conn.close()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(9)
+
+
+def start(path: str, cmd: list[str], module: str, args: list[str], *, cwd: str, env: dict[str, str],
+          fds: list[int], **pipes) -> Forked:
+    """Fork ``python -m module args`` from the parent at ``path``, with ``fds`` as its stdin, stdout and stderr."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(path)
+    request = json.dumps({"module": module, "args": args, "cwd": cwd, "env": env}).encode()
+    socket.send_fds(conn, [request], fds)
+    return Forked(conn, cmd, **pipes)
+
+
 class Parents:
     """The preloaded parents of this test process, started when first needed, ended with it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.parents: dict[tuple, tuple[subprocess.Popen, str] | None] = {}
-        self.folder: Path | None = None
+        self.folder = Path(tempfile.mkdtemp(prefix="preload-"))
 
     def socket_for(self, framework: str, env: dict[str, str], cwd: str) -> str | None:
         """The socket of a ready parent for this framework and environment; None if it could not start."""
         key = (framework, env_key(env), cwd)
         with self.lock:
             if key not in self.parents:
-                self.folder = self.folder or Path(tempfile.mkdtemp(prefix="preload-"))
                 path = str(self.folder / f"{len(self.parents)}.sock")
                 proc = subprocess.Popen([sys.executable, __file__, path, framework], cwd=cwd, env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -86,26 +139,41 @@ class Parents:
             timeout: float | None, framework: str | None = None) -> subprocess.CompletedProcess | None:
         """``subprocess.run(cmd, capture_output=True, text=True)`` as a child of a preloaded parent; None where no
         parent serves this command (the caller starts a plain subprocess)."""
-        framework = framework or framework_of(module, args)
-        path = self.socket_for(framework, env, cwd) if framework else None
+        path = self.socket_for(framework or framework_of(module, args) or "plain", env, cwd)
         if path is None:
             return None
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-                open(os.devnull, "rb") as stdin, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-            conn.connect(path)
-            request = json.dumps({"module": module, "args": args, "cwd": cwd, "env": env}).encode()
-            socket.send_fds(conn, [request], [stdin.fileno(), out.fileno(), err.fileno()])
-            pid = _reply(conn, cmd)["pid"]
-            conn.settimeout(timeout)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as stdin:
+            child = start(path, cmd, module, args, cwd=cwd, env=env, fds=[stdin.fileno(), out.fileno(), err.fileno()])
             try:
-                status = _reply(conn, cmd)["status"]
-            except TimeoutError:
-                os.kill(pid, 9)
-                raise subprocess.TimeoutExpired(cmd, timeout) from None
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                raise
             out.seek(0)
             err.seek(0)
             text = lambda f: f.read().decode(errors="replace")  # noqa: E731
-            return subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(status), text(out), text(err))
+            return subprocess.CompletedProcess(cmd, child.returncode, text(out), text(err))
+
+    def share(self) -> None:
+        """Serve these parents to the commands this process starts and to their own subprocesses: a broker socket
+        named in ``RESNET_TEST_PRELOAD_BROKER``, and ``shared.process`` starting its commands through it."""
+        path = str(self.folder / "broker.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(path)
+        listener.listen(64)
+        threading.Thread(target=self._broker, args=(listener,), daemon=True).start()
+        os.environ[BROKER] = f"{path}:{os.getsid(0)}"
+        install()
+
+    def _broker(self, listener: socket.socket) -> None:
+        def answer(conn: socket.socket) -> None:
+            with conn:
+                ask = json.loads(conn.recv(MESSAGE))
+                conn.send(json.dumps({"path": self.socket_for(ask["framework"], ask["env"], ask["cwd"])}).encode())
+
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     def close(self) -> None:
         for parent in self.parents.values():
@@ -113,8 +181,7 @@ class Parents:
                 parent[0].stdin.close()
                 parent[0].wait()
         self.parents.clear()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _reply(conn: socket.socket, cmd: list[str]) -> dict:
@@ -122,6 +189,61 @@ def _reply(conn: socket.socket, cmd: list[str]) -> dict:
     if not message:  # the parent ended (killed, or out of memory) without an answer
         raise RuntimeError(f"the preloaded parent ended before it answered for: {' '.join(cmd)}")
     return json.loads(message)
+
+
+def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:
+    """The socket of the parent that the test process's broker names for this command; None: start it plainly."""
+    path, _, session = os.environ.get(BROKER, "").rpartition(":")
+    if not path or os.getsid(0) != int(session):  # a test runs this process in a session of its own: kills its group
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+            conn.connect(path)
+            conn.send(json.dumps({"framework": framework, "env": env, "cwd": cwd}).encode())
+            return json.loads(conn.recv(MESSAGE))["path"]
+    except OSError:  # the test process has ended
+        return None
+
+
+def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, **kwargs):
+    """``subprocess.Popen`` as ``shared.process`` calls it, where a ``python -m`` command is forked from the parent
+    the broker names (with the pipes asked for); any other command, or where no parent serves, a plain one."""
+    cmd = [str(a) for a in args] if isinstance(args, list | tuple) else []
+    if not kwargs and len(cmd) > 2 and cmd[:2] == [sys.executable, "-m"]:
+        module, rest = cmd[2], cmd[3:]
+        cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
+        path = ask_broker(framework_of(module, rest) or "plain", env, cwd)
+        if path is not None:
+            ours, theirs = [], []
+            for spec, inherit in ((stdin, 0), (stdout, 1), (stderr, 2)):
+                if spec == subprocess.PIPE:  # we keep the read end of stdout's and stderr's, the write end of stdin's
+                    r, w = os.pipe()
+                    ours.append(os.fdopen(w, "wb", buffering=0) if inherit == 0 else os.fdopen(r, "rb", buffering=0))
+                    theirs.append(r if inherit == 0 else w)
+                elif spec == subprocess.DEVNULL:
+                    ours.append(None)
+                    theirs.append(os.open(os.devnull, os.O_RDWR))
+                else:
+                    ours.append(None)
+                    theirs.append(os.dup(inherit if spec is None else spec if isinstance(spec, int) else spec.fileno()))
+            try:
+                return start(path, cmd, module, rest, cwd=cwd, env=env, fds=theirs, stdin=ours[0], stdout=ours[1],
+                             stderr=ours[2])
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+    return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, **kwargs)
+
+
+def install() -> None:
+    """``shared.process`` of this process starts its commands through :func:`popen` (a command run from outside the
+    repository has none)."""
+    try:
+        from shared import process
+    except ImportError:
+        return
+
+    process.subprocess = types.SimpleNamespace(**{**vars(subprocess), "Popen": popen})
 
 
 def serve(path: str) -> dict:
@@ -143,6 +265,10 @@ def serve(path: str) -> dict:
                 request = json.loads(message)
                 pid = os.fork()
                 if pid == 0:
+                    for other in sel.get_map().values():  # the other commands' pidfds and connections
+                        if isinstance(other.data, tuple):
+                            os.close(other.fd)
+                            other.data[0].close()
                     sel.close()
                     listener.close()
                     conn.close()
@@ -173,6 +299,8 @@ def become(request: dict) -> None:
     os.chdir(request["cwd"])
     sys.path[0] = request["cwd"]
     sys.argv = [request["module"], *request["args"]]
+    if BROKER in os.environ:  # its own framework commands come from the parents too
+        install()
 
 
 if __name__ == "__main__":
