@@ -10,16 +10,22 @@ from pathlib import Path
 import pytest
 
 from shared.process import ROOT
-from tests.preload import Parents
+from tests import preload
+from tests.preload import BROKER, Parents, install
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-PARENTS = Parents() if os.environ.get("RESNET_TEST_PRELOAD", "1") != "0" else None
+# The parents are served by `make test`'s runner to its three pytest processes (tests/run.py), or else by this
+# one; the framework processes that the project's own tools start come from them too.
+PRELOAD = os.environ.get("RESNET_TEST_PRELOAD", "1") != "0"
+PARENTS = Parents() if PRELOAD and BROKER not in os.environ else None
 if PARENTS is not None:
-    PARENTS.share()  # the framework processes that the project's tools start come from the parents too
+    PARENTS.share()
+elif PRELOAD:
+    install()
 
 
 def run_module(module: str, *args: str, check: bool = True, timeout: int = 900,
@@ -27,7 +33,7 @@ def run_module(module: str, *args: str, check: bool = True, timeout: int = 900,
     """``python -m module args...`` from the repository root, in its own process (forked from a parent that has
     imported the module's framework, or numpy and ONNX: tests/preload.py)."""
     cmd, full_env = [sys.executable, "-m", module, *map(str, args)], {**os.environ, **(env or {})}
-    proc = PARENTS and PARENTS.run(cmd, module, cmd[3:], cwd=str(ROOT), env=full_env, timeout=timeout)
+    proc = preload.run(cmd, cwd=str(ROOT), env=full_env, timeout=timeout) if PRELOAD else None
     if proc is None:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:

@@ -40,7 +40,7 @@ from pathlib import Path
 # What each parent imports before it forks: the framework, nothing of the project.
 PRELOAD = {"torch": ("torch", "torchvision", "numpy"), "keras": ("keras", "numpy"), "plain": ("numpy", "onnx")}
 # Environment variables read when those frameworks or the interpreter start: a parent serves one set of values.
-AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_")
+AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_", "GLIBC_")
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
 MESSAGE = 1 << 20
@@ -59,8 +59,10 @@ def framework_of(module: str, args: list[str]) -> str | None:
     return None
 
 
-def env_key(env: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(AT_IMPORT)))
+def env_key(env: dict[str, str], cwd: str) -> tuple[tuple[str, str], ...]:
+    """What a parent must share with a command: the variables read at import. A ``PYTHONPATH`` of the command's own
+    folder (``shared.process.child_env`` sets it) changes nothing there: ``python -m`` puts that folder first."""
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(AT_IMPORT) and (k, v) != ("PYTHONPATH", cwd)))
 
 
 class Forked:
@@ -119,7 +121,7 @@ class Parents:
 
     def socket_for(self, framework: str, env: dict[str, str], cwd: str) -> str | None:
         """The socket of a ready parent for this framework and environment; None if it could not start."""
-        key = (framework, env_key(env), cwd)
+        key = (framework, env_key(env, cwd), cwd)
         with self.lock:
             if key not in self.parents:
                 path = str(self.folder / f"{len(self.parents)}.sock")
@@ -137,22 +139,10 @@ class Parents:
 
     def run(self, cmd: list[str], module: str, args: list[str], *, cwd: str, env: dict[str, str],
             timeout: float | None, framework: str | None = None) -> subprocess.CompletedProcess | None:
-        """``subprocess.run(cmd, capture_output=True, text=True)`` as a child of a preloaded parent; None where no
+        """``subprocess.run(cmd, capture_output=True, text=True)`` as a child of one of these parents; None where no
         parent serves this command (the caller starts a plain subprocess)."""
         path = self.socket_for(framework or framework_of(module, args) or "plain", env, cwd)
-        if path is None:
-            return None
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as stdin:
-            child = start(path, cmd, module, args, cwd=cwd, env=env, fds=[stdin.fileno(), out.fileno(), err.fileno()])
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                raise
-            out.seek(0)
-            err.seek(0)
-            text = lambda f: f.read().decode(errors="replace")  # noqa: E731
-            return subprocess.CompletedProcess(cmd, child.returncode, text(out), text(err))
+        return None if path is None else run_forked(path, cmd, module, args, cwd=cwd, env=env, timeout=timeout)
 
     def share(self) -> None:
         """Serve these parents to the commands this process starts and to their own subprocesses: a broker socket
@@ -189,6 +179,30 @@ def _reply(conn: socket.socket, cmd: list[str]) -> dict:
     if not message:  # the parent ended (killed, or out of memory) without an answer
         raise RuntimeError(f"the preloaded parent ended before it answered for: {' '.join(cmd)}")
     return json.loads(message)
+
+
+def run_forked(path: str, cmd: list[str], module: str, args: list[str], *, cwd: str, env: dict[str, str],
+               timeout: float | None) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` as a child of the parent at ``path``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as stdin:
+        child = start(path, cmd, module, args, cwd=cwd, env=env, fds=[stdin.fileno(), out.fileno(), err.fileno()])
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise
+        out.seek(0)
+        err.seek(0)
+        text = lambda f: f.read().decode(errors="replace")  # noqa: E731
+        return subprocess.CompletedProcess(cmd, child.returncode, text(out), text(err))
+
+
+def run(cmd: list[str], *, cwd: str, env: dict[str, str], timeout: float | None) -> subprocess.CompletedProcess | None:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` for ``cmd = [python, "-m", module, *args]``, forked
+    from the parent the broker names; None where none serves it (the caller starts a plain subprocess)."""
+    module, args = cmd[2], cmd[3:]
+    path = ask_broker(framework_of(module, args) or "plain", env, cwd)
+    return None if path is None else run_forked(path, cmd, module, args, cwd=cwd, env=env, timeout=timeout)
 
 
 def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:

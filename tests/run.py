@@ -11,6 +11,7 @@ fresh process pays to import each framework (every subprocess a test starts pays
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +25,11 @@ from pathlib import Path
 from shared.errors import UserError, run
 from shared.io import check_writable
 from shared.process import ROOT
+from tests.preload import Parents
 
-SUITES = ("shared", "torch", "keras")  # longest first: it starts first
+SUITES = ("shared", "torch", "keras")
+# Each suite runs as this many pytest processes, of about equal time, so that every core has work until the end
+PARTS = {"shared": 3, "torch": 1, "keras": 2}
 SLOWEST = 15
 # The suites share the cores, so a waiting OpenMP thread (torch's) sleeps instead of spinning: two spinning
 # PyTorch processes on two cores took 35 s for what takes 16 s this way (each alone: 12 s, and 14 s this way).
@@ -53,33 +57,59 @@ def results(junit: Path) -> list[dict]:
     return out
 
 
-def run_suites(argv: list[str], jobs: int, junit_dir: Path, walls: dict[str, float] | None = None) -> dict[str, int]:
-    """Each suite's pytest exit status; up to ``jobs`` at once, output streamed line by line with its suite (and
-    its wall seconds into ``walls``)."""
-    lock, codes, walls = threading.Lock(), {}, {} if walls is None else walls
-    pending = list(SUITES)
+def units(parts: dict[str, int] = PARTS,
+          times: Path = ROOT / "results" / "test-times.json") -> list[tuple[str, list[str]]]:
+    """The pytest processes to run, longest first: each suite's test files in ``parts[suite]`` pieces of about equal
+    time. A file's time is its seconds in the last ``make test-times`` (``times``), else its size."""
+    try:
+        seconds = json.loads(times.read_text())["file_s"]
+    except (OSError, ValueError, KeyError):
+        seconds = {}
 
-    def one(suite: str) -> None:
-        cmd = [sys.executable, "-m", "pytest", f"tests/{suite}", f"--junitxml={junit_dir / suite}.xml", *argv]
+    def weight(path: str) -> float:
+        return seconds.get(path) or (ROOT / path).stat().st_size / 1000
+
+    planned = []
+    for suite in SUITES:
+        files = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests" / suite).glob("test_*.py"))]
+        if parts.get(suite, 1) <= 1:
+            planned.append((sum(map(weight, files)), suite, [f"tests/{suite}"]))
+            continue
+        pieces = [(0.0, f"{suite}-{i + 1}", []) for i in range(parts[suite])]
+        for path in sorted(files, key=weight, reverse=True):  # each file to the lightest piece so far
+            total, name, paths = min(pieces, key=lambda p: p[0])
+            pieces[pieces.index((total, name, paths))] = (total + weight(path), name, [*paths, path])
+        planned += [p for p in pieces if p[2]]
+    return [(name, paths) for _, name, paths in sorted(planned, key=lambda u: -u[0])]
+
+
+def run_suites(argv: list[str], jobs: int, junit_dir: Path, walls: dict[str, float] | None = None) -> dict[str, int]:
+    """Each pytest process's exit status (:func:`units`); up to ``jobs`` at once, output streamed line by line with
+    its name (and its wall seconds into ``walls``)."""
+    lock, codes, walls = threading.Lock(), {}, {} if walls is None else walls
+    pending = units()
+
+    def one(name: str, paths: list[str]) -> None:
+        cmd = [sys.executable, "-m", "pytest", *paths, f"--junitxml={junit_dir / name}.xml", *argv]
         with lock:
-            print(f"=== tests/{suite}: {' '.join(cmd[1:])}", flush=True)
+            print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**SUITE_ENV, **os.environ, "PYTHONUNBUFFERED": "1"})
         assert proc.stdout is not None
         for line in proc.stdout:
             with lock:
-                print(f"[{suite}] {line}", end="", flush=True)
-        codes[suite] = proc.wait()
-        walls[suite] = time.monotonic() - start
+                print(f"[{name}] {line}", end="", flush=True)
+        codes[name] = proc.wait()
+        walls[name] = time.monotonic() - start
 
     def worker() -> None:
         while True:
             with lock:
                 if not pending:
                     return
-                suite = pending.pop(0)
-            one(suite)
+                name, paths = pending.pop(0)
+            one(name, paths)
 
     threads = [threading.Thread(target=worker) for _ in range(max(1, jobs))]
     for t in threads:
@@ -150,7 +180,7 @@ def write_times(folder: Path, cases: list[dict], walls: dict[str, float], second
 
 
 def main(argv: list[str]) -> int:
-    jobs = min(len(SUITES), os.cpu_count() or 1)
+    jobs = os.cpu_count() or 1
     times = None
     while argv and argv[0].startswith(("--jobs=", "--times=")):
         key, value = argv[0].split("=", 1)
@@ -162,9 +192,16 @@ def main(argv: list[str]) -> int:
             times = check_writable(value, folder=True, what="test-times folder")
         argv = argv[1:]
     t0, cpu0, walls = time.monotonic(), os.times(), {}
-    with tempfile.TemporaryDirectory() as tmp:
-        codes = run_suites(argv, jobs, Path(tmp), walls)
-        cases = [c for suite in SUITES for c in results(Path(tmp) / f"{suite}.xml")]
+    parents = Parents() if os.environ.get("RESNET_TEST_PRELOAD", "1") != "0" else None
+    if parents is not None:  # the suites' commands are forked from preloaded parents (tests/preload.py), shared
+        parents.share()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            codes = run_suites(argv, jobs, Path(tmp), walls)
+            cases = [c for name in sorted(walls) for c in results(Path(tmp) / f"{name}.xml")]
+    finally:
+        if parents is not None:
+            parents.close()
     seconds, cpu1 = time.monotonic() - t0, os.times()
     # every process the suites started and waited for: user + system CPU seconds
     cpu = cpu1.children_user + cpu1.children_system - cpu0.children_user - cpu0.children_system

@@ -1,5 +1,6 @@
 """The preloaded parent of tests/preload.py starts a command as ``subprocess.run`` would: the same exit status,
-output, environment, folder and arguments as a fresh ``python -m``, in a process of its own."""
+output, environment, folder and arguments as a fresh ``python -m``, in a process of its own. The commands that
+``shared.process`` starts for the project's tools come from the parents too, and end as plain subprocesses do."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 
 import pytest
 
-from tests.preload import Parents, framework_of
+from shared import process
+from tests.preload import BROKER, Forked, Parents, framework_of
 
 PROBE = '''
 import os, sys
@@ -72,3 +74,52 @@ def test_which_commands_a_parent_serves():
     assert framework_of("tests.export_helpers", ["--framework", "torch", "--model", "resnet8"]) == "torch"
     assert framework_of("export.parity", ["--run", "x"]) is None  # it starts each framework itself
     assert framework_of("shared.ablation", []) is None
+
+
+# The project's own tools: shared.process starts their `python -m` commands from the parents too -------------------
+def _through_the_parents() -> None:
+    if BROKER not in os.environ:
+        pytest.skip("RESNET_TEST_PRELOAD=0: commands start as plain subprocesses")
+
+
+@pytest.mark.parametrize("mode", ["0", "3", "raise"])
+def test_a_tools_command_is_forked_and_ends_as_a_plain_subprocess_does(tmp_path, monkeypatch, mode):
+    _through_the_parents()
+    cmd = [sys.executable, "-m", "tests.preload_probe", str(tmp_path), mode]
+    env = process.child_env(keras=False, PROBE_VALUE=f"v-{mode}")
+    child = process.subprocess.Popen(cmd, cwd=process.ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+    assert isinstance(child, Forked) and child.wait(60) == {"0": 0, "3": 3, "raise": 1}[mode]
+    assert child.pid == int((tmp_path / f"pid-{mode}").read_text())
+    forked = process.run(cmd, echo=False, capture_stdout=True, env=env)
+    monkeypatch.setattr(process, "subprocess", subprocess)
+    fresh = process.run(cmd, echo=False, capture_stdout=True, env=env)
+    assert forked.returncode == fresh.returncode == child.returncode
+    assert forked.stdout == fresh.stdout and f"cwd {process.ROOT} path0 True" in fresh.stdout
+    assert forked.stderr_tail.splitlines()[-1] == fresh.stderr_tail.splitlines()[-1] == (
+        "ValueError: probe failed" if mode == "raise" else f"env v-{mode}")
+
+
+def test_a_tools_command_past_its_timeout_is_killed(tmp_path):
+    _through_the_parents()
+    start = time.monotonic()
+    done = process.run([sys.executable, "-m", "tests.preload_probe", str(tmp_path), "sleep"], timeout=3, echo=False)
+    assert done.timed_out and done.returncode == -9 and time.monotonic() - start < 30
+    pid = int((tmp_path / "pid-sleep").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the command still runs after its timeout"
+
+
+def test_a_process_in_a_session_of_its_own_starts_plain_subprocesses(tmp_path):
+    """A test that kills a process group starts it in a session of its own: what that process starts must stay in
+    its group, so it is a plain subprocess, not a child of a parent outside the group."""
+    _through_the_parents()
+    code = ("import sys; from tests.preload import install; install(); from shared import process; "
+            "p = process.subprocess.Popen([sys.executable, '-m', 'tests.preload_probe', sys.argv[1], '0'], "
+            "cwd=process.ROOT, stdout=process.subprocess.DEVNULL); p.wait(); print(type(p).__name__, p.returncode)")
+    for own_session, kind in ((False, "Forked"), (True, "Popen")):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=process.ROOT, capture_output=True,
+                             text=True, timeout=120, start_new_session=own_session)
+        assert out.stdout.split() == [kind, "0"], out.stderr[-2000:]
