@@ -62,3 +62,17 @@ def data_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data")
     load_prepared("synthetic", path)
     return path
+
+
+@pytest.fixture(scope="session")
+def contract_data_dir(tmp_path_factory) -> Path:
+    """The synthetic set at half its size (1,000 / 250 / 250 images of the same generator and seeds), for the trainer
+    contract (tests/trainer_contract.py): its runs need to learn, resume and stop, not the full set."""
+    from datasets import synthetic
+    from datasets.prepared import prepared_dir, write_prepared
+
+    path = tmp_path_factory.mktemp("contract-data")
+    sizes = {"train": 1000, "val": 250, "test": 250}
+    splits = {split: synthetic.generate(n, seed) for seed, (split, n) in enumerate(sizes.items())}
+    write_prepared(prepared_dir("synthetic", path), splits, {**synthetic.meta(0), "sizes": sizes})
+    return path

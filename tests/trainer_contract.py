@@ -2,9 +2,10 @@
 ``tests/keras/test_train_contract.py`` collect these tests with their suite's ``trainer`` fixture (each framework
 in its own pytest process).
 
-On the synthetic set, on the CPU, ResNet-8: it learns and leaves a complete run folder, the same seed gives the
-same steps bit for bit, a SIGKILLed run resumes to the same end (its thread count restored), a NaN stops the run
-with one line and keeps the last good checkpoint, and every user error is one ``error:`` line with exit status 2.
+On half the synthetic set (``contract_data_dir``), on the CPU, ResNet-8: it learns and leaves a complete run
+folder, the same seed gives the same steps bit for bit, a SIGKILLed run resumes to the same end (its thread count
+restored), a NaN stops the run with one line and keeps the last good checkpoint, and every user error is one
+``error:`` line with exit status 2.
 A SIGTERM, a full disk and a second SIGTERM each stop it with one line and lose nothing: the resume ends the same.
 The determinism and resume tests run at one thread and at the framework's default threading.
 """
@@ -43,6 +44,7 @@ from tests.train_helpers import (
 )
 
 CHANCE = 0.1  # 10 balanced classes
+CONTRACT_BATCH = "50"
 THREADING = {"one thread": "1", "default threading": None}
 
 
@@ -63,18 +65,24 @@ class Trainer:
         return errors.run(importlib.import_module(self.module).main, argv)
 
 
-def base_args(data_dir: Path, out: Path, *extra: str, threads: str | None = "1") -> list[str]:
-    return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", "100",
+def base_args(data_dir: Path, out: Path, *extra: str, threads: str | None = "1", batch: str = "100") -> list[str]:
+    return ["--dataset", "synthetic", "--data-dir", str(data_dir), "--model", "resnet8", "--batch-size", batch,
             *(["--threads", threads] if threads else []), "--no-progress", "--device", "cpu", "--out", str(out),
             *extra]
 
 
+def _args(data: Path, out: Path, *extra: str, threads: str | None = "1") -> list[str]:
+    """The contract's runs: ResNet-8 on the half-size synthetic set (``contract_data_dir``) in batches of 50, 20 steps
+    an epoch as on the full set in batches of 100, at half the compute."""
+    return base_args(data, out, *extra, threads=threads, batch=CONTRACT_BATCH)
+
+
 @pytest.fixture(scope="module", params=THREADING)
-def full_run(request, trainer, data_dir, tmp_path_factory) -> tuple[Path, str | None]:
+def full_run(request, trainer, contract_data_dir, tmp_path_factory) -> tuple[Path, str | None]:
     """(two epochs of 20 iterations, uninterrupted: the reference run; its --threads)."""
     threads = THREADING[request.param]
     out = tmp_path_factory.mktemp("runs") / "full"
-    run_module(trainer.module, *base_args(data_dir, out, "--epochs", "2", "--trace-steps", "5", threads=threads))
+    run_module(trainer.module, *_args(contract_data_dir, out, "--epochs", "2", "--trace-steps", "5", threads=threads))
     return out, threads
 
 
@@ -107,13 +115,13 @@ def test_learns_and_leaves_a_complete_run_folder(trainer, full_run):
     assert {"torch": "pytorch_impl", "keras": "keras_impl"}[trainer.other_framework] not in sys.modules
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(trainer, full_run, data_dir, tmp_path):
+def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(trainer, full_run, contract_data_dir, tmp_path):
     out, threads = full_run
     """The same seed gives the same run (the first steps bit for bit, before the kill), and a run killed in the
     middle of epoch 2 resumes to the uninterrupted run's metrics, weights and test result."""
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", trainer.module,
-           *base_args(data_dir, killed, "--epochs", "2", "--trace-steps", "5", threads=threads)]
+           *_args(contract_data_dir, killed, "--epochs", "2", "--trace-steps", "5", threads=threads)]
     kill_in_second_epoch(cmd, killed, trainer.framework, settle=trainer.settle)
     first = json.loads((out / "steps.json").read_text())
     steps = json.loads((killed / "steps.json").read_text())  # written with epoch 1, before the kill
@@ -130,8 +138,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_metrics(trainer, full_run,
     assert_resumed_like(killed, out)
 
 
-def test_nonfinite_loss_stops_with_one_line(trainer, data_dir, tmp_path):
-    proc = run_module(trainer.module, *base_args(data_dir, tmp_path / "nan", "--iters", "15", "--lr", "1e36"),
+def test_nonfinite_loss_stops_with_one_line(trainer, contract_data_dir, tmp_path):
+    proc = run_module(trainer.module, *_args(contract_data_dir, tmp_path / "nan", "--iters", "15", "--lr", "1e36"),
                       check=False)
     assert proc.returncode == errors.USER_ERROR
     assert "error: training loss became nan" in proc.stderr and "Traceback" not in proc.stderr
@@ -142,19 +150,19 @@ def test_nonfinite_loss_stops_with_one_line(trainer, data_dir, tmp_path):
     (["--model", "resnet21"], "unknown model 'resnet21'"),
     (["--epochs", "1", "--iters", "5"], "not both"),
     (["--num-classes", "3"], "does not match synthetic, which has 10 classes"),
-    (["--batch-size", "5000"], "larger than the 2000 training images"),
+    (["--batch-size", "5000"], "larger than the 1000 training images"),
     (["--init", "missing.safetensors"], "--init missing.safetensors: no such weight file"),
     (["--shortcut", "D"], "argument --shortcut: invalid choice: 'D'"),
     (["--threads", "0"], "--threads must be >= 1; got 0"),
 ])
-def test_user_errors_are_one_line_and_exit_2(trainer, data_dir, tmp_path, capsys, extra, match):
-    assert trainer.main(base_args(data_dir, tmp_path / "x", *extra)) == errors.USER_ERROR
+def test_user_errors_are_one_line_and_exit_2(trainer, contract_data_dir, tmp_path, capsys, extra, match):
+    assert trainer.main(_args(contract_data_dir, tmp_path / "x", *extra)) == errors.USER_ERROR
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and match in err
 
 
-def test_cuda_without_a_gpu_is_one_line(trainer, data_dir, tmp_path, capsys):
-    if trainer.main(base_args(data_dir, tmp_path / "x", "--device", "cuda", "--iters", "1")) == 0:
+def test_cuda_without_a_gpu_is_one_line(trainer, contract_data_dir, tmp_path, capsys):
+    if trainer.main(_args(contract_data_dir, tmp_path / "x", "--device", "cuda", "--iters", "1")) == 0:
         pytest.skip("this machine has a CUDA GPU")
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device cuda: no CUDA GPU is visible") and "\n" not in err
@@ -165,8 +173,8 @@ def test_resume_refuses_a_folder_that_is_not_a_run(trainer, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
-def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(trainer, data_dir, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(trainer, contract_data_dir, tmp_path,
+                                                                       monkeypatch, capsys):
     """The loss turns NaN in epoch 2 (the run folder's NaN guard is told so): one line, exit 2, the epoch-1
     checkpoint, weights and rows kept; the resume refuses another thread count and then finishes."""
     real = RunFolder.check_loss
@@ -176,7 +184,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_recovers(trainer, 
 
     out = tmp_path / "diverged"
     monkeypatch.setattr(RunFolder, "check_loss", diverge_in_epoch_2)
-    assert trainer.main(base_args(data_dir, out, "--epochs", "2")) == errors.USER_ERROR
+    assert trainer.main(_args(contract_data_dir, out, "--epochs", "2")) == errors.USER_ERROR
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: training loss became nan at epoch 2") and "\n" not in err
     assert "the last good checkpoint (epoch 1) is kept" in err
@@ -219,7 +227,7 @@ def _sigterm(times: int) -> Callable[[RunFolder], None]:
 
 @pytest.mark.parametrize("full_run", ["one thread"], indirect=True)
 def test_sigterm_a_full_disk_and_a_second_sigterm_each_keep_the_run_and_it_resumes_to_the_same_end(
-        trainer, full_run, data_dir, tmp_path, monkeypatch, capsys):
+        trainer, full_run, contract_data_dir, tmp_path, monkeypatch, capsys):
     """One run stopped three ways, in this process, each at the first host check of an epoch: a SIGTERM in epoch 1
     (it finishes the step and writes the position inside the epoch: exit 143), a full disk at the epoch-2
     checkpoint (exit 2; the epoch-1 files stay as they were), a second SIGTERM in epoch 2 (at once: exit 143).
@@ -230,7 +238,7 @@ def test_sigterm_a_full_disk_and_a_second_sigterm_each_keep_the_run_and_it_resum
     checkpoint = out / runs.CHECKPOINTS[trainer.framework]
 
     monkeypatch.setattr(RunFolder, "check_loss", _at_first_check_of(0, _sigterm(1)))
-    assert trainer.main(base_args(data_dir, out, "--epochs", "2")) == STOPPED
+    assert trainer.main(_args(contract_data_dir, out, "--epochs", "2")) == STOPPED
     step = trainer.checkpoint_progress(out)[1]
     assert trainer.checkpoint_progress(out) == (0, step) and 10 <= step <= 11  # the check's step, or the next one
     assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by SIGTERM at epoch 1, step {step}; "
@@ -265,14 +273,14 @@ def test_sigterm_a_full_disk_and_a_second_sigterm_each_keep_the_run_and_it_resum
     assert_resumed_like(out, full)
 
 
-def test_a_full_disk_in_the_second_epoch_is_one_line_and_the_resume_finishes(trainer, data_dir, tmp_path):
+def test_a_full_disk_in_the_second_epoch_is_one_line_and_the_resume_finishes(trainer, contract_data_dir, tmp_path):
     """A real full disk in the middle of a run (a small tmpfs; skipped where it cannot be mounted): one line that
     names the file and the space left, the epoch-1 files kept, and the resume finishes once space is freed. Until
     now ``torch.save`` said ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, with a
     traceback; Keras' backup goes through h5py, whose own full-disk errors say errno 28. Slow on Keras."""
     with small_disk(tmp_path / "disk", 32 << 20) as disk:
         out = disk / "run"
-        cmd = [sys.executable, "-m", trainer.module, *base_args(data_dir, out, "--epochs", "2")]
+        cmd = [sys.executable, "-m", trainer.module, *_args(contract_data_dir, out, "--epochs", "2")]
         assert_full_disk_kept_epoch_1(fill_the_disk_in_second_epoch(cmd, disk, out, trainer.framework), out,
                                       trainer.framework)
         assert trainer.checkpoint_progress(out) == (1, 20)
