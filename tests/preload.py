@@ -15,8 +15,9 @@ its own. A module outside ``pytorch_impl`` and ``keras_impl`` gets a parent that
 
 The project's own tools start framework processes too (``export.parity``, an ablation's cells, ``make
 deploy-check``), each through ``shared.process.run``. In the test process and in every forked command,
-``shared.process`` starts a ``python -m`` command the same way, through :func:`popen`: the test process's
-broker (a socket named in ``RESNET_TEST_PRELOAD_BROKER``) says which parent serves it. A process that a test
+``shared.process`` starts a ``python -m`` command the same way, through :func:`popen`: a broker (a socket named in
+``RESNET_TEST_PRELOAD_BROKER``, served by ``make test``'s runner for all its pytest processes, else by the test
+process) says which parent serves it. A process that a test
 started in a session of its own (to kill its process group) starts its children as plain subprocesses, so that
 they stay in its group. ``RESNET_TEST_PRELOAD=0`` turns all of this off.
 
