@@ -123,3 +123,26 @@ def test_a_process_in_a_session_of_its_own_starts_plain_subprocesses(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=process.ROOT, capture_output=True,
                              text=True, timeout=120, start_new_session=own_session)
         assert out.stdout.split() == [kind, "0"], out.stderr[-2000:]
+
+
+def test_make_test_runs_every_test_file_once_in_its_suites_order(tmp_path):
+    """The pieces of tests/run.py: each suite's files exactly once, never two frameworks' suites in one process,
+    each piece in the suite's order, longest first by the recorded times."""
+    import json
+
+    from tests.run import SUITES, units
+
+    files = {s: sorted(str(p.relative_to(process.ROOT)) for p in (process.ROOT / "tests" / s).glob("test_*.py"))
+             for s in SUITES}
+    times = tmp_path / "times.json"
+    times.write_text(json.dumps({"file_s": {"tests/shared/test_compare.py": 1000.0}}))
+    planned = units({"shared": 3, "torch": 1, "keras": 2}, times)
+    assert planned[0][1][0] == "tests/shared/test_compare.py"  # the piece holding the longest file starts first
+    seen = {s: [] for s in SUITES}
+    for name, paths in planned:
+        suite = name.split("-")[0]
+        assert paths == [f"tests/{suite}"] or (paths == sorted(paths) and all(
+            p.startswith(f"tests/{suite}/") for p in paths))
+        seen[suite] += files[suite] if paths == [f"tests/{suite}"] else paths
+    assert {s: sorted(v) for s, v in seen.items()} == files
+    assert [n for n, _ in planned if n.startswith("keras")] and len(planned) == 6
