@@ -26,9 +26,13 @@ they stay in its group. ``RESNET_TEST_PRELOAD=0`` turns all of this off.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
+import locale
 import os
+import re
 import selectors
 import shutil
 import socket
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -45,6 +50,13 @@ PRELOAD = {"torch": ("torch", "torchvision", "numpy"), "keras": ("keras", "numpy
 AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_", "GLIBC_")
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
+# Test helpers whose first argument names the framework they import ("torch", "keras", "keras-jax", "neutral", ...)
+FRAMEWORK_ARGUMENT = ("tests.entry_worker", "tests.shared.dump_batches")
+# What a `python -c` script imports, by its statements (`import a, b as c, torch`, `from keras_impl import x`): a
+# script that imports one framework gets that framework's parent
+IMPORTS = {framework: re.compile(rf"(^|;)\s*(import\s+([\w.]+(\s+as\s+\w+)?\s*,\s*)*({names})\b|from\s+({names})\b)",
+                                 re.M) for framework, names in
+           (("torch", "torch|torchvision|pytorch_impl"), ("keras", "keras|tensorflow|keras_impl"))}
 MESSAGE = 1 << 20
 BROKER = "RESNET_TEST_PRELOAD_BROKER"  # "<socket>:<session id>" of the test process that serves the parents
 
@@ -53,12 +65,20 @@ def framework_of(module: str, args: list[str]) -> str | None:
     """The framework whose parent can start ``python -m module args``; None: a plain subprocess."""
     if module in WRAPPERS and len(args) > WRAPPERS[module]:
         module = args[WRAPPERS[module]]
+    if module in FRAMEWORK_ARGUMENT and args:
+        return next((f for f in ("torch", "keras") if args[0].startswith(f)), None)
     if module == "tests.export_helpers" and "--framework" in args[:-1]:  # the framework it builds the model in
         module = {"torch": "pytorch_impl.", "keras": "keras_impl."}.get(args[args.index("--framework") + 1], "")
     for package, framework in (("pytorch_impl.", "torch"), ("keras_impl.", "keras")):
         if module.startswith(package):
             return framework
     return None
+
+
+def framework_of_code(code: str) -> str | None:
+    """The framework whose parent can run ``python -c code``: the one it imports; None for neither or both."""
+    named = [framework for framework, imports in IMPORTS.items() if imports.search(code)]
+    return named[0] if len(named) == 1 else None
 
 
 def env_key(env: dict[str, str], cwd: str) -> tuple[tuple[str, str], ...]:
@@ -71,10 +91,35 @@ class Forked:
     """A command running in a child of a preloaded parent, with what ``subprocess.Popen`` offers of it: ``pid``,
     ``poll``, ``wait``, ``kill``, ``send_signal``, ``returncode`` and the pipes asked for."""
 
-    def __init__(self, conn: socket.socket, args: list[str], stdin=None, stdout=None, stderr=None) -> None:
+    def __init__(self, conn: socket.socket, args: list[str], stdin=None, stdout=None, stderr=None,
+                 text: bool = False) -> None:
+        if text:  # as subprocess.Popen(text=True) opens them: the locale's encoding, universal newlines
+            encoding = locale.getpreferredencoding(False)
+            stdin = stdin and io.TextIOWrapper(io.BufferedWriter(stdin), encoding, write_through=True)
+            stdout, stderr = (f and io.TextIOWrapper(io.BufferedReader(f), encoding) for f in (stdout, stderr))
         self.conn, self.args, self.stdin, self.stdout, self.stderr = conn, args, stdin, stdout, stderr
         self.pid: int = _reply(conn, args)["pid"]
         self.returncode: int | None = None
+
+    def communicate(self, input=None, timeout: float | None = None) -> tuple:
+        """As ``Popen.communicate``: ``input`` to stdin, then stdout and stderr read to their end, and the exit."""
+        if self.stdin:
+            with contextlib.suppress(BrokenPipeError):
+                if input:
+                    self.stdin.write(input)
+                self.stdin.close()
+        read = {}
+        readers = [threading.Thread(target=lambda n, f: read.update({n: f.read()}), args=(name, f), daemon=True)
+                   for name, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        return read.get("stdout"), read.get("stderr")
 
     def poll(self) -> int | None:
         return self._wait(0.0)
@@ -103,12 +148,27 @@ class Forked:
         self.send_signal(9)
 
 
-def start(path: str, cmd: list[str], module: str, args: list[str], *, cwd: str, env: dict[str, str],
-          fds: list[int], **pipes) -> Forked:
-    """Fork ``python -m module args`` from the parent at ``path``, with ``fds`` as its stdin, stdout and stderr."""
+def command_of(cmd: list[str]) -> dict | None:
+    """What a parent runs for ``cmd``: ``python -m module args`` or ``python -c code args``; None for anything else."""
+    if len(cmd) > 2 and cmd[0] == sys.executable and cmd[1] in ("-m", "-c"):
+        return {"module" if cmd[1] == "-m" else "code": cmd[2], "args": cmd[3:]}
+    return None
+
+
+def framework_for(command: dict) -> str:
+    """Which parent runs ``command`` (:func:`command_of`): its framework's, else the plain one."""
+    if "code" in command:
+        return framework_of_code(command["code"]) or "plain"
+    return framework_of(command["module"], command["args"]) or "plain"
+
+
+def start(path: str, cmd: list[str], command: dict, *, cwd: str, env: dict[str, str], fds: list[int],
+          session: bool = False, **pipes) -> Forked:
+    """Fork ``command`` (:func:`command_of`) from the parent at ``path``, with ``fds`` as its stdin, stdout and stderr;
+    ``session``: in a session (and process group) of its own, as ``Popen(start_new_session=True)`` starts it."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.connect(path)
-    request = json.dumps({"module": module, "args": args, "cwd": cwd, "env": env}).encode()
+    request = json.dumps({**command, "cwd": cwd, "env": env, "session": session}).encode()
     socket.send_fds(conn, [request], fds)
     return Forked(conn, cmd, **pipes)
 
@@ -118,6 +178,7 @@ class Parents:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.starting: dict[tuple, threading.Lock] = {}  # one per parent: two parents start side by side
         self.parents: dict[tuple, tuple[subprocess.Popen, str] | None] = {}
         self.folder = Path(tempfile.mkdtemp(prefix="preload-"))
 
@@ -125,15 +186,18 @@ class Parents:
         """The socket of a ready parent for this framework and environment; None if it could not start."""
         key = (framework, env_key(env, cwd), cwd)
         with self.lock:
+            starting = self.starting.setdefault(key, threading.Lock())
+            path = str(self.folder / f"{len(self.starting)}.sock")
+        with starting:
             if key not in self.parents:
-                path = str(self.folder / f"{len(self.parents)}.sock")
                 proc = subprocess.Popen([sys.executable, __file__, path, framework], cwd=cwd, env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
                 ready = proc.stdout.readline().strip() == b"ready" if proc.stdout else False
-                self.parents[key] = (proc, path) if ready else None
                 if not ready:
                     proc.kill()
                     proc.wait()
+                with self.lock:
+                    self.parents[key] = (proc, path) if ready else None
             parent = self.parents[key]
         if parent is None or parent[0].poll() is not None:
             return None
@@ -143,8 +207,9 @@ class Parents:
             timeout: float | None, framework: str | None = None) -> subprocess.CompletedProcess | None:
         """``subprocess.run(cmd, capture_output=True, text=True)`` as a child of one of these parents; None where no
         parent serves this command (the caller starts a plain subprocess)."""
-        path = self.socket_for(framework or framework_of(module, args) or "plain", env, cwd)
-        return None if path is None else run_forked(path, cmd, module, args, cwd=cwd, env=env, timeout=timeout)
+        command = {"module": module, "args": args}
+        path = self.socket_for(framework or framework_for(command), env, cwd)
+        return None if path is None else run_forked(path, cmd, command, cwd=cwd, env=env, timeout=timeout)
 
     def share(self) -> None:
         """Serve these parents to the commands this process starts and to their own subprocesses: a broker socket
@@ -183,11 +248,11 @@ def _reply(conn: socket.socket, cmd: list[str]) -> dict:
     return json.loads(message)
 
 
-def run_forked(path: str, cmd: list[str], module: str, args: list[str], *, cwd: str, env: dict[str, str],
+def run_forked(path: str, cmd: list[str], command: dict, *, cwd: str, env: dict[str, str],
                timeout: float | None) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)`` as a child of the parent at ``path``."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as stdin:
-        child = start(path, cmd, module, args, cwd=cwd, env=env, fds=[stdin.fileno(), out.fileno(), err.fileno()])
+        child = start(path, cmd, command, cwd=cwd, env=env, fds=[stdin.fileno(), out.fileno(), err.fileno()])
         try:
             child.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -200,11 +265,11 @@ def run_forked(path: str, cmd: list[str], module: str, args: list[str], *, cwd: 
 
 
 def run(cmd: list[str], *, cwd: str, env: dict[str, str], timeout: float | None) -> subprocess.CompletedProcess | None:
-    """``subprocess.run(cmd, capture_output=True, text=True)`` for ``cmd = [python, "-m", module, *args]``, forked
-    from the parent the broker names; None where none serves it (the caller starts a plain subprocess)."""
-    module, args = cmd[2], cmd[3:]
-    path = ask_broker(framework_of(module, args) or "plain", env, cwd)
-    return None if path is None else run_forked(path, cmd, module, args, cwd=cwd, env=env, timeout=timeout)
+    """``subprocess.run(cmd, capture_output=True, text=True)`` for ``cmd = [python, "-m" or "-c", ...]``, forked from
+    the parent the broker names; None where none serves it (the caller starts a plain subprocess)."""
+    command = command_of(cmd)
+    path = ask_broker(framework_for(command), env, cwd) if command else None
+    return None if path is None else run_forked(path, cmd, command, cwd=cwd, env=env, timeout=timeout)
 
 
 def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:
@@ -221,14 +286,17 @@ def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:
         return None
 
 
-def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, **kwargs):
-    """``subprocess.Popen`` as ``shared.process`` calls it, where a ``python -m`` command is forked from the parent
-    the broker names (with the pipes asked for); any other command, or where no parent serves, a plain one."""
+def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, text=False, start_new_session=False,
+          framework: str | None = None, **kwargs):
+    """``subprocess.Popen`` as ``shared.process`` and the tests call it, where a ``python -m`` command is forked from
+    the parent the broker names (with the pipes and session asked for); any other command (``shared.process``'s own
+    tests start ``python -c`` scripts), or where no parent serves, a plain one. ``framework``: the parent to ask
+    for where the command's name does not say it (tests/run.py's pytest processes)."""
     cmd = [str(a) for a in args] if isinstance(args, list | tuple) else []
-    if not kwargs and len(cmd) > 2 and cmd[:2] == [sys.executable, "-m"]:
-        module, rest = cmd[2], cmd[3:]
+    command = command_of(cmd)
+    if not kwargs and command and "module" in command:
         cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
-        path = ask_broker(framework_of(module, rest) or "plain", env, cwd)
+        path = ask_broker(framework or framework_for(command), env, cwd)
         if path is not None:
             ours, theirs = [], []
             for spec, inherit in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -239,16 +307,20 @@ def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, **k
                 elif spec == subprocess.DEVNULL:
                     ours.append(None)
                     theirs.append(os.open(os.devnull, os.O_RDWR))
+                elif spec == subprocess.STDOUT:  # stderr to wherever stdout goes
+                    ours.append(None)
+                    theirs.append(os.dup(theirs[1]))
                 else:
                     ours.append(None)
                     theirs.append(os.dup(inherit if spec is None else spec if isinstance(spec, int) else spec.fileno()))
             try:
-                return start(path, cmd, module, rest, cwd=cwd, env=env, fds=theirs, stdin=ours[0], stdout=ours[1],
-                             stderr=ours[2])
+                return start(path, cmd, command, cwd=cwd, env=env, fds=theirs, session=start_new_session,
+                             stdin=ours[0], stdout=ours[1], stderr=ours[2], text=text)
             finally:
                 for fd in theirs:
                     os.close(fd)
-    return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, **kwargs)
+    return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, text=text,
+                            start_new_session=start_new_session, **kwargs)
 
 
 def install() -> None:
@@ -291,6 +363,8 @@ def serve(path: str) -> dict:
                     for target, fd in enumerate(fds):
                         os.dup2(fd, target)
                         os.close(fd)
+                    if request.get("session"):
+                        os.setsid()
                     return request
                 for fd in fds:
                     os.close(fd)
@@ -313,8 +387,8 @@ def become(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
-    sys.path[0] = request["cwd"]
-    sys.argv = [request["module"], *request["args"]]
+    sys.path[0] = "" if "code" in request else request["cwd"]  # as `python -c` and `python -m` set it
+    sys.argv = [request.get("module", "-c"), *request["args"]]
     if BROKER in os.environ:  # its own framework commands come from the parents too
         install()
 
@@ -334,6 +408,10 @@ if __name__ == "__main__":
     gc.freeze()
     request = serve(sock)
     become(request)
-    import runpy
+    if "code" in request:  # as `python -c` runs it: in a fresh __main__ module
+        main = sys.modules["__main__"] = types.ModuleType("__main__")
+        exec(compile(request["code"], "<string>", "exec"), main.__dict__)
+    else:
+        import runpy
 
-    runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """A command for tests/shared/test_preload.py: it says how it was started, then ends as asked.
 
-    python -m tests.preload_probe SCRATCH MODE     # MODE: an exit status, "raise", or "sleep" (60 s)
+    python -m tests.preload_probe SCRATCH MODE   # MODE: an exit status, "raise", "sleep" (60 s) or "echo" (stdin)
 """
 
 import os
@@ -16,4 +16,9 @@ if mode == "raise":
     raise ValueError("probe failed")
 if mode == "sleep":
     time.sleep(60)
+if mode == "echo":  # stdin back to stdout, counted on stderr
+    data = sys.stdin.read()
+    sys.stdout.write(data)
+    print(len(data.splitlines()), file=sys.stderr)
+    sys.exit(0)
 sys.exit(int(mode))

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from shared import process
-from tests.preload import BROKER, Forked, Parents, framework_of
+from tests import preload
+from tests.preload import BROKER, Forked, Parents, framework_of, framework_of_code
 
 PROBE = '''
 import os, sys
@@ -74,6 +75,73 @@ def test_which_commands_a_parent_serves():
     assert framework_of("tests.export_helpers", ["--framework", "torch", "--model", "resnet8"]) == "torch"
     assert framework_of("export.parity", ["--run", "x"]) is None  # it starts each framework itself
     assert framework_of("shared.ablation", []) is None
+    assert framework_of("tests.entry_worker", ["torch"]) == "torch"
+    assert framework_of("tests.shared.dump_batches", ["keras-jax", "[]"]) == "keras"
+    assert framework_of("tests.entry_worker", ["neutral"]) is None
+    # `python -c`: the framework the script imports; neither or both: the plain parent, which imports its own
+    assert framework_of_code("import sys, numpy as np, torch; m = torch.export.load(sys.argv[1])") == "torch"
+    assert framework_of_code("\nimport sys\nfrom keras_impl.optim import TorchSGD\n") == "keras"
+    assert framework_of_code("import sys; print('torch')") is None
+    assert framework_of_code("import sys; import torch.nn as nn") == "torch"
+    assert framework_of_code("import torch\nimport keras\n") is None
+
+
+CODE = """
+import os, sys
+print("argv", sys.argv, "name", __name__, "cwd", os.getcwd() == sys.argv[1], "path", repr(sys.path[0]))
+print("env", os.environ.get("PROBE_VALUE"), file=sys.stderr)
+if sys.argv[2] == "raise":
+    raise ValueError("probe failed")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("how", ["0", "3", "raise"])
+def test_a_forked_script_is_what_a_fresh_python_c_gives(tmp_path, how):
+    """``run_code`` (tests/conftest.py) runs ``python -c`` scripts forked too: in a fresh ``__main__``, with the
+    script's arguments, folder and environment, ending with the same status and output."""
+    _through_the_parents()
+    cmd = [sys.executable, "-c", CODE, str(tmp_path), how]
+    env = {**os.environ, "PROBE_VALUE": f"v-{how}"}
+    fresh = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    forked = preload.run(cmd, cwd=str(tmp_path), env=env, timeout=60)
+    assert forked is not None
+    assert forked.returncode == fresh.returncode == {"0": 0, "3": 3, "raise": 1}[how]
+    assert forked.stdout == fresh.stdout and "cwd True path ''" in fresh.stdout
+    assert f"'-c', '{tmp_path}', '{how}'] name __main__" in fresh.stdout
+    assert forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1] == (
+        "ValueError: probe failed" if how == "raise" else f"env v-{how}")
+
+
+def test_a_command_in_a_session_of_its_own_is_forked_and_killed_with_its_group(tmp_path):
+    """The runs that tests kill as a job (tests/train_helpers.py) start forked, as ``Popen(start_new_session=True)``
+    starts them: a session and group of their own, so ``killpg`` ends them with what they started."""
+    _through_the_parents()
+    cmd = [sys.executable, "-m", "tests.preload_probe", str(tmp_path), "sleep"]
+    child = preload.popen(cmd, cwd=process.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+    assert isinstance(child, Forked)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "pid-sleep").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.pid == int((tmp_path / "pid-sleep").read_text())
+    assert os.getsid(child.pid) == os.getpgid(child.pid) == child.pid != os.getsid(0)
+    assert child.poll() is None
+    os.killpg(child.pid, 9)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == -9 and out.startswith("argv ") and isinstance(err, str)
+
+
+def test_communicate_writes_stdin_and_reads_text_as_popen_does(tmp_path):
+    _through_the_parents()
+    cmd = [sys.executable, "-m", "tests.preload_probe", str(tmp_path), "echo"]
+    child = preload.popen(cmd, cwd=process.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    fresh = subprocess.Popen(cmd, cwd=process.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    lines = "".join(f"line {i} \u00e9\r\n" for i in range(5000))  # more than a pipe holds
+    assert isinstance(child, Forked) and child.communicate(lines, timeout=60) == fresh.communicate(lines, timeout=60)
+    assert child.returncode == fresh.returncode == 0
 
 
 # The project's own tools: shared.process starts their `python -m` commands from the parents too -------------------
