@@ -12,10 +12,10 @@ import pytest
 from shared.process import ROOT
 from tests import preload
 from tests.preload import BROKER, Parents, install
+from tests.run import DEFAULT_ENV
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("MPLBACKEND", "Agg")
+for _name, _value in DEFAULT_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 # The parents are served by `make test`'s runner to its three pytest processes (tests/run.py), or else by this
@@ -32,13 +32,24 @@ def run_module(module: str, *args: str, check: bool = True, timeout: int = 900,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m module args...`` from the repository root, in its own process (forked from a parent that has
     imported the module's framework, or numpy and ONNX: tests/preload.py)."""
-    cmd, full_env = [sys.executable, "-m", module, *map(str, args)], {**os.environ, **(env or {})}
+    return _run_python(["-m", module, *map(str, args)], check=check, timeout=timeout, env=env)
+
+
+def run_code(code: str, *args: str, check: bool = True, timeout: int = 900,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -c code args...`` from the repository root, in its own process (forked from a parent that has
+    imported the framework the code imports: tests/preload.py)."""
+    return _run_python(["-c", code, *map(str, args)], check=check, timeout=timeout, env=env)
+
+
+def _run_python(argv: list[str], *, check: bool, timeout: int, env: dict | None) -> subprocess.CompletedProcess:
+    cmd, full_env = [sys.executable, *argv], {**os.environ, **(env or {})}
     proc = preload.run(cmd, cwd=str(ROOT), env=full_env, timeout=timeout) if PRELOAD else None
     if proc is None:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"python -m {module} {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"python {' '.join(argv)} exited {proc.returncode}\n"
             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
         )
     return proc

@@ -1,7 +1,10 @@
 """Run ``python -m`` entry points one after another in this one process, as ``python -m`` runs them
 (``runpy``, ``__name__ == "__main__"``), so a framework is imported once for all of them.
 
-    python -m tests.entry_worker < jobs.jsonl      # {"module": ..., "args": [...]} per line
+    python -m tests.entry_worker [FRAMEWORK] < jobs.jsonl      # {"module": ..., "args": [...]} per line
+
+FRAMEWORK (``torch``, ``keras``, ``neutral``) names the framework its jobs import, so that a preloaded parent of
+that framework starts it (tests/preload.py); the worker itself does not read it.
 
 Prints one JSON line per job: the exit status (``"traceback"`` when an exception escaped, ``"timeout"`` when a
 job ran past ``LIMIT`` seconds: a bad argument should stop a command at once) and what it wrote to ``sys.stderr``.

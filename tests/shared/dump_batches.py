@@ -21,6 +21,8 @@ from datasets import read_prepared
 def main(framework: str, jobs: list[dict]) -> None:
     if framework.startswith("keras-"):
         os.environ["KERAS_BACKEND"] = framework.split("-", 1)[1]
+        if "keras" in sys.modules and sys.modules["keras"].backend.backend() != os.environ["KERAS_BACKEND"]:
+            sys.exit(f"keras was imported on {sys.modules['keras'].backend.backend()} before {framework} was asked for")
         if os.environ["KERAS_BACKEND"] != "tensorflow":
             sys.modules["tensorflow"] = None  # the JAX/torch route must not need it
     for job in jobs:

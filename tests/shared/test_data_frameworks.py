@@ -21,6 +21,7 @@ from datasets.fixtures import write_cifar10_python
 from datasets.prepared import write_prepared
 from shared.data import augmentation, epoch_plan, norm_constants
 from shared.process import FRAMEWORKS  # torch's Loader, Keras' tf.data pipeline
+from tests import preload
 from tests.conftest import ROOT
 from tests.data_fixtures import reference_batches
 
@@ -72,9 +73,10 @@ def dump(labels: tuple[str, ...], jobs: dict[str, dict], tmp) -> dict[tuple[str,
     procs = {}
     for fw in labels:
         fw_jobs = [{**job, "out": str(tmp / f"{fw}-{name}.npz")} for name, job in jobs.items()]
-        procs[fw] = subprocess.Popen([sys.executable, "-m", "tests.shared.dump_batches", fw, json.dumps(fw_jobs)],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        backend = {"KERAS_BACKEND": fw.split("-", 1)[1]} if fw.startswith("keras-") else {}
+        procs[fw] = preload.popen([sys.executable, "-m", "tests.shared.dump_batches", fw, json.dumps(fw_jobs)],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **backend})
     for fw, proc in procs.items():
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{fw} loader failed:\n{err[-3000:]}"

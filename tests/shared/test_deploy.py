@@ -23,7 +23,7 @@ from export import infer, model_file
 from export.runtimes import INFER_RUNTIMES, RUNTIMES, opset_advice
 from shared.export_meta import FORMATS, read_metadata
 from tests.blocked_imports import blocked_env
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, run_code, run_module
 from tests.export_helpers import assert_logits_match
 
 LIMIT = 32
@@ -263,7 +263,7 @@ def test_export_pt2_through_make_runs_in_torch_export_load(matrix, tmp_path, dat
     np.save(tmp_path / "x.npy", x.transpose(0, 3, 1, 2))
     code = ("import sys, numpy as np, torch; m = torch.export.load(sys.argv[1]).module(); "
             "np.save(sys.argv[3], m(torch.from_numpy(np.load(sys.argv[2]))).detach().numpy())")
-    subprocess.run([sys.executable, "-c", code, path, tmp_path / "x.npy", tmp_path / "l.npy"], check=True, cwd=ROOT)
+    run_code(code, path, tmp_path / "x.npy", tmp_path / "l.npy")
     assert_logits_match(_native("torch", run, x, tmp_path), np.load(tmp_path / "l.npy"), y)
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from shared.errors import USER_ERROR
 from shared.process import ROOT, child_env
+from tests import preload
 
 PACKAGES = ("shared", "pytorch_impl", "keras_impl", "export", "datasets")
 BAD = "--no-such-flag"
@@ -51,9 +52,9 @@ def run_jobs(jobs: list[dict]) -> list[dict]:
             continue
         stdin = "".join(json.dumps(job) + "\n" for _, job in mine)
         # its own process group: a command that started children is stopped with them
-        worker = subprocess.Popen([sys.executable, "-m", "tests.entry_worker"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                  env=child_env(keras=kind == "keras"), start_new_session=True)
+        worker = preload.popen([sys.executable, "-m", "tests.entry_worker", kind], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=child_env(keras=kind == "keras"), start_new_session=True)
         try:
             out, err = worker.communicate(stdin, timeout=900)
         finally:

@@ -19,15 +19,13 @@ Every framework runs in its own subprocess; this process imports neither.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shared.io import load_weights
-from tests.conftest import ROOT, run_module
+from tests.conftest import run_code, run_module
 
 # Tolerances of the 20-step run (measured on this CPU: first loss equal to 1e-7, max loss difference 2.3e-3
 # relative, every tensor's 20-step displacement equal to 1.1%). Training at lr 0.1 amplifies float32 rounding:
@@ -80,8 +78,7 @@ np.savez(sys.argv[2], **out)
 
 
 def _python(code: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_code(code, *args, timeout=600)
 
 
 def test_update_rule_matches_torch_sgd_across_an_lr_drop(tmp_path):

@@ -37,11 +37,10 @@ def _check_optimizer(run_dir) -> None:
 @pytest.fixture(scope="session")
 def trainer():
     """The torch trainer, as tests/trainer_contract.py drives it."""
-    import subprocess
-
+    from tests.conftest import run_code
     from tests.trainer_contract import Trainer
 
     code = "import torch; print(torch.get_num_threads())"  # this process's count may have been set by a test
-    default = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    default = int(run_code(code).stdout)
     return Trainer("torch", "pytorch_impl.train", settle=0.5, default_threads=default,
                    checkpoint_progress=_checkpoint_progress, check_optimizer=_check_optimizer, other_framework="keras")
