@@ -48,6 +48,8 @@ from pathlib import Path
 PRELOAD = {"torch": ("torch", "torchvision", "numpy"), "keras": ("keras", "numpy"), "plain": ("numpy", "onnx")}
 # Environment variables read when those frameworks or the interpreter start: a parent serves one set of values.
 AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_", "GLIBC_")
+# ... but for these, which are read where they are used (torch.hub reads TORCH_HOME at each download)
+WHEN_USED = ("TORCH_HOME",)
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
 # Test helpers whose first argument names the framework they import ("torch", "keras", "keras-jax", "neutral", ...)
@@ -84,7 +86,8 @@ def framework_of_code(code: str) -> str | None:
 def env_key(env: dict[str, str], cwd: str) -> tuple[tuple[str, str], ...]:
     """What a parent must share with a command: the variables read at import. A ``PYTHONPATH`` of the command's own
     folder (``shared.process.child_env`` sets it) changes nothing there: ``python -m`` puts that folder first."""
-    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(AT_IMPORT) and (k, v) != ("PYTHONPATH", cwd)))
+    return tuple(sorted((k, v) for k, v in env.items()
+                        if k.startswith(AT_IMPORT) and k not in WHEN_USED and (k, v) != ("PYTHONPATH", cwd)))
 
 
 class Forked:
