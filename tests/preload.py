@@ -290,16 +290,15 @@ def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:
 
 
 def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, text=False, start_new_session=False,
-          framework: str | None = None, **kwargs):
+          **kwargs):
     """``subprocess.Popen`` as ``shared.process`` and the tests call it, where a ``python -m`` command is forked from
     the parent the broker names (with the pipes and session asked for); any other command (``shared.process``'s own
-    tests start ``python -c`` scripts), or where no parent serves, a plain one. ``framework``: the parent to ask
-    for where the command's name does not say it (tests/run.py's pytest processes)."""
+    tests start ``python -c`` scripts), or where no parent serves, a plain one."""
     cmd = [str(a) for a in args] if isinstance(args, list | tuple) else []
     command = command_of(cmd)
     if not kwargs and command and "module" in command:
         cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
-        path = ask_broker(framework or framework_for(command), env, cwd)
+        path = ask_broker(framework_for(command), env, cwd)
         if path is not None:
             ours, theirs = [], []
             for spec, inherit in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -310,9 +309,6 @@ def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, tex
                 elif spec == subprocess.DEVNULL:
                     ours.append(None)
                     theirs.append(os.open(os.devnull, os.O_RDWR))
-                elif spec == subprocess.STDOUT:  # stderr to wherever stdout goes
-                    ours.append(None)
-                    theirs.append(os.dup(theirs[1]))
                 else:
                     ours.append(None)
                     theirs.append(os.dup(inherit if spec is None else spec if isinstance(spec, int) else spec.fileno()))
