@@ -12,10 +12,10 @@ import pytest
 from shared.process import ROOT
 from tests import preload
 from tests.preload import BROKER, Parents, install
+from tests.run import DEFAULT_ENV
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("MPLBACKEND", "Agg")
+for _name, _value in DEFAULT_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 # The parents are served by `make test`'s runner to its three pytest processes (tests/run.py), or else by this

@@ -185,9 +185,10 @@ class Parents:
         self.parents: dict[tuple, tuple[subprocess.Popen, str] | None] = {}
         self.folder = Path(tempfile.mkdtemp(prefix="preload-"))
 
-    def socket_for(self, framework: str, env: dict[str, str], cwd: str) -> str | None:
-        """The socket of a ready parent for this framework and environment; None if it could not start."""
-        key = (framework, env_key(env, cwd), cwd)
+    def socket_for(self, framework: str, env: dict[str, str], cwd: str, apart: bool = False) -> str | None:
+        """The socket of a ready parent for this framework and environment; None if it could not start. ``apart``:
+        a second parent for them (see :func:`popen`)."""
+        key = (framework, env_key(env, cwd), cwd, apart)
         with self.lock:
             starting = self.starting.setdefault(key, threading.Lock())
             path = str(self.folder / f"{len(self.starting)}.sock")
@@ -229,7 +230,8 @@ class Parents:
         def answer(conn: socket.socket) -> None:
             with conn:
                 ask = json.loads(conn.recv(MESSAGE))
-                conn.send(json.dumps({"path": self.socket_for(ask["framework"], ask["env"], ask["cwd"])}).encode())
+                path = self.socket_for(ask["framework"], ask["env"], ask["cwd"], ask["apart"])
+                conn.send(json.dumps({"path": path}).encode())
 
         while True:
             conn, _ = listener.accept()
@@ -275,7 +277,7 @@ def run(cmd: list[str], *, cwd: str, env: dict[str, str], timeout: float | None)
     return None if path is None else run_forked(path, cmd, command, cwd=cwd, env=env, timeout=timeout)
 
 
-def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:
+def ask_broker(framework: str, env: dict[str, str], cwd: str, apart: bool = False) -> str | None:
     """The socket of the parent that the test process's broker names for this command; None: start it plainly."""
     path, _, session = os.environ.get(BROKER, "").rpartition(":")
     if not path or os.getsid(0) != int(session):  # a test runs this process in a session of its own: kills its group
@@ -283,22 +285,28 @@ def ask_broker(framework: str, env: dict[str, str], cwd: str) -> str | None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
             conn.connect(path)
-            conn.send(json.dumps({"framework": framework, "env": env, "cwd": cwd}).encode())
+            conn.send(json.dumps({"framework": framework, "env": env, "cwd": cwd, "apart": apart}).encode())
             return json.loads(conn.recv(MESSAGE))["path"]
     except OSError:  # the test process has ended
         return None
 
 
 def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, text=False, start_new_session=False,
-          **kwargs):
+          framework: str | None = None, apart: bool = False, **kwargs):
     """``subprocess.Popen`` as ``shared.process`` and the tests call it, where a ``python -m`` command is forked from
     the parent the broker names (with the pipes and session asked for); any other command (``shared.process``'s own
-    tests start ``python -c`` scripts), or where no parent serves, a plain one."""
+    tests start ``python -c`` scripts), or where no parent serves, a plain one.
+
+    ``framework``: the parent's, where the command's name does not say it (tests/run.py's pytest processes).
+    ``apart``: from a second parent, not the one that ``run_module``'s commands come from. A forked child shares its
+    parent's hash seed and memory layout, so two runs that a test compares, to see that a result does not depend on
+    the process, come from different parents: the pytest processes (whose in-process runs are compared with
+    forked ones) and the runs a test kills (compared with the uninterrupted run and its resume) start apart."""
     cmd = [str(a) for a in args] if isinstance(args, list | tuple) else []
     command = command_of(cmd)
     if not kwargs and command and "module" in command:
         cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
-        path = ask_broker(framework_for(command), env, cwd)
+        path = ask_broker(framework or framework_for(command), env, cwd, apart)
         if path is not None:
             ours, theirs = [], []
             for spec, inherit in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -309,6 +317,9 @@ def popen(args, *, stdin=None, stdout=None, stderr=None, cwd=None, env=None, tex
                 elif spec == subprocess.DEVNULL:
                     ours.append(None)
                     theirs.append(os.open(os.devnull, os.O_RDWR))
+                elif spec == subprocess.STDOUT:  # stderr to wherever stdout goes
+                    ours.append(None)
+                    theirs.append(os.dup(theirs[1]))
                 else:
                     ours.append(None)
                     theirs.append(os.dup(inherit if spec is None else spec if isinstance(spec, int) else spec.fileno()))

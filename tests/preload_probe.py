@@ -1,6 +1,6 @@
 """A command for tests/shared/test_preload.py: it says how it was started, then ends as asked.
 
-    python -m tests.preload_probe SCRATCH MODE   # MODE: an exit status, "raise", "sleep" (60 s) or "echo" (stdin)
+    python -m tests.preload_probe SCRATCH MODE   # MODE: an exit status, raise, sleep, echo or hash
 """
 
 import os
@@ -16,6 +16,9 @@ if mode == "raise":
     raise ValueError("probe failed")
 if mode == "sleep":
     time.sleep(60)
+if mode == "hash":  # this interpreter's string hashing, which a forked child shares with its parent
+    print("hash", hash("resnet"))
+    sys.exit(0)
 if mode == "echo":  # stdin back to stdout, counted on stderr
     data = sys.stdin.read()
     sys.stdout.write(data)

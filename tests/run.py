@@ -26,7 +26,7 @@ from pathlib import Path
 from shared.errors import UserError, run
 from shared.io import check_writable
 from shared.process import ROOT
-from tests.preload import Parents
+from tests.preload import Parents, popen
 
 SUITES = ("shared", "torch", "keras")
 # Each suite runs as this many pytest processes, of about equal time, so that every core has work until the end
@@ -41,6 +41,12 @@ SLOWEST = 15
 # (madvise). None of these changes a thread count or a result; an unknown tunable is ignored.
 SUITE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TF_CPU_ALLOCATOR_USE_BFC": "true",
              "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# What every test process runs with unless the environment says otherwise (tests/conftest.py sets it too), given to
+# the pytest processes at their start: their parent is then the one that the runs their tests kill are forked from.
+DEFAULT_ENV = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
+# Each suite's pytest processes are forked from a parent that has imported its framework (tests/preload.py), apart
+# from the one their tests' commands come from: their in-process runs are compared with those commands' runs.
+FRAMEWORK = {"torch": "torch", "keras": "keras"}
 
 
 def results(junit: Path) -> list[dict]:
@@ -97,8 +103,9 @@ def run_suites(argv: list[str], jobs: int, junit_dir: Path, walls: dict[str, flo
         with lock:
             print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**SUITE_ENV, **os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                     env={**SUITE_ENV, **DEFAULT_ENV, **os.environ, "PYTHONUNBUFFERED": "1"},
+                     framework=FRAMEWORK.get(name.split("-")[0]), apart=True)
         assert proc.stdout is not None
         for line in proc.stdout:
             with lock:

@@ -20,6 +20,7 @@ import pytest
 from shared import runs
 from shared.io import load_weights
 from shared.process import ROOT, child_env
+from tests import preload
 
 DETERMINISTIC = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")  # all but time and speed
 
@@ -65,10 +66,10 @@ def kill_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle: 
     """Start ``cmd`` (a 2-epoch run into ``run_dir``), wait for its first checkpoint, let it run ``settle``
     seconds into the second epoch and SIGKILL it with every process it started (a job killed as a whole);
     the folder must then hold one epoch and no results."""
-    # A fresh interpreter, not one forked from the parents of tests/preload.py that the reference and resumed runs
-    # come from: a result that depended on the process (its hash seed, say) would then differ between them.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # Forked apart from the parent that the reference and resumed runs come from (tests/preload.py): a result that
+    # depended on the process (its hash seed, say) would differ between them, as between two fresh processes.
+    proc = preload.popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, apart=True)
     try:
         wait_for_first_checkpoint(proc, run_dir, framework)
         time.sleep(settle)
@@ -88,8 +89,8 @@ def signal_in_second_epoch(cmd: list[str], run_dir: Path, framework: str, settle
     """Start ``cmd`` (a 2-epoch run into ``run_dir``), wait for its first checkpoint, let it run ``settle`` seconds
     into the second epoch and send ``signals`` to its process group, ``gap`` seconds apart, as a scheduler or a
     terminal does; its output once it has ended."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = preload.popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, apart=True)
     try:
         wait_for_first_checkpoint(proc, run_dir, framework)
         time.sleep(settle)
@@ -134,8 +135,8 @@ def fill_the_disk_in_second_epoch(cmd: list[str], disk: Path, run_dir: Path, fra
     """Start ``cmd`` (a 2-epoch run into ``run_dir`` on the small filesystem ``disk``), and once its first checkpoint
     is written fill the disk but half the room of the files an epoch writes, so that the second epoch's writes
     fail; its output once it has ended. The filler is removed after (space freed)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = preload.popen(cmd, cwd=ROOT, env=child_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, apart=True)
     filler = disk / "filler"
     try:
         wait_for_first_checkpoint(proc, run_dir, framework)

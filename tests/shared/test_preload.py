@@ -132,6 +132,22 @@ def test_a_command_in_a_session_of_its_own_is_forked_and_killed_with_its_group(t
     assert child.returncode == -9 and out.startswith("argv ") and isinstance(err, str)
 
 
+def test_runs_compared_for_process_independence_come_from_different_parents(tmp_path):
+    """Two children of one parent share its hash seed; a run a test kills, or a pytest process, is forked apart, so
+    that it and the runs it is compared with differ as two fresh processes do."""
+    _through_the_parents()
+    if os.environ.get("PYTHONHASHSEED", "random") != "random":
+        pytest.skip("PYTHONHASHSEED is fixed: every process hashes alike")
+    cmd = [sys.executable, "-m", "tests.preload_probe", str(tmp_path), "hash"]
+
+    def hashed(**apart) -> str:
+        child = preload.popen(cmd, cwd=process.ROOT, stdout=subprocess.PIPE, text=True, **apart)
+        assert isinstance(child, Forked)
+        return child.communicate(timeout=60)[0].split()[-1]
+
+    assert hashed() == hashed() != hashed(apart=True) == hashed(apart=True)
+
+
 def test_communicate_writes_stdin_and_reads_text_as_popen_does(tmp_path):
     _through_the_parents()
     cmd = [sys.executable, "-m", "tests.preload_probe", str(tmp_path), "echo"]
