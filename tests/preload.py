@@ -46,6 +46,9 @@ from pathlib import Path
 
 # What each parent imports before it forks: the framework, nothing of the project.
 PRELOAD = {"torch": ("torch", "torchvision", "numpy"), "keras": ("keras", "numpy"), "plain": ("numpy", "onnx")}
+# ... and where this torch has them, the modules its ONNX export imports when first called (2.5 s in each export)
+PRELOAD_IF_PRESENT = {"torch": ("torch.export._trace", "torch.onnx._internal.exporter._compat",
+                                "onnxscript.function_libs.torch_lib.ops")}
 # Environment variables read when those frameworks or the interpreter start: a parent serves one set of values.
 AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_", "GLIBC_")
 # ... but for these, which are read where they are used (torch.hub reads TORCH_HOME at each download)
@@ -408,6 +411,11 @@ if __name__ == "__main__":
     sys.path[0] = os.getcwd()  # not this script's folder (tests/torch would shadow torch), as under python -m
     for name in PRELOAD[framework]:
         __import__(name)
+    for name in PRELOAD_IF_PRESENT.get(framework, ()):
+        try:
+            __import__(name)
+        except ImportError:  # another torch: its export imports what it needs when it runs
+            pass
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" and "tensorflow" in sys.modules:
         sys.exit("tensorflow was imported on another Keras backend")  # tests.no_tensorflow would see it
     # What the parent holds is never garbage in a child, so the cyclic collector leaves it alone there: without

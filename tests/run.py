@@ -4,7 +4,8 @@ slowest tests (docs/testing.md).
 ``tests/shared`` (framework-neutral; may start framework subprocesses), ``tests/torch`` and ``tests/keras`` run as
 separate pytest processes, because torch.export crashes in a process that has imported tensorflow, each suite in
 the pieces of :func:`units`; ``--jobs`` of them run side by side (default: one per CPU core), each line of their
-output prefixed with its piece. The pieces' commands are forked from preloaded parents (tests/preload.py).
+output prefixed with its piece. The pieces and their tests' commands are forked from preloaded parents
+(tests/preload.py).
 Other arguments go to every pytest run (``-m "not slow"``, ``-k name``). ``--times DIR`` also writes where the
 time went to ``DIR/test-times.json`` and ``.md``: each suite's wall time, each test file's seconds, and what a
 fresh process pays to import each framework (every subprocess a test starts pays it again).
