@@ -53,6 +53,9 @@ PRELOAD_IF_PRESENT = {"torch": ("torch.export._trace", "torch.onnx._internal.exp
 AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_", "GLIBC_")
 # ... but for these, which are read where they are used (torch.hub reads TORCH_HOME at each download)
 WHEN_USED = ("TORCH_HOME",)
+# ... and for what a parent does not import: Keras, TensorFlow and JAX read theirs when a child imports them
+NOT_IMPORTED = {"torch": ("KERAS_", "TF_", "XLA_", "JAX_"),
+                "plain": ("KERAS_", "TF_", "XLA_", "JAX_", "TORCH", "CUDA_")}
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
 # Test helpers whose first argument names the framework they import ("torch", "keras", "keras-jax", "neutral", ...)
@@ -86,11 +89,13 @@ def framework_of_code(code: str) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def env_key(env: dict[str, str], cwd: str) -> tuple[tuple[str, str], ...]:
-    """What a parent must share with a command: the variables read at import. A ``PYTHONPATH`` of the command's own
-    folder (``shared.process.child_env`` sets it) changes nothing there: ``python -m`` puts that folder first."""
+def env_key(env: dict[str, str], cwd: str, framework: str = "keras") -> tuple[tuple[str, str], ...]:
+    """What a ``framework`` parent must share with a command: the variables read when it imported what it holds. A
+    ``PYTHONPATH`` of the command's own folder (``shared.process.child_env`` sets it) changes nothing there:
+    ``python -m`` puts that folder first."""
     return tuple(sorted((k, v) for k, v in env.items()
-                        if k.startswith(AT_IMPORT) and k not in WHEN_USED and (k, v) != ("PYTHONPATH", cwd)))
+                        if k.startswith(AT_IMPORT) and not k.startswith(NOT_IMPORTED.get(framework, ()))
+                        and k not in WHEN_USED and (k, v) != ("PYTHONPATH", cwd)))
 
 
 class Forked:
@@ -191,7 +196,7 @@ class Parents:
     def socket_for(self, framework: str, env: dict[str, str], cwd: str, apart: bool = False) -> str | None:
         """The socket of a ready parent for this framework and environment; None if it could not start. ``apart``:
         a second parent for them (see :func:`popen`)."""
-        key = (framework, env_key(env, cwd), cwd, apart)
+        key = (framework, env_key(env, cwd, framework), cwd, apart)
         with self.lock:
             starting = self.starting.setdefault(key, threading.Lock())
             path = str(self.folder / f"{len(self.starting)}.sock")

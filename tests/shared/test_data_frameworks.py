@@ -76,7 +76,7 @@ def dump(labels: tuple[str, ...], jobs: dict[str, dict], tmp) -> dict[tuple[str,
         backend = {"KERAS_BACKEND": fw.split("-", 1)[1]} if fw.startswith("keras-") else {}
         procs[fw] = preload.popen([sys.executable, "-m", "tests.shared.dump_batches", fw, json.dumps(fw_jobs)],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **backend})
+                                  env={**os.environ, **backend})
     for fw, proc in procs.items():
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{fw} loader failed:\n{err[-3000:]}"

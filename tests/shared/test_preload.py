@@ -67,6 +67,17 @@ def test_a_command_past_its_timeout_is_killed(parents, tmp_path):
     assert not os.path.exists(f"/proc/{pid}"), "the command still runs after its timeout"
 
 
+def test_a_parent_is_shared_by_commands_that_differ_only_where_it_imported_nothing():
+    from tests.preload import env_key
+
+    jax = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "OMP_NUM_THREADS": "1"}
+    tf = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+    assert env_key(jax, "/r", "torch") == env_key(tf, "/r", "torch") == (("OMP_NUM_THREADS", "1"),)
+    assert env_key(jax, "/r", "keras") != env_key(tf, "/r", "keras")  # Keras reads them when the parent imports it
+    assert env_key({**tf, "TORCH_LOGS": "+dynamo"}, "/r", "plain") == env_key(jax, "/r", "plain")
+    assert env_key({"TORCH_LOGS": "+dynamo"}, "/r", "torch") != env_key({}, "/r", "torch")
+
+
 def test_which_commands_a_parent_serves():
     assert framework_of("pytorch_impl.train", []) == "torch"
     assert framework_of("keras_impl.export", ["onnx"]) == "keras"
