@@ -19,7 +19,15 @@ deploy-check``), each through ``shared.process.run``. In the test process and in
 ``RESNET_TEST_PRELOAD_BROKER``, served by ``make test``'s runner for all its pytest processes, else by the test
 process) says which parent serves it. A process that a test
 started in a session of its own (to kill its process group) starts its children as plain subprocesses, so that
-they stay in its group. ``RESNET_TEST_PRELOAD=0`` turns all of this off.
+they stay in its group. ``run_code`` forks ``python -c`` scripts the same way, from the parent of the framework the
+script imports.
+
+A child shares its parent's hash seed and memory layout. The runs that a test compares to see that a result does
+not depend on the process never come from one parent: ``make test``'s pytest processes (whose in-process runs are
+compared with forked ones) and the runs a test kills are forked from a second parent of their framework
+(:func:`popen`'s ``apart``). Before it forks, a parent freezes what it holds (``gc.freeze``), so that a child's
+garbage collections do not walk, and copy, the whole inherited heap. ``RESNET_TEST_PRELOAD=0`` turns all of this
+off.
 
     python tests/preload.py SOCKET FRAMEWORK     # the parent; it ends when its stdin closes
 """
