@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,13 @@ import pytest
 from shared.process import ROOT
 from tests import preload
 from tests.preload import BROKER, Parents, install
-from tests.run import DEFAULT_ENV
+from tests.run import DEFAULT_ENV, jax_cache
 
 for _name, _value in DEFAULT_ENV.items():
+    os.environ.setdefault(_name, _value)
+# JAX's compilation cache for this session (tests/run.py gives its pytest processes one for the whole run)
+JAX_CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else Path(tempfile.mkdtemp(prefix="jax-cache-"))
+for _name, _value in (jax_cache(JAX_CACHE) if JAX_CACHE else {}).items():
     os.environ.setdefault(_name, _value)
 
 
@@ -58,6 +64,8 @@ def _run_python(argv: list[str], *, check: bool, timeout: int, env: dict | None)
 def pytest_sessionfinish():
     if PARENTS is not None:
         PARENTS.close()
+    if JAX_CACHE is not None:
+        shutil.rmtree(JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

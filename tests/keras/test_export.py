@@ -1,5 +1,8 @@
 """Keras ONNX export: checker, metadata, symbolic batch, and ORT logits equal to Keras'."""
 
+import os
+from pathlib import Path
+
 import keras
 import numpy as np
 import onnx
@@ -79,3 +82,5 @@ def test_jax_backend_exports_its_canonical_weights_exactly(images, tmp_path):
     assert "jax backend" in meta["exporter"] and "torch" in meta["exporter"], meta["exporter"]
     native = np.load(tmp_path / "native.npy")  # the JAX model's own logits
     assert_logits_match(native, ort_logits(path, x, "NHWC"), y)
+    # Both JAX processes compiled through the test run's compilation cache (tests/run.py)
+    assert any(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).glob("jit_*-cache")), "JAX's compilation cache is off"
