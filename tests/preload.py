@@ -59,11 +59,16 @@ PRELOAD_IF_PRESENT = {"torch": ("torch.export._trace", "torch.onnx._internal.exp
                                 "onnxscript.function_libs.torch_lib.ops")}
 # Environment variables read when those frameworks or the interpreter start: a parent serves one set of values.
 AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "LD_", "GLIBC_")
-# ... but for these, which are read where they are used (torch.hub reads TORCH_HOME at each download)
-WHEN_USED = ("TORCH_HOME",)
-# ... and for what a parent does not import: Keras, TensorFlow and JAX read theirs when a child imports them
+# ... but for these, which are read where they are used: torch.hub reads TORCH_HOME at each download, inductor its
+# cache folder when it compiles (and sets the variable, to its default, in the process that asked), Keras the
+# distribution's variables in keras.distribution.initialize()
+WHEN_USED = ("TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "KERAS_DISTRIBUTION_")
+# ... and for what a parent does not import (a Keras parent imports its backend alone): these frameworks read
+# theirs when a child imports them
 NOT_IMPORTED = {"torch": ("KERAS_", "TF_", "XLA_", "JAX_"),
-                "plain": ("KERAS_", "TF_", "XLA_", "JAX_", "TORCH", "CUDA_")}
+                "plain": ("KERAS_", "TF_", "XLA_", "JAX_", "TORCH", "CUDA_"),
+                "keras-tensorflow": ("JAX_", "TORCH"), "keras-jax": ("TF_", "TORCH"),
+                "keras-torch": ("TF_", "XLA_", "JAX_")}
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
 # Test helpers whose first argument names the framework they import ("torch", "keras", "keras-jax", "neutral", ...)
@@ -98,12 +103,23 @@ def framework_of_code(code: str) -> str | None:
 
 
 def env_key(env: dict[str, str], cwd: str, framework: str = "keras") -> tuple[tuple[str, str], ...]:
-    """What a ``framework`` parent must share with a command: the variables read when it imported what it holds. A
-    ``PYTHONPATH`` of the command's own folder (``shared.process.child_env`` sets it) changes nothing there:
-    ``python -m`` puts that folder first."""
-    return tuple(sorted((k, v) for k, v in env.items()
-                        if k.startswith(AT_IMPORT) and not k.startswith(NOT_IMPORTED.get(framework, ()))
-                        and k not in WHEN_USED and (k, v) != ("PYTHONPATH", cwd)))
+    """What a ``framework`` parent must share with a command: the variables read when it imported what it holds.
+
+    Two kinds of path entry change nothing, so they do not count: the command's own folder in ``PYTHONPATH``
+    (``shared.process.child_env`` puts it there; ``python -m`` and ``-c`` already look there first), and a folder
+    of ``LD_LIBRARY_PATH`` that does not exist (importing OpenCV adds one, for the process's subprocesses)."""
+    kind = f"keras-{env.get('KERAS_BACKEND', 'tensorflow')}" if framework == "keras" else framework
+    key = {}
+    for name, value in env.items():
+        if not name.startswith(AT_IMPORT) or name.startswith((*NOT_IMPORTED.get(kind, ()), *WHEN_USED)):
+            continue
+        if name in ("PYTHONPATH", "LD_LIBRARY_PATH"):
+            keep = os.path.isdir if name == "LD_LIBRARY_PATH" else lambda e: os.path.abspath(e) != os.path.abspath(cwd)
+            value = os.pathsep.join(e for e in value.split(os.pathsep) if e and keep(e))
+            if not value:
+                continue
+        key[name] = value
+    return tuple(sorted(key.items()))
 
 
 class Forked:

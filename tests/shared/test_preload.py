@@ -76,6 +76,31 @@ def test_a_parent_is_shared_by_commands_that_differ_only_where_it_imported_nothi
     assert env_key(jax, "/r", "keras") != env_key(tf, "/r", "keras")  # Keras reads them when the parent imports it
     assert env_key({**tf, "TORCH_LOGS": "+dynamo"}, "/r", "plain") == env_key(jax, "/r", "plain")
     assert env_key({"TORCH_LOGS": "+dynamo"}, "/r", "torch") != env_key({}, "/r", "torch")
+    # read where they are used, not at import: torch.hub's and inductor's folders, Keras' distribution
+    used = {"TORCH_HOME": "/h", "TORCHINDUCTOR_CACHE_DIR": "/i", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+    assert env_key(used, "/r", "keras") == env_key({}, "/r", "keras") == env_key(used, "/r", "torch") == ()
+    assert env_key({"KERAS_BACKEND": "jax"}, "/r", "keras") == (("KERAS_BACKEND", "jax"),)
+    # a Keras parent imports its own backend alone: TensorFlow's variables count only for a TensorFlow parent
+    assert env_key({**jax, "TF_CPP_MIN_LOG_LEVEL": "3"}, "/r", "keras") == env_key(jax, "/r", "keras")
+    assert env_key({**tf, "TF_CPP_MIN_LOG_LEVEL": "0"}, "/r", "keras") != env_key(tf, "/r", "keras")
+    assert env_key({**tf, "XLA_FLAGS": "--x"}, "/r", "keras") != env_key(tf, "/r", "keras")  # TensorFlow's XLA
+    assert env_key({"KERAS_BACKEND": "torch", "XLA_FLAGS": "--x", "TORCH_LOGS": "+dynamo"}, "/r", "keras") == (
+        ("KERAS_BACKEND", "torch"), ("TORCH_LOGS", "+dynamo"))
+
+
+def test_path_entries_that_change_nothing_do_not_start_a_parent(tmp_path):
+    from tests.preload import env_key
+
+    lib, root, site = tmp_path / "lib", str(tmp_path / "root"), str(tmp_path / "site")
+    lib.mkdir()
+    # the command's folder in PYTHONPATH: `python -m` looks there first anyway; any other folder counts
+    assert env_key({"PYTHONPATH": f"{root}:{site}"}, root, "torch") == (("PYTHONPATH", site),)
+    assert env_key({"PYTHONPATH": root}, root, "torch") == ()
+    assert env_key({"PYTHONPATH": site}, root, "torch") != env_key({}, root, "torch")
+    # a library folder that does not exist (what importing cv2 adds) finds no library; one that exists counts
+    missing = str(tmp_path / "cv2" / ".." / ".." / "lib64")
+    assert env_key({"LD_LIBRARY_PATH": missing}, root, "plain") == env_key({}, root, "plain") == ()
+    assert env_key({"LD_LIBRARY_PATH": f"{missing}:{lib}"}, root, "plain") == (("LD_LIBRARY_PATH", str(lib)),)
 
 
 def test_which_commands_a_parent_serves():
