@@ -17,6 +17,8 @@ from shared.io import load_weights
 from tests.conftest import run_module
 from tests.keras.test_train import base_args
 from tests.train_helpers import assert_resumed_like, kill_in_second_epoch, same_metrics
+from tests.trainer_contract import CONTRACT_BATCH
+from tests.trainer_contract import base_args as contract_args
 
 BACKENDS = ("jax", "torch")
 
@@ -26,11 +28,12 @@ def train(backend: str, *args: str, check: bool = True) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_trains_without_tensorflow(data_dir, tmp_path, backend):
+def test_trains_without_tensorflow(contract_data_dir, tmp_path, backend):
     """One run per backend: it learns and finishes. That the same seed gives the same run on these backends is
-    the slow SIGKILL test below (an uninterrupted run and a killed, resumed one end bit for bit alike)."""
+    the slow SIGKILL test below (an uninterrupted run and a killed, resumed one end bit for bit alike). On the
+    trainer contract's half-size set in its batches of 50: the same 20 steps an epoch at half the compute."""
     out = tmp_path / "run"  # 25 iterations: a whole epoch of 20, then 5 of the second
-    train(backend, *base_args(data_dir, out, "--iters", "25"))
+    train(backend, *contract_args(contract_data_dir, out, "--iters", "25", threads=None, batch=CONTRACT_BATCH))
     run = runs.read_run(out)
     assert run["finished"] and run["config"]["device"]["backend"] == backend
     rows = run["metrics"]
