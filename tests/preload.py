@@ -63,12 +63,11 @@ AT_IMPORT = ("PYTHON", "KERAS_", "TF_", "XLA_", "JAX_", "CUDA_", "OMP_", "MKL_",
 # cache folder when it compiles (and sets the variable, to its default, in the process that asked), Keras the
 # distribution's variables in keras.distribution.initialize()
 WHEN_USED = ("TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR", "KERAS_DISTRIBUTION_")
-# ... and for what a parent does not import (a Keras parent imports its backend alone): these frameworks read
-# theirs when a child imports them
+# ... and for what a parent does not import: these frameworks read theirs when a child imports them. Keras imports
+# JAX on every backend, TensorFlow and torch only as its backend.
 NOT_IMPORTED = {"torch": ("KERAS_", "TF_", "XLA_", "JAX_"),
                 "plain": ("KERAS_", "TF_", "XLA_", "JAX_", "TORCH", "CUDA_"),
-                "keras-tensorflow": ("JAX_", "TORCH"), "keras-jax": ("TF_", "TORCH"),
-                "keras-torch": ("TF_", "XLA_", "JAX_")}
+                "keras-tensorflow": ("TORCH",), "keras-jax": ("TF_", "TORCH"), "keras-torch": ("TF_",)}
 # `python -m tests.no_tensorflow MODULE ...` (and the others) run MODULE: the framework is MODULE's
 WRAPPERS = {"tests.no_tensorflow": 0, "tests.no_weight_decay": 0, "tests.cpu_replicas": 1}
 # Test helpers whose first argument names the framework they import ("torch", "keras", "keras-jax", "neutral", ...)

@@ -80,12 +80,40 @@ def test_a_parent_is_shared_by_commands_that_differ_only_where_it_imported_nothi
     used = {"TORCH_HOME": "/h", "TORCHINDUCTOR_CACHE_DIR": "/i", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
     assert env_key(used, "/r", "keras") == env_key({}, "/r", "keras") == env_key(used, "/r", "torch") == ()
     assert env_key({"KERAS_BACKEND": "jax"}, "/r", "keras") == (("KERAS_BACKEND", "jax"),)
-    # a Keras parent imports its own backend alone: TensorFlow's variables count only for a TensorFlow parent
+    # TensorFlow's variables count for a Keras parent on TensorFlow only, torch's on torch only; JAX's on every
+    # backend, as Keras imports JAX on each (the next test checks the packages themselves)
     assert env_key({**jax, "TF_CPP_MIN_LOG_LEVEL": "3"}, "/r", "keras") == env_key(jax, "/r", "keras")
     assert env_key({**tf, "TF_CPP_MIN_LOG_LEVEL": "0"}, "/r", "keras") != env_key(tf, "/r", "keras")
-    assert env_key({**tf, "XLA_FLAGS": "--x"}, "/r", "keras") != env_key(tf, "/r", "keras")  # TensorFlow's XLA
-    assert env_key({"KERAS_BACKEND": "torch", "XLA_FLAGS": "--x", "TORCH_LOGS": "+dynamo"}, "/r", "keras") == (
-        ("KERAS_BACKEND", "torch"), ("TORCH_LOGS", "+dynamo"))
+    assert env_key({**tf, "TORCH_LOGS": "+dynamo"}, "/r", "keras") == env_key(tf, "/r", "keras")
+    torch_backend = {"KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3", "TORCH_LOGS": "+dynamo",
+                     "JAX_ENABLE_X64": "1", "XLA_FLAGS": "--x"}
+    assert env_key(torch_backend, "/r", "keras") == (("JAX_ENABLE_X64", "1"), ("KERAS_BACKEND", "torch"),
+                                                     ("TORCH_LOGS", "+dynamo"), ("XLA_FLAGS", "--x"))
+    assert env_key({**tf, "JAX_ENABLE_X64": "1"}, "/r", "keras") != env_key(tf, "/r", "keras")
+
+
+# What each kind of parent's command imports (run in a child of that parent), and the variables each package reads
+KINDS = {**{f"keras-{b}": ("keras", {"KERAS_BACKEND": b}) for b in ("tensorflow", "jax", "torch")},
+         "torch": ("torch", {}), "plain": ("", {})}
+READ_BY = {"KERAS_": ("keras",), "TF_": ("tensorflow",), "JAX_": ("jax",), "XLA_": ("jax", "tensorflow"),
+           "TORCH": ("torch",), "CUDA_": ("torch", "jax", "tensorflow")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_parent_ignores_the_variables_of_exactly_the_packages_it_never_imports(kind):
+    """The rule above, against the packages themselves: a command in a child of each kind of parent lists what is
+    imported (Keras imports JAX on every backend, TensorFlow or torch only as its backend), and the parent ignores
+    a family of variables exactly when no package that reads it is there."""
+    from tests.conftest import run_code
+    from tests.preload import NOT_IMPORTED
+
+    module, env = KINDS[kind]
+    packages = ("keras", "tensorflow", "jax", "torch")
+    proc = run_code(f"import sys{', ' + module if module else ''}; print(*(m in sys.modules for m in {packages!r}))",
+                    env=env)
+    imported = {m for m, there in zip(packages, proc.stdout.split()) if there == "True"}
+    ignored = {prefix for prefix in READ_BY if prefix in NOT_IMPORTED[kind]}
+    assert ignored == {prefix for prefix, readers in READ_BY.items() if not imported & set(readers)}, imported
 
 
 def test_path_entries_that_change_nothing_do_not_start_a_parent(tmp_path):
