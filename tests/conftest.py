@@ -18,9 +18,10 @@ from tests.run import DEFAULT_ENV, jax_cache
 
 for _name, _value in DEFAULT_ENV.items():
     os.environ.setdefault(_name, _value)
-# JAX's compilation cache for this session (tests/run.py gives its pytest processes one for the whole run)
+# JAX's compilation cache for this session (tests/run.py gives its pytest processes one for the whole run), or the
+# folder the environment names, with what the suite caches
 JAX_CACHE = None if "JAX_COMPILATION_CACHE_DIR" in os.environ else Path(tempfile.mkdtemp(prefix="jax-cache-"))
-for _name, _value in (jax_cache(JAX_CACHE) if JAX_CACHE else {}).items():
+for _name, _value in jax_cache(JAX_CACHE or Path(os.environ["JAX_COMPILATION_CACHE_DIR"])).items():
     os.environ.setdefault(_name, _value)
 
 

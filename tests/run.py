@@ -229,7 +229,8 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for name, value in jax_cache(Path(tmp) / "jax-cache").items():
                 os.environ.setdefault(name, value)
-            os.environ.update(bytecode_cache(Path(tmp) / "bytecode"))
+            if "PYTHONPYCACHEPREFIX" not in os.environ:  # else the folder the user chose
+                os.environ.update(bytecode_cache(Path(tmp) / "bytecode"))
             codes = run_suites(argv, jobs, Path(tmp), walls)
             cases = [c for name in sorted(walls) for c in results(Path(tmp) / f"{name}.xml")]
     finally:
