@@ -12,6 +12,21 @@ from shared.spec import MODEL_NAMES, BlockSpec, cifar_spec, get_spec
 from tests.oracles import CIFAR, IMAGENET
 
 
+@pytest.fixture(scope="module")
+def built():
+    """``build_model(name)``, each model once for this file's tests that only read it (counts, layers, names):
+    building ResNet-152 in Keras takes seconds; the cache ends with the module."""
+    models = {}
+
+    def get(name):
+        if name not in models:
+            models[name] = build_model(name)
+        return models[name]
+
+    yield get
+    models.clear()
+
+
 def counts(model):
     size = lambda ws: int(sum(np.prod(w.shape) for w in ws))
     return size(model.trainable_weights), size(model.non_trainable_weights)
@@ -45,9 +60,9 @@ def test_zero_pad_keeps_input_and_appends_zeros():
 
 
 @pytest.mark.parametrize("name", [n for n in CIFAR if n != "resnet1202"])
-def test_cifar_counts_match_paper(name):
-    trainable, _ = counts(build_model(name))
-    assert trainable == CIFAR[name] == counts(build_model(name.replace("resnet", "plain")))[0]
+def test_cifar_counts_match_paper(built, name):
+    trainable, _ = counts(built(name))
+    assert trainable == CIFAR[name] == counts(built(name.replace("resnet", "plain")))[0]
 
 
 @pytest.mark.slow
@@ -56,8 +71,8 @@ def test_resnet1202_count():
 
 
 @pytest.mark.parametrize("name", list(IMAGENET))
-def test_imagenet_counts_match_torchvision(name):
-    assert counts(build_model(name)) == IMAGENET[name]
+def test_imagenet_counts_match_torchvision(built, name):
+    assert counts(built(name)) == IMAGENET[name]
 
 
 def test_option_a_adds_no_parameter():
@@ -65,10 +80,10 @@ def test_option_a_adds_no_parameter():
     assert a == CIFAR["resnet20"] < b < c
 
 
-def test_strided_convs_pad_symmetrically_like_pytorch():
+def test_strided_convs_pad_symmetrically_like_pytorch(built):
     # A 3x3/stride-2 conv of all ones over an all-ones 4x4 image: with symmetric padding (PyTorch)
     # the top-left output sees 4 ones; TF's "same" would pad bottom/right only and see 9.
-    model = build_model("resnet20")
+    model = built("resnet20")
     layer = model.get_layer(keras_name("layer2.0.conv1"))
     pad = model.get_layer(keras_name("layer2.0.conv1.pad"))
     x = np.ones((1, 4, 4, 16), "float32")
@@ -110,24 +125,24 @@ def test_building_leaves_the_recursion_limit_as_it_was():
     assert sys.getrecursionlimit() == before
 
 
-def test_bn_matches_pytorch_defaults():
-    bn = build_model("resnet20").get_layer("bn1")
+def test_bn_matches_pytorch_defaults(built):
+    bn = built("resnet20").get_layer("bn1")
     assert bn.epsilon == 1e-5 and bn.momentum == 0.9
 
 
-def test_registry_builds_every_model():
+def test_registry_builds_every_model(built):
     for name in MODEL_NAMES:
         if name.endswith("1202") or name.endswith("152") or name.endswith("101"):
             continue
-        m = build_model(name)
+        m = built(name)
         convs = [la for la in m.layers if isinstance(la, keras.layers.Conv2D) and "downsample" not in la.name]
         assert len(convs) + 1 == get_spec(name).depth, name
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])
-def test_layer_names_are_valid_on_every_backend_and_map_back(name):
+def test_layer_names_are_valid_on_every_backend_and_map_back(built, name):
     # Keras' PyTorch backend refuses "." in layer/variable names; the names map back to module paths.
-    model = build_model(name)
+    model = built(name)
     names = [la.name for la in model.layers]
     assert not any("." in n for n in names) and not any("." in v.path for v in model.weights)
     assert all(keras_name(canonical_name(n)) == n for n in names if n != "input")
