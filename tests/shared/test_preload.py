@@ -52,6 +52,52 @@ def test_a_forked_command_is_what_a_fresh_python_m_gives(parents, tmp_path, how)
         assert forked.stderr == fresh.stderr == f"env v-{how} pid True\n"
 
 
+END = """
+import atexit, ctypes, sys
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fputs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+libc.fputs(b"written by C, never closed", libc.fopen(sys.argv[1].encode(), b"w"))
+atexit.register(print, "atexit ran")
+class Noisy:
+    def __del__(self):
+        raise ValueError("raised in a destructor at exit")
+noisy = Noisy()
+print("from Python")
+sys.exit(3)
+"""
+
+
+def test_a_forked_command_ends_as_a_fresh_python_does(parents, tmp_path):
+    """A child skips only the C++ destructors of the libraries its parent loaded: its exit handlers, what Python
+    prints while it finalizes, the files C left open and its exit status are a fresh ``python``'s."""
+    (tmp_path / "end_mod.py").write_text(END)
+    ends = {}
+    for how in ("fresh", "forked"):
+        args = [str(tmp_path / f"{how}.txt")]
+        cmd = [sys.executable, "-m", "end_mod", *args]
+        ends[how] = (subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60) if how == "fresh"
+                     else parents.run(cmd, "end_mod", args, cwd=str(tmp_path), env=dict(os.environ), timeout=60,
+                                      framework="plain"))
+        err = ends[how].stderr.splitlines()  # the object's address differs, and the parent's source lines
+        ends[how] = (ends[how].returncode, ends[how].stdout, err[0].split(" at 0x")[0], err[-1],
+                     (tmp_path / f"{how}.txt").read_text())
+    assert ends["forked"] == ends["fresh"] == (
+        3, "from Python\natexit ran\n", "Exception ignored in: <function Noisy.__del__",
+        "ValueError: raised in a destructor at exit", "written by C, never closed")
+
+
+@pytest.mark.parametrize("skipped", [False, True])
+def test_what_the_parent_registered_for_exit_is_skipped(skipped):
+    """The libraries loaded before the fork register their C++ destructors with exit(); here a handler that aborts
+    stands for them. A child that skips them ends with its own status; a process that does not, aborts."""
+    code = ("import ctypes, sys; from tests import preload; libc = ctypes.CDLL(None); "
+            "libc.on_exit(ctypes.cast(libc.abort, ctypes.c_void_p), None); "
+            f"{'preload.skip_inherited_destructors(); ' if skipped else ''}print('ended'); sys.exit(3)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=process.ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "ended\n" and proc.returncode == (3 if skipped else -6)
+
+
 def test_a_command_past_its_timeout_is_killed(parents, tmp_path):
     (tmp_path / "probe_mod.py").write_text(PROBE)
     args = [str(tmp_path), str(os.getpid()), "sleep"]
