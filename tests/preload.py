@@ -429,8 +429,9 @@ def skip_inherited_destructors() -> None:
     """This child ends as ``python`` does, all of Python's finalization included (exit handlers, ``Exception
     ignored`` lines, its files flushed, the exit status), and then C's buffered output is flushed too, but the C++
     destructors of the libraries its parent loaded do not run: they free, page by page, what the parent built, and
-    so copied it. A forked torch command took 0.48 s of CPU time to end, 0.21 s this way (tests/shared/
-    test_preload.py). On glibc only; elsewhere the child ends as python does."""
+    so copy it. A forked torch command took 0.48 s of CPU time to end, 0.21 s this way; tests/shared/
+    test_preload.py checks that it ends as a fresh ``python -m`` does. On glibc only; elsewhere the child ends as
+    python does."""
     try:
         libc = ctypes.CDLL(None)
         on_exit, fcloseall, _exit = libc.on_exit, libc.fcloseall, libc._exit
@@ -439,7 +440,8 @@ def skip_inherited_destructors() -> None:
     # Python calls these with no argument once it has finalized, just before it calls exit(): C's buffers flushed
     ctypes.pythonapi.Py_AtExit(ctypes.cast(fcloseall, ctypes.c_void_p))
     # exit() then runs its handlers last registered first: this one, _exit(status), ends the process before the
-    # destructors that the parent's libraries registered when they were loaded
+    # destructors that the parent's libraries registered when they were loaded (on_exit passes (status, arg); the
+    # status is _exit's one argument, in the same register on x86-64 and AArch64)
     on_exit(ctypes.cast(_exit, ctypes.c_void_p), None)
 
 
